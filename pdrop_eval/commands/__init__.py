@@ -1,0 +1,1 @@
+"""One module per `pdrop-eval` subcommand (see pdrop_eval.cli)."""

@@ -1,0 +1,21 @@
+"""`pdrop-eval make-tiny-model DIR`: a tiny random LLaVA checkpoint for offline tests and demos."""
+
+from pdrop_eval.tiny import ARCHS, TEXT_ARCHS
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("make-tiny-model", help="write a tiny random LLaVA / LLaVA-NeXT checkpoint")
+    parser.add_argument("out_dir", metavar="DIR")
+    parser.add_argument("--arch", choices=ARCHS, default="llava")
+    parser.add_argument("--text-arch", choices=TEXT_ARCHS, default="llama", help="decoder family")
+    parser.add_argument("--num-layers", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pdrop_eval.tiny import make_tiny_model
+
+    path = make_tiny_model(args.out_dir, arch=args.arch, text_arch=args.text_arch, num_layers=args.num_layers, seed=args.seed)
+    print(f"wrote tiny {args.arch} ({args.text_arch}, {args.num_layers} layers) checkpoint to {path}")
+    return 0

@@ -1,0 +1,84 @@
+"""Inference FLOPs of the language model, in the paper's convention (SPEC section 3).
+
+Per decoder layer with n tokens: 4·n·d² + 2·n²·d + 3·n·d·m (attention projections, attention
+scores and values, the three FFN matrices). The paper counts image tokens only and excludes the
+ranking overhead; the "actual" figure uses the real per-layer token counts, text included.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdrop_eval.engine.config import DropConfig
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    image_tokens: int  # N of the paper's FLOPs column (LLaVA-NeXT: its maximum, 2880)
+
+
+PRESETS = {
+    "llava-1.5-7b": ModelDims(4096, 11008, 32, 576),
+    "llava-1.5-13b": ModelDims(5120, 13824, 40, 576),
+    "llava-next-7b": ModelDims(4096, 11008, 32, 2880),
+    "llava-next-13b": ModelDims(5120, 13824, 40, 2880),
+}
+
+
+def layer_flops(n: int, hidden_size: int, intermediate_size: int) -> float:
+    d, m = hidden_size, intermediate_size
+    return 4 * n * d * d + 2 * n * n * d + 3 * n * d * m
+
+
+def tflops(hidden_size: int, intermediate_size: int, num_layers: int, tokens_per_layer) -> float:
+    """TFLOPs of `num_layers` layers; `tokens_per_layer` is one int for all or one per layer."""
+    counts = [tokens_per_layer] * num_layers if isinstance(tokens_per_layer, int) else list(tokens_per_layer)
+    if len(counts) != num_layers:
+        raise ValueError(f"tokens_per_layer has {len(counts)} entries for {num_layers} layers")
+    return sum(layer_flops(n, hidden_size, intermediate_size) for n in counts) / 1e12
+
+
+def tokens_per_layer(num_image_tokens: int, config: DropConfig, num_layers: int, num_text_tokens: int = 0) -> list[int]:
+    """Tokens each layer sees under `config`: the image tokens left plus `num_text_tokens`."""
+    return [n + num_text_tokens for n in config.image_tokens_per_layer(num_image_tokens, num_layers)]
+
+
+def paper_tflops(dims: ModelDims, config: DropConfig) -> float:
+    """The paper's "Infer FLOPs (T)" column: image tokens only."""
+    return tflops(dims.hidden_size, dims.intermediate_size, dims.num_layers, tokens_per_layer(dims.image_tokens, config, dims.num_layers))
+
+
+def dims_from_config(path: str | Path, image_tokens: int | None = None) -> ModelDims:
+    """Read the language-model dimensions from a HF config.json (LLaVA or a bare decoder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no model config at {path}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    text = config.get("text_config", config)
+    try:
+        dims = (text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"])
+    except KeyError as error:
+        raise ValueError(f"{path} lacks the language-model field {error.args[0]!r}") from None
+    if image_tokens is None:
+        image_tokens = 2880 if config.get("model_type") == "llava_next" else 576
+    return ModelDims(*dims, image_tokens)
+
+
+def resolve_dims(model: str, image_tokens: int | None = None) -> ModelDims:
+    """A preset name (see PRESETS) or a path to a config.json / checkpoint folder."""
+    if model in PRESETS:
+        dims = PRESETS[model]
+        return dims if image_tokens is None else ModelDims(dims.hidden_size, dims.intermediate_size, dims.num_layers, image_tokens)
+    if Path(model).exists():
+        return dims_from_config(model, image_tokens)
+    raise ValueError(f"unknown model {model!r}: give a preset ({', '.join(PRESETS)}) or a path to config.json")

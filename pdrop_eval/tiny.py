@@ -1,0 +1,190 @@
+"""Tiny random LLaVA-1.5 / LLaVA-NeXT checkpoints, built offline, loadable with `from_pretrained`.
+
+They have the real architecture (CLIP tower, projector, GQA decoder with 32 layers so the paper's
+default boundaries 8/16/24 apply) at toy width, a byte-level BPE tokenizer trained here, and a
+processor with a LLaVA chat template. Tests, the demo and both integrations run on them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ARCHS = ("llava", "llava_next")
+TEXT_ARCHS = ("llama", "mistral", "qwen2")
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+IMAGE_SIZE = 64
+PATCH_SIZE = 8  # 8x8 = 64 image tokens per 64px tile
+NEXT_GRID_PINPOINTS = [[64, 128], [128, 64], [128, 128]]
+
+# LLaVA-1.5 conversation format ("USER: <image>\n... ASSISTANT:"), as the llava-hf processors use.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{{ message['content'] if message['content'] is string else message['content'][0]['text'] }}{{ ' ' }}"
+    "{% elif message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ ' ' }}"
+    "{% elif message['role'] == 'assistant' %}ASSISTANT: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}</s>"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+_CORPUS = [
+    "A chat between a curious human and an artificial intelligence assistant.",
+    "What color is the square in the image? Answer the question using a single word or phrase.",
+    "Is there a red circle in the picture? Please answer yes or no.",
+    "Which shape is in the top left corner? A. circle B. square C. triangle D. star",
+    "Answer with the option's letter from the given choices directly.",
+    "The chart shows the number of apples, bananas and cherries sold in 2023 and 2024.",
+    "red green blue yellow black white purple orange one two three four five six seven eight nine ten",
+    "USER: ASSISTANT: yes no true false left right top bottom center",
+]
+
+
+def build_tokenizer(vocab_size: int = 512):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is encodable: any prompt works
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS * 4, trainer)
+    bos_id = tokenizer.token_to_id("<s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",
+        model_max_length=4096,
+    )
+
+
+def _text_config(text_arch: str, tokenizer, num_layers: int):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # GQA, as in Mistral / Qwen2 / LLaMA-3
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.2,  # peaked attention, so rankings are not decided by rounding
+        tie_word_embeddings=False,
+    )
+    if text_arch == "llama":
+        return LlamaConfig(**common)
+    if text_arch == "mistral":
+        return MistralConfig(sliding_window=None, **common)
+    return Qwen2Config(**common)  # q/k/v projections with bias
+
+
+def make_tiny_model(
+    out_dir: str | Path,
+    arch: str = "llava",
+    text_arch: str = "llama",
+    num_layers: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny random checkpoint (model, tokenizer, processor, chat template) to `out_dir`."""
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+        LlavaProcessor,
+    )
+
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    if text_arch not in TEXT_ARCHS:
+        raise ValueError(f"text_arch must be one of {TEXT_ARCHS}, got {text_arch!r}")
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+
+    tokenizer = build_tokenizer()
+    text_config = _text_config(text_arch, tokenizer, num_layers)
+    vision_config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        projection_dim=32,
+    )
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    common = dict(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    processor_common = dict(
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the CLS token the "default" strategy removes
+        chat_template=CHAT_TEMPLATE,
+    )
+    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    if arch == "llava":
+        model = LlavaForConditionalGeneration(LlavaConfig(**common))
+        image_processor = CLIPImageProcessor(
+            size={"shortest_edge": IMAGE_SIZE},
+            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            image_mean=mean,
+            image_std=std,
+        )
+        processor = LlavaProcessor(image_processor=image_processor, **processor_common)
+    else:
+        model = LlavaNextForConditionalGeneration(LlavaNextConfig(image_grid_pinpoints=NEXT_GRID_PINPOINTS, **common))
+        image_processor = LlavaNextImageProcessor(
+            size={"shortest_edge": IMAGE_SIZE},
+            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            image_grid_pinpoints=NEXT_GRID_PINPOINTS,
+            image_mean=mean,
+            image_std=std,
+        )
+        processor = LlavaNextProcessor(image_processor=image_processor, **processor_common)
+
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir

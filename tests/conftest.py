@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny random checkpoints built once per session, everything offline."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+import pdrop_eval  # noqa: E402,F401  (makes torchvision importable before transformers needs it)
+from pdrop_eval.tiny import make_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory):
+    """LLaVA-1.5 style: 64 image tokens per image, 32-layer GQA LLaMA decoder."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_llava"), arch="llava")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next(tmp_path_factory):
+    """LLaVA-NeXT style: anyres, the number of image tokens depends on the image's aspect ratio."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_llava_next"), arch="llava_next")
