@@ -1,0 +1,157 @@
+"""Prefill timing of vanilla, PyramidDrop and FastV on a random LLaVA model of a chosen shape.
+
+The model is built from a config (no checkpoint), and the prompt holds N image-token ids without
+pixel values, so only the language model is timed: the part the methods change. Each method gets
+warm-up runs, then the median of timed runs. Ranking overhead is the time spent inside the
+scoring function during the PyramidDrop prefill, as a fraction of that prefill.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+
+import pdrop_eval.engine.staged as staged
+from pdrop_eval.engine.apply import apply_drop
+from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.flops import tflops, tokens_per_layer
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    hidden_size: int = 1024
+    intermediate_size: int = 2816
+    num_layers: int = 16
+    num_heads: int = 16
+    num_kv_heads: int = 16
+    image_tokens: int = 576
+    text_tokens: int = 32
+    batch_size: int = 1
+    layer_list: tuple[int, ...] | None = None  # default: the paper's quarters of the depth
+    ratio: float = 0.5
+    fastv_k: int = 2
+    fastv_r: float = 0.5
+    dtype: str = "float32"
+    device: str = "cpu"
+    attn_implementation: str = "sdpa"
+    warmup: int = 1
+    repeats: int = 5
+    seed: int = 0
+
+    def pyramid_layers(self) -> tuple[int, ...]:
+        if self.layer_list is not None:
+            return tuple(self.layer_list)
+        return tuple(self.num_layers * q // 4 for q in (1, 2, 3))
+
+
+def _build_model(settings: BenchSettings):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(settings.seed)
+    text_config = LlamaConfig(
+        vocab_size=1024,
+        hidden_size=settings.hidden_size,
+        intermediate_size=settings.intermediate_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        num_key_value_heads=settings.num_kv_heads,
+        max_position_embeddings=max(4096, settings.image_tokens + settings.text_tokens),
+    )
+    vision_config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config = LlavaConfig(vision_config=vision_config, text_config=text_config, image_token_id=3)
+    config.text_config._attn_implementation = settings.attn_implementation
+    config._attn_implementation = settings.attn_implementation
+    model = LlavaForConditionalGeneration(config)
+    return model.to(device=settings.device, dtype=getattr(torch, settings.dtype)).eval()
+
+
+def _prompt_ids(settings: BenchSettings, image_token_id: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(settings.seed)
+    half = settings.text_tokens // 2
+    text = torch.randint(10, 1000, (settings.batch_size, settings.text_tokens), generator=generator)
+    image = torch.full((settings.batch_size, settings.image_tokens), image_token_id)
+    # system/question text around the image block, the query token last, as in LLaVA prompts
+    return torch.cat([text[:, :half], image, text[:, half:]], dim=1).to(settings.device)
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _median_prefill(model, input_ids, settings: BenchSettings) -> float:
+    def run() -> float:
+        _synchronize(settings.device)
+        start = time.perf_counter()
+        model(input_ids=input_ids, use_cache=True)
+        _synchronize(settings.device)
+        return time.perf_counter() - start
+
+    with torch.inference_mode():
+        for _ in range(settings.warmup):
+            run()
+        return statistics.median(run() for _ in range(settings.repeats))
+
+
+@contextmanager
+def _timed_scoring(settings: BenchSettings):
+    """Accumulate the wall time of every ranking call made by the staged prefill."""
+    spent = []
+    original = staged.query_attention
+
+    def timed(*args, **kwargs):
+        _synchronize(settings.device)
+        start = time.perf_counter()
+        result = original(*args, **kwargs)
+        _synchronize(settings.device)
+        spent.append(time.perf_counter() - start)
+        return result
+
+    staged.query_attention = timed
+    try:
+        yield spent
+    finally:
+        staged.query_attention = original
+
+
+def run_bench(settings: BenchSettings) -> dict:
+    model = _build_model(settings)
+    input_ids = _prompt_ids(settings, model.config.image_token_id)
+    pyramid = DropConfig.pyramid(layer_list=settings.pyramid_layers(), ratio=settings.ratio)
+    fastv = DropConfig.fastv(k=settings.fastv_k, r=settings.fastv_r)
+
+    vanilla_s = _median_prefill(model, input_ids, settings)
+    with apply_drop(model, pyramid):
+        pdrop_s = _median_prefill(model, input_ids, settings)
+        with _timed_scoring(settings) as spent, torch.inference_mode():
+            prefill_total = 0.0
+            for _ in range(settings.repeats):
+                _synchronize(settings.device)
+                start = time.perf_counter()
+                model(input_ids=input_ids, use_cache=True)
+                _synchronize(settings.device)
+                prefill_total += time.perf_counter() - start
+        scoring_overhead = sum(spent) / prefill_total
+    with apply_drop(model, fastv):
+        fastv_s = _median_prefill(model, input_ids, settings)
+
+    def actual_tflops(config: DropConfig) -> float:
+        counts = tokens_per_layer(settings.image_tokens, config, settings.num_layers, settings.text_tokens)
+        return tflops(settings.hidden_size, settings.intermediate_size, settings.num_layers, counts)
+
+    vanilla_tflops = actual_tflops(DropConfig.none())
+    settings_dict = asdict(settings)
+    settings_dict["layer_list"] = list(settings.pyramid_layers())
+    return {
+        "vanilla_s": vanilla_s,
+        "pdrop_s": pdrop_s,
+        "fastv_s": fastv_s,
+        "theory_pdrop": actual_tflops(pyramid) / vanilla_tflops,
+        "theory_fastv": actual_tflops(fastv) / vanilla_tflops,
+        "scoring_overhead": scoring_overhead,
+        "settings": settings_dict,
+    }

@@ -1,0 +1,53 @@
+"""`pdrop-eval bench`: prefill time of vanilla, PyramidDrop and FastV next to their FLOPs ratios."""
+
+from dataclasses import fields
+
+
+def add_parser(subparsers) -> None:
+    from pdrop_eval.bench import BenchSettings
+
+    parser = subparsers.add_parser("bench", help="time prefill of vanilla / PyramidDrop / FastV on a random model")
+    defaults = BenchSettings()
+    for field in fields(BenchSettings):
+        flag = "--" + field.name.replace("_", "-")
+        if field.name == "layer_list":
+            parser.add_argument(flag, type=int, nargs="+", default=None, help="PyramidDrop boundaries (default: quarters of the depth)")
+        else:
+            parser.add_argument(flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    import torch
+    from tabulate import tabulate
+
+    from pdrop_eval.bench import BenchSettings, run_bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = BenchSettings(**{f.name: getattr(args, f.name) for f in fields(BenchSettings)})
+    if settings.repeats < 1 or settings.warmup < 0:
+        raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+    result = run_bench(settings)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    vanilla = result["vanilla_s"]
+    rows = [
+        ["vanilla", f"{vanilla * 1e3:.1f}", "1.000", "1.000"],
+        ["PyramidDrop", f"{result['pdrop_s'] * 1e3:.1f}", f"{result['pdrop_s'] / vanilla:.3f}", f"{result['theory_pdrop']:.3f}"],
+        ["FastV", f"{result['fastv_s'] * 1e3:.1f}", f"{result['fastv_s'] / vanilla:.3f}", f"{result['theory_fastv']:.3f}"],
+    ]
+    s = result["settings"]
+    print(
+        f"prefill, d={s['hidden_size']} m={s['intermediate_size']} layers={s['num_layers']} "
+        f"N={s['image_tokens']} text={s['text_tokens']} batch={s['batch_size']} {s['dtype']} on {s['device']} "
+        f"({s['attn_implementation']}), median of {s['repeats']}"
+    )
+    print(tabulate(rows, headers=["method", "prefill ms", "time ratio", "FLOPs ratio"], tablefmt="github"))
+    print(f"ranking overhead: {result['scoring_overhead'] * 100:.2f}% of PyramidDrop prefill")
+    return 0
