@@ -39,6 +39,8 @@ def test_wrong_types_raise_type_error():
 
 def test_from_args_parses_lmms_eval_fragments():
     assert DropConfig.from_args("layer_list=8;16;24,lambda=0.5") == DropConfig.pyramid()
+    assert DropConfig.from_args("layer_list=[8,16,24],lambda=0.5") == DropConfig.pyramid()
+    assert DropConfig.from_args({"layer_list": "[8, 16, 24]", "lambda": "0.5"}) == DropConfig.pyramid()
     assert DropConfig.from_args("layer_list=[2|4|6],image_token_ratio_list=0.5;0.25;0.125,position_mode=original") == (
         DropConfig.pyramid(layer_list=[2, 4, 6], image_token_ratio_list=[0.5, 0.25, 0.125], position_mode="original")
     )

@@ -233,6 +233,23 @@ def test_cached_decoding_matches_uncached_pruned_forward(llava_next, position_mo
     torch.testing.assert_close(cached_logits, uncached, rtol=1e-4, atol=1e-4)
 
 
+def test_generated_image_token_id_decodes_as_text(llava):
+    """A model may emit the <image> id; decode steps carry no image features, so it is plain text."""
+    model, processor = llava
+    inputs = _batch(processor, [_prompt(QUESTIONS[0])], [_image(0)])
+    image_step = torch.tensor([[model.config.image_token_id]])
+    logits = {}
+    for name, config in (("stock", None), ("lossless", DropConfig.pyramid(ratio=1.0))):
+        handle = apply_drop(model, config) if config else None
+        with torch.no_grad():
+            prefill = model(**inputs, use_cache=True)
+            mask = torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], dim=1)
+            logits[name] = model(input_ids=image_step, attention_mask=mask, past_key_values=prefill.past_key_values).logits
+        if handle:
+            handle.remove()
+    torch.testing.assert_close(logits["lossless"], logits["stock"], rtol=1e-5, atol=1e-5)
+
+
 def test_sample_output_does_not_depend_on_batch(llava_next):
     model, processor = llava_next
     prompts = [_prompt(q) for q in QUESTIONS[:3]]

@@ -163,17 +163,15 @@ class DropHandle:
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch, past_len + seq_len)}"
             )
-        image_mask = self._image_mask(image_input_ids, batch, seq_len)
-
         if not is_prefill:
+            # Decode steps are text: a generated image-token id carries no image features.
             state = self._prefill_states.get(past_key_values)
             if state is None:
                 raise ValueError("this KV cache was not filled by a prefill under the applied drop config")
-            if image_mask.any():
-                raise ValueError("image tokens after the prefill: images must all be in the prompt")
             hidden = staged_decode(lm, self.config, state, hidden, attention_mask, position_ids, past_key_values, kwargs)
             return BaseModelOutputWithPast(last_hidden_state=lm.norm(hidden), past_key_values=past_key_values)
 
+        image_mask = self._image_mask(image_input_ids, batch, seq_len)
         valid = attention_mask.bool()
         query_index = self._resolve_query_index(valid, image_mask)
         result = staged_prefill(

@@ -131,7 +131,7 @@ class DropConfig:
     def from_args(cls, args: str | dict, method: str | None = None) -> "DropConfig":
         """Parse an lmms-eval style fragment, e.g. ``"layer_list=8;16;24,lambda=0.5"``.
 
-        Lists use ';' or '|' between items (',' separates keys), optionally in brackets.
+        Lists use ';' or '|' between items, or ',' inside brackets (``layer_list=[8,16,24]``).
         The method comes from `method`, else from a ``method=`` key, else from the keys given.
         """
         fields = _parse_fragment(args) if isinstance(args, str) else dict(args)
@@ -225,7 +225,7 @@ def _parse_list(raw, item):
     if isinstance(raw, (list, tuple)):
         return tuple(item(v) for v in raw)
     text = str(raw).strip().strip("[]()")
-    parts = [p for p in text.replace("|", ";").replace(" ", ";").split(";") if p]
+    parts = [p for p in text.replace("|", ";").replace(",", ";").replace(" ", ";").split(";") if p]
     if not parts:
         raise ValueError("empty list")
     return tuple(item(p) for p in parts)
@@ -256,9 +256,23 @@ _ARG_PARSERS = {
 }
 
 
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets, so ``layer_list=[8,16,24],lambda=0.5`` has two parts."""
+    parts, depth, current = [], 0, []
+    for char in text:
+        depth += {"[": 1, "(": 1, "]": -1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
 def _parse_fragment(text: str) -> dict:
     fields = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    for part in filter(None, (p.strip() for p in _split_top_level(text))):
         key, sep, value = part.partition("=")
         if not sep:
             raise ValueError(f"drop option {part!r} is not of the form key=value")

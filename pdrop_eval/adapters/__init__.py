@@ -1,0 +1,5 @@
+"""Evaluation-framework adapters over the shared `pdrop_eval.wrapper.LlavaRunner`.
+
+`lmms` registers the lmms-eval models (entry-point group `lmms_eval.models`); the VLMEvalKit models
+live beside it. Each module imports its framework, so import only the one you use.
+"""

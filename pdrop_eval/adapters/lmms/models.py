@@ -1,0 +1,386 @@
+"""lmms-eval models `llava_next_pdrop`, `llava_fastv` and `llava_next_vanilla` (no drop), thin
+adapters over `pdrop_eval.wrapper.LlavaRunner` (registration: `pdrop_eval.adapters.lmms`).
+
+Each model has a simple class (``--force_simple``; needed by multiple_choice / loglikelihood tasks)
+and a chat class (lmms-eval's default when both exist). Both paths build the same prompt for the same
+document, and all three models share one prompt and batching path, so comparisons are fair.
+
+``--model_args`` keys: pretrained, model_preset, dtype, device_map, attn_implementation,
+max_new_tokens, drop_preset, and the method's own keys (PyramidDrop: layer_list, lambda / ratio,
+image_token_ratio_list, position_mode; FastV: fastv_k, fastv_r, position_mode). The batch size and
+device are lmms-eval's own ``--batch_size`` and ``--device``.
+
+Statistics (schema in `pdrop_eval.stats`): every process records one entry per document it answered.
+When the evaluator calls `clean()` after the last request (on every process), the entries are gathered
+on rank 0. When that process exits, it finds the ``<date>_results.json`` lmms-eval wrote during this
+run under ``--output_path`` (config.model equal to this model's name) and writes
+``<date>_pdrop_stats.json`` beside it. Without ``--output_path`` on the command line nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from lmms_eval import utils as lmms_utils
+from lmms_eval.api.instance import GenerationResult
+from lmms_eval.api.model import lmms
+from lmms_eval.protocol import ChatMessages
+from loguru import logger
+from tqdm import tqdm
+
+from pdrop_eval import presets, stats
+from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.wrapper import LlavaRunner, Query, load_image, plan_batches
+
+DEFAULT_MAX_NEW_TOKENS = 1024  # what lmms-eval's LLaVA adapters use when a task sets none
+METHOD_ARGS = {
+    "pyramid": ("layer_list", "lambda", "ratio", "image_token_ratio_list", "position_mode"),
+    "fastv": ("fastv_k", "fastv_r", "position_mode"),
+    "none": (),
+}
+MODEL_PRESET_KEYS = ("pretrained", "dtype", "device_map", "attn_implementation")
+MODEL_KEYS = (*MODEL_PRESET_KEYS, "model_preset", "max_new_tokens", "drop_preset")
+# generation_kwargs of lmms-eval tasks. image_aspect_ratio steers the original LLaVA repo's
+# preprocessing; the HF processors fix it per architecture, so it is accepted and ignored.
+GENERATION_KEYS = ("until", "max_new_tokens", "temperature", "top_p", "num_beams", "do_sample", "image_aspect_ratio")
+
+
+class LlavaDropModel(lmms):
+    """Simple request path. Subclasses set `model_id` (the lmms-eval name) and `method`."""
+
+    model_id: str
+    method: str
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        model_preset: str | None = None,
+        dtype: str | None = None,
+        device_map: str | None = None,
+        attn_implementation: str | None = None,
+        max_new_tokens: int | None = None,
+        drop_preset: str | None = None,
+        batch_size: int | str = 1,
+        max_batch_size: int | None = None,  # lmms-eval's --max_batch_size, only meaningful with batch_size=auto
+        device: str | None = None,
+        **method_args,
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(method_args) - set(METHOD_ARGS[self.method]))
+        if unknown:
+            accepted = sorted({*MODEL_KEYS, *METHOD_ARGS[self.method]})
+            raise ValueError(f"{self.model_id}: unknown --model_args key(s) {unknown}; accepted: {accepted}")
+        self._drop = self._drop_config(drop_preset, method_args)
+        model_args = presets.resolve_model_args(
+            model_preset, {"pretrained": pretrained, "dtype": dtype, "device_map": device_map, "attn_implementation": attn_implementation}
+        )
+        if set(model_args) - set(MODEL_PRESET_KEYS):
+            raise ValueError(f"model preset {model_preset!r} has keys {sorted(set(model_args) - set(MODEL_PRESET_KEYS))}; allowed: {list(MODEL_PRESET_KEYS)}")
+        if not model_args.get("pretrained"):
+            raise ValueError(f"{self.model_id}: give pretrained=<checkpoint folder or HF Hub id> or model_preset=<name> in --model_args")
+        self._batch_size = _positive_int("batch_size (lmms-eval --batch_size)", batch_size)
+        self._max_new_tokens = None if max_new_tokens is None else _positive_int("max_new_tokens", max_new_tokens)
+
+        self.accelerator = Accelerator()
+        self._rank = self.accelerator.process_index
+        self._world_size = self.accelerator.num_processes
+        self._device = torch.device(_process_device(device, self.accelerator.local_process_index))
+        self._runner = LlavaRunner.load(
+            model_args["pretrained"],
+            drop=self._drop,
+            dtype=model_args.get("dtype", "auto"),
+            device=self._device,
+            device_map=model_args.get("device_map"),
+            attn_implementation=model_args.get("attn_implementation"),
+        )
+        self._samples: list[dict] = []
+        self._seconds = 0.0  # wall-clock time spent answering requests in this process
+        self._started = time.time()
+        self._run_stats: dict | None = None
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        model_args = lmms_utils.simple_parse_args_string(arg_string)
+        cli_settings = {key: value for key, value in (additional_config or {}).items() if value is not None}
+        duplicated = sorted(set(model_args) & set(cli_settings))
+        if duplicated:
+            raise ValueError(
+                f"{cls.model_id}: {duplicated} given in --model_args and by lmms-eval's own options "
+                f"(--batch_size, --max_batch_size, --device); set them with those options only"
+            )
+        return cls(**model_args, **cli_settings)
+
+    def _drop_config(self, drop_preset: str | None, method_args: dict) -> DropConfig:
+        try:
+            return presets.resolve_drop(self.method, drop_preset, method_args)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{self.model_id}: bad drop settings: {error}") from None
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    # ----- requests ------------------------------------------------------------------------------
+    def generate_until(self, requests) -> list[str]:
+        started = time.perf_counter()
+        answers: list[str | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}  # one generate() setting per group
+        for index, request in enumerate(requests):
+            groups.setdefault(self._generation_settings(request), []).append(index)
+        progress = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{self.model_id} answering")
+        for settings, indices in groups.items():
+            lengths = [self._text_length(requests[i].args[0]) for i in indices]
+            for batch in plan_batches(lengths, self._batch_size):
+                chosen = [indices[j] for j in batch]
+                queries = [self._query(requests[i]) for i in chosen]
+                for i, generation in zip(chosen, self._runner.generate_batch(queries, **dict(settings))):
+                    answers[i] = generation.text
+                    self._record(requests[i], generation.stats)
+                progress.update(len(chosen))
+        progress.close()
+        self._seconds += time.perf_counter() - started
+        return answers
+
+    def loglikelihood(self, requests) -> list[GenerationResult]:
+        """(negative log-likelihood of the continuation, is_greedy) per request.
+
+        lmms-eval 0.7.3 picks the answer option with the *smallest* value (its own LLaVA adapters return
+        losses), so the sign is flipped here. Its evaluator turns any result other than a string or a
+        `GenerationResult` into ``str(result)``, so the pair travels as a GenerationResult payload.
+        """
+        started = time.perf_counter()
+        for request in requests:
+            if len(request.args) != 6:
+                raise NotImplementedError(
+                    f"{self.model_id}: task {request.task_name!r} asks for a loglikelihood without an image context "
+                    f"(e.g. the acc_mutual_info metric); this model scores continuations of image prompts only"
+                )
+        continuations = [self._continuation(request) for request in requests]
+        lengths = [self._text_length(request.args[0] + continuation) for request, continuation in zip(requests, continuations)]
+        scores: list[GenerationResult | None] = [None] * len(requests)
+        progress = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{self.model_id} scoring")
+        for batch in plan_batches(lengths, self._batch_size):
+            queries = [self._query_from_context(*_context_args(requests[i])) for i in batch]
+            for i, score in zip(batch, self._runner.loglikelihood_batch(queries, [continuations[i] for i in batch])):
+                scores[i] = GenerationResult(text=(-score.logprob, score.is_greedy))
+                self._record(requests[i], score.stats)
+            progress.update(len(batch))
+        progress.close()
+        self._seconds += time.perf_counter() - started
+        return scores
+
+    def generate_until_multi_round(self, requests) -> list[str]:
+        tasks = sorted({request.task_name for request in requests})
+        raise NotImplementedError(f"{self.model_id} answers single-round tasks only; multi-round task(s) {tasks} are not supported")
+
+    # ----- request parsing (simple path; the chat path overrides `_query` and `_generation_kwargs`) --
+    def _query(self, request) -> Query:
+        context, _gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+        return self._query_from_context(context, doc_to_visual, doc_id, task, split)
+
+    def _generation_kwargs(self, request) -> dict:
+        return request.args[1]
+
+    def _query_from_context(self, context: str, doc_to_visual, doc_id: int, task: str, split: str) -> Query:
+        label = f"task {task!r} doc {doc_id}"
+        visuals = self._call_on_doc(doc_to_visual, task, split, doc_id, label) or []
+        return Query.from_text(context, [_as_image(visual, label) for visual in visuals], label)
+
+    def _call_on_doc(self, function, task: str, split: str, doc_id: int, label: str):
+        try:
+            return function(self.task_dict[task][split][doc_id])
+        except Exception as error:  # re-raised with the document named, never swallowed
+            raise RuntimeError(f"{self.model_id}: {label}: reading the document failed: {type(error).__name__}: {error}") from error
+
+    def _continuation(self, request) -> str:
+        _context, target, _doc_to_visual, doc_id, task, split = request.args
+        if isinstance(target, str):
+            return target
+        return self._call_on_doc(target, task, split, doc_id, f"task {task!r} doc {doc_id}")
+
+    def _generation_settings(self, request) -> tuple:
+        """`LlavaRunner.generate_batch` keywords for a request, as a hashable, sorted tuple."""
+        gen_kwargs = dict(self._generation_kwargs(request) or {})
+        unknown = sorted(set(gen_kwargs) - set(GENERATION_KEYS))
+        if unknown:
+            raise ValueError(f"{self.model_id}: task {request.task_name!r} sets generation_kwargs {unknown}, which this model does not support")
+        until = gen_kwargs.get("until", ())
+        until = (until,) if isinstance(until, str) else tuple(until)
+        max_new_tokens = int(gen_kwargs.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
+        if self._max_new_tokens is not None:
+            max_new_tokens = min(max_new_tokens, self._max_new_tokens)
+        temperature = float(gen_kwargs.get("temperature", 0.0))  # lmms-eval's LLaVA convention: sample iff > 0
+        settings = {"max_new_tokens": max_new_tokens, "stop": until, "temperature": temperature, "num_beams": int(gen_kwargs.get("num_beams", 1))}
+        if temperature > 0:
+            settings["top_p"] = gen_kwargs.get("top_p")
+        return tuple(sorted(settings.items()))
+
+    def _text_length(self, text: str) -> int:
+        return len(self._runner.tokenizer(text).input_ids)
+
+    # ----- statistics ------------------------------------------------------------------------------
+    def _record(self, request, sample_stats) -> None:
+        if request.metadata.get("__padding_only__"):  # filler the evaluator adds to even out processes
+            return
+        self._samples.append(stats.sample_record(request.task_name, request.doc_id, sample_stats.to_dict()))
+
+    def clean(self) -> None:
+        """Called by the evaluator on every process after the last request: gather statistics on rank 0."""
+        gathered = _gather_to_all((self._samples, self._seconds), self.world_size)
+        if self.rank == 0:
+            self._run_stats = stats.build_run_stats(
+                framework="lmms-eval",
+                model=self.model_id,
+                pretrained=self._runner.pretrained,
+                architecture=self._runner.architecture,
+                drop=self._drop.to_dict(),
+                model_dims=self._runner.model_dims,
+                world_size=self.world_size,
+                wall_time_s=max(seconds for _samples, seconds in gathered),
+                samples=[sample for samples, _seconds in gathered for sample in samples],
+            )
+            atexit.register(self._write_stats_beside_results)
+        super().clean()
+
+    def _write_stats_beside_results(self) -> None:
+        output_path = _cli_output_path()
+        if output_path is None:
+            logger.warning(f"{self.model_id}: no --output_path on the command line, so no pdrop statistics file is written")
+            return
+        results_file = _results_file_of_this_run(Path(output_path), self.model_id, self._started)
+        if results_file is None:
+            logger.warning(f"{self.model_id}: found no results file of this run under {output_path}; pdrop statistics not written")
+            return
+        path = results_file.with_name(results_file.name.removesuffix("_results.json") + stats.FILE_SUFFIX)
+        stats.write_run_stats(path, self._run_stats)
+        logger.info(f"{self.model_id}: wrote {path}")
+
+
+class ChatRequests:
+    """Chat request path: the task supplies messages (lmms-eval's chat protocol) instead of text."""
+
+    is_simple = False
+
+    def _query(self, request) -> Query:
+        _context, doc_to_messages, _gen_kwargs, doc_id, task, split = request.args
+        label = f"task {task!r} doc {doc_id}"
+        raw_messages = self._call_on_doc(doc_to_messages, task, split, doc_id, label)
+        messages, images = [], []
+        for message in ChatMessages(messages=raw_messages).messages:
+            content = []
+            for item in message.content:
+                if item.type == "text":
+                    content.append({"type": "text", "text": item.text})
+                elif item.type == "image":
+                    content.append({"type": "image"})
+                    images.append(load_image(_as_image(item.url, label), label))
+                else:
+                    raise ValueError(f"{self.model_id}: {label} contains {item.type} input; this model takes images and text only")
+            messages.append({"role": message.role, "content": content})
+        return Query(messages=tuple(messages), images=tuple(images))
+
+    def _generation_kwargs(self, request) -> dict:
+        return request.args[2]
+
+
+class LlavaNextPDrop(LlavaDropModel):
+    model_id = "llava_next_pdrop"
+    method = "pyramid"
+
+
+class LlavaFastV(LlavaDropModel):
+    model_id = "llava_fastv"
+    method = "fastv"
+
+
+class LlavaNextVanilla(LlavaDropModel):
+    model_id = "llava_next_vanilla"
+    method = "none"
+
+
+class LlavaNextPDropChat(ChatRequests, LlavaNextPDrop):
+    pass
+
+
+class LlavaFastVChat(ChatRequests, LlavaFastV):
+    pass
+
+
+class LlavaNextVanillaChat(ChatRequests, LlavaNextVanilla):
+    pass
+
+
+# ----- helpers ---------------------------------------------------------------------------------------
+def _context_args(request) -> tuple:
+    context, _target, doc_to_visual, doc_id, task, split = request.args
+    return context, doc_to_visual, doc_id, task, split
+
+
+def _as_image(visual, label: str):
+    """PIL images pass through; a string is an image file path. Anything else (video) is refused."""
+    from PIL import Image
+
+    if isinstance(visual, Image.Image):
+        return visual
+    if isinstance(visual, (str, Path)):
+        return Path(visual)
+    raise ValueError(f"{label}: expected images, got {type(visual).__name__}; videos and audio are not supported")
+
+
+def _positive_int(name: str, value) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return number
+
+
+def _process_device(device: str | None, local_index: int) -> str:
+    """The device of this process: --device as given, a bare "cuda" meaning this process's GPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{local_index}" if device == "cuda" else device
+
+
+def _gather_to_all(value, world_size: int) -> list:
+    if world_size == 1 or not torch.distributed.is_initialized():
+        return [value]
+    gathered = [None] * world_size
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
+def _cli_output_path() -> str | None:
+    """lmms-eval's --output_path, read from this process's command line."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--output_path")
+    known, _rest = parser.parse_known_args(sys.argv[1:])
+    return known.output_path
+
+
+def _results_file_of_this_run(output_path: Path, model_id: str, since: float) -> Path | None:
+    """The newest ``*_results.json`` under `output_path` written after `since` for `model_id`."""
+    candidates = []
+    for path in output_path.glob("**/*_results.json"):
+        if path.stat().st_mtime < since:
+            continue
+        try:
+            model = json.loads(path.read_text()).get("config", {}).get("model")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if model == model_id:
+            candidates.append(path)
+    return max(candidates, key=lambda path: path.stat().st_mtime, default=None)

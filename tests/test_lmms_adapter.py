@@ -1,0 +1,83 @@
+"""The lmms-eval adapters in-process, with lmms-eval's real registry and task objects: registration,
+start-up validation of --model_args, and the simple and chat paths building the same prompt."""
+
+from pathlib import Path
+
+import pytest
+
+from pdrop_eval.adapters.lmms import models as adapters
+from pdrop_eval.engine.config import DropConfig
+
+TASKS = Path(__file__).resolve().parents[1] / "tasks"
+
+
+def test_models_are_registered_through_the_entry_point():
+    from lmms_eval import models
+
+    for model_id, simple in [("llava_next_pdrop", adapters.LlavaNextPDrop), ("llava_fastv", adapters.LlavaFastV),
+                             ("llava_next_vanilla", adapters.LlavaNextVanilla)]:
+        assert models.get_model(model_id, force_simple=True) is simple
+        chat = models.get_model(model_id)
+        assert issubclass(chat, simple) and chat.is_simple is False
+
+
+@pytest.mark.parametrize(
+    "model_class, arg_string, cli, message",
+    [
+        (adapters.LlavaNextPDrop, "pretrained=x,lamda=0.5", {}, "unknown --model_args key(s) ['lamda']"),
+        (adapters.LlavaNextPDrop, "pretrained=x,fastv_k=2", {}, "unknown --model_args key(s) ['fastv_k']"),
+        (adapters.LlavaNextPDrop, "pretrained=x,lambda=2", {}, "lambda must be in (0, 1]"),
+        (adapters.LlavaNextPDrop, "pretrained=x,layer_list=16;8", {}, "strictly increasing"),
+        (adapters.LlavaFastV, "pretrained=x,fastv_r=1.5", {}, "fastv_r"),
+        (adapters.LlavaFastV, "pretrained=x,drop_preset=pdrop-0.5", {}, "conflicts with the model's method 'fastv'"),
+        (adapters.LlavaNextVanilla, "pretrained=x,layer_list=8", {}, "unknown --model_args key(s) ['layer_list']"),
+        (adapters.LlavaNextPDrop, "dtype=float32", {}, "give pretrained="),
+        (adapters.LlavaNextPDrop, "model_preset=llava-13b", {}, "unknown model preset 'llava-13b'"),
+        (adapters.LlavaNextPDrop, "pretrained=x,batch_size=4", {"batch_size": 1}, "['batch_size'] given in --model_args and by lmms-eval"),
+        (adapters.LlavaNextPDrop, "pretrained=x", {"batch_size": "auto"}, "batch_size (lmms-eval --batch_size) must be a positive integer"),
+        (adapters.LlavaNextPDrop, "pretrained=x,max_new_tokens=0", {}, "max_new_tokens must be a positive integer"),
+    ],
+)
+def test_bad_model_args_fail_at_start_up(model_class, arg_string, cli, message):
+    with pytest.raises(ValueError) as error:
+        model_class.create_from_arg_string(arg_string, cli)
+    assert message in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def tiny_pdrop_models(tiny_llava):
+    args = f"pretrained={tiny_llava},dtype=float32,drop_preset=pdrop-0.5,layer_list=4;8"
+    return adapters.LlavaNextPDrop.create_from_arg_string(args, {"batch_size": 2}), adapters.LlavaNextPDropChat.create_from_arg_string(args)
+
+
+def test_explicit_keys_override_the_drop_preset(tiny_pdrop_models):
+    simple, _chat = tiny_pdrop_models
+    assert simple._drop == DropConfig.pyramid(layer_list=[4, 8], ratio=0.5)
+    assert simple.batch_size == 2
+
+
+def test_simple_and_chat_paths_build_the_same_prompt(tiny_pdrop_models):
+    from lmms_eval.tasks import TaskManager, get_task_dict
+
+    manager = TaskManager("ERROR", include_path=str(TASKS))
+    prompts = {}
+    for model, task_type in zip(tiny_pdrop_models, ("simple", "chat")):
+        task = get_task_dict(["pdrop_local_mcq"], manager, task_type)["pdrop_local_mcq"]
+        task.build_all_requests(limit=3)
+        model.task_dict["pdrop_local_mcq"] = task.dataset
+        queries = [model._query(request) for request in task.instances]
+        prompts[task_type] = [(model._runner.render(query), [image.tobytes() for image in query.images]) for query in queries]
+        settings = {model._generation_settings(request) for request in task.instances}
+        assert settings == {(("max_new_tokens", 8), ("num_beams", 1), ("stop", ("\n",)), ("temperature", 0.0))}
+    assert prompts["simple"] == prompts["chat"]
+    assert "A. circle\nB. square" in prompts["simple"][0][0]
+
+
+def test_unsupported_generation_settings_name_the_task(tiny_pdrop_models):
+    from lmms_eval.api.instance import Instance
+
+    simple, _chat = tiny_pdrop_models
+    request = Instance("generate_until", ("ctx", {"top_k": 5}, None, 0, "some_task", "test"), 0,
+                       metadata={"task": "some_task", "doc_id": 0, "repeats": 1})
+    with pytest.raises(ValueError, match="task 'some_task' sets generation_kwargs \\['top_k'\\]"):
+        simple.generate_until([request])

@@ -1,0 +1,200 @@
+"""The shared model wrapper on the tiny checkpoints: batching, statistics, prompts, errors; plus the
+statistics file, the presets and the offline task data."""
+
+import io
+import json
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+from pdrop_eval import flops, local_tasks, presets, stats
+from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.wrapper import LlavaRunner, Query, plan_batches
+
+LOCAL_DATA = local_tasks.DEFAULT_FOLDER
+
+
+def local_queries(name: str) -> list[Query]:
+    """Queries from the committed offline task data (images of three aspect ratios)."""
+    frame = pd.read_parquet(LOCAL_DATA / f"{name}.parquet")
+    return [Query.from_parts([Image.open(io.BytesIO(row.image)), row.question], f"{name} doc {row.id}") for row in frame.itertuples()]
+
+
+@pytest.fixture(scope="module")
+def pdrop_next(tiny_llava_next):
+    return LlavaRunner.load(str(tiny_llava_next), drop=DropConfig.pyramid(), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def fastv_llava(tiny_llava):
+    return LlavaRunner.load(str(tiny_llava), drop=DropConfig.fastv(k=2, r=0.5), dtype="float32")
+
+
+@pytest.mark.parametrize("runner_name", ["pdrop_next", "fastv_llava"])
+def test_batch_size_does_not_change_answers_or_scores(runner_name, request):
+    runner = request.getfixturevalue(runner_name)
+    queries = local_queries("vqa") + local_queries("yesno")[:2]
+    one = runner.generate(queries, max_new_tokens=6, batch_size=1)
+    four = runner.generate(queries, max_new_tokens=6, batch_size=4)
+    assert [a.text for a in one] == [a.text for a in four]
+    assert [a.stats for a in one] == [a.stats for a in four]
+    assert len({a.text for a in one}) > 1  # the answers really depend on the input
+
+    continuations = [" red", " yes", " A", " no"] * 2
+    scored_one = runner.loglikelihood(queries, continuations, batch_size=1)
+    scored_four = runner.loglikelihood(queries, continuations, batch_size=4)
+    assert [s.is_greedy for s in scored_one] == [s.is_greedy for s in scored_four]
+    assert torch.allclose(torch.tensor([s.logprob for s in scored_one]), torch.tensor([s.logprob for s in scored_four]), atol=1e-4)
+
+
+def test_statistics_follow_the_drop_config(pdrop_next):
+    queries = local_queries("mcq")[:3]  # three aspect ratios: three different N on LLaVA-NeXT
+    answers = pdrop_next.generate(queries, max_new_tokens=2, batch_size=3)
+    dims = pdrop_next.model_dims
+    image_token_id = pdrop_next.model.config.image_token_id
+    seen_counts = set()
+    for query, answer in zip(queries, answers):
+        encoded = pdrop_next.processor(images=list(query.images), text=[pdrop_next.render(query)], return_tensors="pt")
+        n = int((encoded.input_ids == image_token_id).sum())
+        text_tokens = encoded.input_ids.shape[1] - n
+        seen_counts.add(n)
+        assert answer.stats.num_image_tokens == n
+        assert answer.stats.image_tokens_per_layer == DropConfig.pyramid().image_tokens_per_layer(n, dims["num_layers"])
+        assert answer.stats.tokens_per_layer == [k + text_tokens for k in answer.stats.image_tokens_per_layer]
+        size = (dims["hidden_size"], dims["intermediate_size"], dims["num_layers"])
+        assert answer.stats.tflops_paper == pytest.approx(flops.tflops(*size, answer.stats.image_tokens_per_layer))
+        assert answer.stats.tflops_actual == pytest.approx(flops.tflops(*size, answer.stats.tokens_per_layer))
+    assert len(seen_counts) == 3
+
+
+def test_no_drop_baseline_answers_like_the_stock_model(tiny_llava):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    queries = local_queries("vqa")[:2]
+    runner = LlavaRunner.load(str(tiny_llava), dtype="float32")
+    answers = runner.generate(queries, max_new_tokens=5, batch_size=2)
+    assert all(a.stats.image_tokens_per_layer == [64] * 32 for a in answers)
+
+    stock = LlavaForConditionalGeneration.from_pretrained(tiny_llava, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(tiny_llava)
+    for query, answer in zip(queries, answers):
+        inputs = processor(images=list(query.images), text=[runner.render(query)], return_tensors="pt")
+        output = stock.generate(**inputs, max_new_tokens=5, do_sample=False)
+        assert processor.batch_decode(output[:, inputs.input_ids.shape[1] :], skip_special_tokens=True)[0] == answer.text
+
+
+def test_prompt_uses_the_checkpoint_template_and_places_images(pdrop_next):
+    image = Image.new("RGB", (64, 64), "red")
+    assert pdrop_next.render(Query.from_text("What color?", [image])) == "USER: <image>\nWhat color? ASSISTANT:"
+    interleaved = Query.from_text("Compare <image> with <image>", [image, image])
+    assert [item["type"] for item in interleaved.messages[0]["content"]] == ["text", "image", "text", "image"]
+    with pytest.raises(ValueError, match="2 <image> placeholder"):
+        Query.from_text("Compare <image> with <image>", [image])
+
+
+def test_vicuna_fallback_template_when_the_checkpoint_has_none(pdrop_next, monkeypatch):
+    from pdrop_eval.wrapper import VICUNA_CHAT_TEMPLATE
+
+    monkeypatch.setattr(pdrop_next, "chat_template", VICUNA_CHAT_TEMPLATE)
+    prompt = pdrop_next.render(Query.from_text("What color?", [Image.new("RGB", (8, 8))]))
+    assert prompt.startswith("A chat between a curious human")
+    assert prompt.endswith("USER: <image>\nWhat color? ASSISTANT:")
+
+
+def test_stop_strings_cut_the_answer(pdrop_next):
+    query = local_queries("vqa")[:1]
+    full = pdrop_next.generate(query, max_new_tokens=6)[0].text
+    stop = full[2:4]
+    assert pdrop_next.generate(query, max_new_tokens=6, stop=[stop])[0].text == full[: full.find(stop)]
+
+
+@pytest.mark.parametrize("framework_leniency", [False, True], ids=["pil-default", "lmms-eval-global"])
+def test_truncated_image_fails_even_when_pil_is_lenient(monkeypatch, framework_leniency):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", framework_leniency)
+    with pytest.raises(ValueError, match="task 'x' doc 3: cannot decode image"):
+        Query.from_parts([Image.open(io.BytesIO(_truncated_png())), "hi"], label="task 'x' doc 3")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is framework_leniency  # the global is left as found
+
+
+def test_bad_inputs_fail_with_clear_errors(tmp_path, tiny_llava):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        LlavaRunner.load(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        LlavaRunner.load(str(tiny_llava), dtype="float8")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        plan_batches([1, 2], 0)
+
+
+def _truncated_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(buffer, format="PNG")
+    return buffer.getvalue()[:60]  # valid header, data cut off
+
+
+def test_plan_batches_sorts_longest_first_and_keeps_every_index():
+    batches = plan_batches([3, 9, 1, 9, 5], 2)
+    assert batches == [[1, 3], [4, 0], [2]]
+
+
+# ----- statistics file -----------------------------------------------------------------------------
+def test_run_stats_deduplicate_sort_and_average(tmp_path):
+    sample = {"num_image_tokens": 4, "image_tokens_per_layer": [4, 2], "tokens_per_layer": [6, 4], "tflops_paper": 1.0, "tflops_actual": 2.0}
+    other = {**sample, "num_image_tokens": 8, "tflops_paper": 3.0, "tflops_actual": 4.0}
+    records = [stats.sample_record("b", 0, sample), stats.sample_record("a", 1, other), stats.sample_record("b", 0, other)]
+    run = stats.build_run_stats(
+        framework="lmms-eval", model="m", pretrained="p", architecture="llava", drop=DropConfig.none().to_dict(),
+        model_dims={"hidden_size": 1, "intermediate_size": 1, "num_layers": 2}, world_size=1, wall_time_s=1.5, samples=records,
+    )
+    assert [(s["task"], s["doc_id"]) for s in run["samples"]] == [("a", 1), ("b", 0)]
+    assert run["samples"][1]["num_image_tokens"] == 4  # the first record of a document wins
+    assert (run["num_samples"], run["mean_image_tokens"], run["mean_tflops_paper"], run["mean_tflops_actual"]) == (2, 6.0, 2.0, 3.0)
+    path = stats.write_run_stats(tmp_path / "x_pdrop_stats.json", run)
+    assert json.loads(path.read_text()) == run
+    with pytest.raises(ValueError, match="must end in"):
+        stats.write_run_stats(tmp_path / "x.json", run)
+
+
+# ----- presets and task data --------------------------------------------------------------------------
+def test_presets_give_the_papers_settings():
+    assert presets.drop_preset("pdrop-0.5") == DropConfig.pyramid(layer_list=[8, 16, 24], ratio=0.5)
+    assert presets.drop_preset("pdrop-0.4").ratio == 0.4 and presets.drop_preset("pdrop-0.6").ratio == 0.6
+    assert presets.drop_preset("fastv-k2-r0.5") == DropConfig.fastv(k=2, r=0.5)
+    assert presets.drop_preset("vanilla") == DropConfig.none()
+    assert presets.model_preset("llava-next-7b")["pretrained"] == "llava-hf/llava-v1.6-vicuna-7b-hf"
+    assert set(presets.model_preset_names()) <= set(flops.PRESETS)  # one name per model everywhere
+    with pytest.raises(ValueError, match="unknown drop preset 'pdrop-9'"):
+        presets.drop_preset("pdrop-9")
+
+
+def test_committed_task_data_matches_the_builder(tmp_path):
+    for built in local_tasks.write_all(tmp_path):
+        committed = pd.read_parquet(LOCAL_DATA / built.name)
+        fresh = pd.read_parquet(built)
+        pd.testing.assert_frame_equal(committed.drop(columns="image"), fresh.drop(columns="image"))
+        for old, new in zip(committed.image, fresh.image):
+            assert Image.open(io.BytesIO(old)).tobytes() == Image.open(io.BytesIO(new)).tobytes()
+
+
+def test_ocrvqa_task_makes_one_document_per_question():
+    import importlib.util
+
+    import datasets
+
+    spec = importlib.util.spec_from_file_location("ocrvqa_utils", local_tasks.DEFAULT_FOLDER.parents[1] / "pdrop_ocrvqa" / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    cover = Image.new("RGB", (40, 60), "blue")
+    raw = datasets.Dataset.from_dict(
+        {"image": [cover, cover], "image_id": ["a", "b"], "questions": [["Who wrote this book?", "Is this a novel?"], ["What is the title?"]],
+         "answers": [["Jane Doe", "Yes"], ["Blue Book"]], "genre": ["x", "y"]},
+        features=datasets.Features({"image": datasets.Image(), "image_id": datasets.Value("string"),
+                                    "questions": datasets.Sequence(datasets.Value("string")),
+                                    "answers": datasets.Sequence(datasets.Value("string")), "genre": datasets.Value("string")}),
+    )
+    docs = utils.ocrvqa_process_docs(raw)
+    assert [(d["image_id"], d["question"], d["answer"]) for d in docs] == [
+        ("a", "Who wrote this book?", "Jane Doe"), ("a", "Is this a novel?", "Yes"), ("b", "What is the title?", "Blue Book")]
+    assert utils.ocrvqa_doc_to_visual(docs[2])[0].size == (40, 60)
+    assert utils.ocrvqa_process_results(docs[0], ["jane doe."]) == {"exact_match": 1.0}
