@@ -1,0 +1,217 @@
+"""VLMEvalKit models: HF LLaVA-1.5 / LLaVA-NeXT with PyramidDrop, FastV or no drop.
+
+Thin translations from VLMEvalKit's model interface to the shared `pdrop_eval.wrapper.LlavaRunner`:
+a VLMEvalKit message (a list of ``{'type': 'text'|'image', 'value': ...}``) becomes a `Query`, the
+runner generates, and each answer's drop statistics are kept per (dataset, index) until the
+launcher (`pdrop_eval.adapters.vlmeval_run`) collects them with `take_statistics()`.
+
+VLMEvalKit's local inference loop hands a model one message at a time, so each query is a batch of
+one. Multiple-choice datasets get VLMEvalKit's LLaVA prompt (hint, question, lettered options,
+"Answer with the option's letter from the given choices directly."); other datasets keep their own
+prompt. Import this module (or run `pdrop-vlmeval`) to register the models: `register_models()`.
+"""
+
+from __future__ import annotations
+
+import string
+import time
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import torch
+from vlmeval.smp import cn_string
+from vlmeval.vlm.base import BaseModel
+
+from pdrop_eval import presets
+from pdrop_eval.stats import sample_record
+from pdrop_eval.wrapper import ARCHITECTURES, LlavaRunner, Query, load_config
+
+FRAMEWORK = "vlmeval"
+MODEL_OPTIONS = ("pretrained", "model_preset", "dtype", "device", "device_map", "attn_implementation", "max_new_tokens")
+DEFAULT_MAX_NEW_TOKENS = 1024  # VLMEvalKit's LLaVA models allow more; benchmark answers need far less
+MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+MCQ_INSTRUCTION_CN = "请直接回答选项字母。"
+OPEN_INSTRUCTION = "Answer the question directly."  # an MCQ-typed row without options
+OPEN_INSTRUCTION_CN = "请直接回答问题。"
+
+
+class DropVLM(BaseModel):
+    """A LLaVA-1.5 / LLaVA-NeXT checkpoint (architecture read from it) with one drop method.
+
+    Options (keyword arguments: `supported_VLM` partials, `--model-args`, a `--config` entry), named
+    as in the lmms-eval adapter: pretrained (folder or Hub id) or model_preset (default:
+    DEFAULT_MODEL_PRESET), dtype, device (default cuda when available), device_map,
+    attn_implementation, max_new_tokens, drop_preset, and this method's `DropConfig.from_args` keys
+    (PyramidDrop: layer_list, lambda / ratio, image_token_ratio_list, position_mode; FastV: fastv_k,
+    fastv_r, position_mode).
+    """
+
+    INSTALL_REQ = False
+    INTERLEAVE = True
+    allowed_types = ["text", "image"]
+    DROP_METHOD: str
+    DEFAULT_MODEL_PRESET: str
+
+    def __init__(self, **options):
+        super().__init__()
+        settings = self.check_options(**options)
+        self.max_new_tokens = settings["max_new_tokens"]
+        self.runner = LlavaRunner.load(
+            settings["pretrained"],
+            drop=settings["drop"],
+            dtype=settings["dtype"],
+            device=settings["device"],
+            device_map=settings["device_map"],
+            attn_implementation=settings["attn_implementation"],
+        )
+        self.dataset = None  # the VLMEvalKit dataset being inferred (see set_dump_image)
+        self.pending_index = None  # index of the row build_prompt prepared for the next generate
+        self.samples: list[dict] = []
+        self.generate_seconds = 0.0
+
+    @classmethod
+    def check_options(cls, **options) -> dict:
+        """Resolve and validate options without loading weights (ValueError / FileNotFoundError)."""
+        name = cls.__name__
+        model_options = {key: options.pop(key) for key in list(options) if key in MODEL_OPTIONS}
+        drop_preset = options.pop("drop_preset", None)
+        try:
+            drop = presets.resolve_drop(cls.DROP_METHOD, drop_preset, options)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{name}: bad drop settings: {error} (model options: {sorted(MODEL_OPTIONS)})") from None
+        preset = model_options.pop("model_preset", None)
+        if preset is None and "pretrained" not in model_options:
+            preset = cls.DEFAULT_MODEL_PRESET
+        settings = {
+            "dtype": "auto",
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "device_map": None,
+            "attn_implementation": None,
+            "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
+            **presets.resolve_model_args(preset, model_options),
+            "drop": drop,
+        }
+        raw_max_new_tokens = settings["max_new_tokens"]
+        try:
+            settings["max_new_tokens"] = int(raw_max_new_tokens)
+        except (TypeError, ValueError):
+            settings["max_new_tokens"] = 0
+        if settings["max_new_tokens"] < 1:
+            raise ValueError(f"{name}: max_new_tokens must be a positive integer, got {raw_max_new_tokens!r}")
+        # Reads only config.json: a missing or non-LLaVA checkpoint fails before any weights load.
+        architecture = load_config(settings["pretrained"]).model_type
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"{name}: {settings['pretrained']} is a {architecture!r} checkpoint, not LLaVA-1.5 / LLaVA-NeXT")
+        return settings
+
+    # ----- prompts -------------------------------------------------------------------------------
+    def set_dump_image(self, dump_image_func):
+        # VLMEvalKit passes the dataset's bound `dump_image` once per dataset; its owner is the
+        # dataset, whose own prompt non-MCQ rows keep.
+        super().set_dump_image(dump_image_func)
+        self.dataset = getattr(dump_image_func, "__self__", None)
+
+    def use_custom_prompt(self, dataset):
+        # Always: build_prompt is where the row's index is seen, for the per-sample statistics.
+        return self.dataset is not None
+
+    def build_prompt(self, line, dataset=None):
+        self.pending_index = line["index"].item() if hasattr(line["index"], "item") else line["index"]
+        # The dataset object's TYPE, not DATASET_TYPE(name): a --config dataset of a known class under
+        # a new name is typed by its class, but VLMEvalKit's name lookup would call it MCQ.
+        if self.dataset.TYPE != "MCQ":
+            return self.dataset.build_prompt(line)
+        images = self.dump_image(line, dataset)
+        return [*({"type": "image", "value": path} for path in images), {"type": "text", "value": multiple_choice_prompt(line)}]
+
+    # ----- generation ----------------------------------------------------------------------------
+    def generate_inner(self, message, dataset=None):
+        if self.pending_index is None:
+            raise RuntimeError(
+                f"{type(self).__name__} got a {dataset} prompt it did not build, so the sample's index "
+                "(needed for the per-sample statistics) is unknown; datasets that force their own prompt "
+                "(force_use_dataset_prompt) are not supported"
+            )
+        label = f"{dataset} index {self.pending_index}"
+        query = Query.from_parts(_message_parts(message), label=label)
+        started = time.perf_counter()
+        (answer,) = self.runner.generate([query], max_new_tokens=self.max_new_tokens)
+        self.generate_seconds += time.perf_counter() - started
+        self.samples.append(sample_record(dataset, self.pending_index, answer.stats.to_dict()))
+        self.pending_index = None
+        return answer.text.strip()
+
+    def take_statistics(self) -> dict:
+        """This process's statistics since the last call (samples and generation time are reset)."""
+        samples, self.samples = self.samples, []
+        seconds, self.generate_seconds = self.generate_seconds, 0.0
+        return {
+            "generate_seconds": seconds,
+            "pretrained": self.runner.pretrained,
+            "architecture": self.runner.architecture,
+            "drop": self.runner.drop.to_dict(),
+            "model_dims": dict(self.runner.model_dims),
+            "samples": samples,
+        }
+
+
+class LLaVAPyramidDrop(DropVLM):
+    DROP_METHOD = "pyramid"
+    DEFAULT_MODEL_PRESET = "llava-next-7b"
+
+
+class LLaVAFastV(DropVLM):
+    DROP_METHOD = "fastv"
+    DEFAULT_MODEL_PRESET = "llava-1.5-7b"  # FastV's own evaluation model
+
+
+class LLaVAVanilla(DropVLM):
+    DROP_METHOD = "none"
+    DEFAULT_MODEL_PRESET = "llava-next-7b"
+
+
+# The names lmms-eval knows them by too (pdrop_eval.adapters.lmms).
+MODELS = {
+    "llava_next_pdrop": LLaVAPyramidDrop,
+    "llava_fastv": LLaVAFastV,
+    "llava_next_vanilla": LLaVAVanilla,
+}
+
+
+def register_models(options: dict | None = None) -> None:
+    """Put the models into VLMEvalKit's registries, in place, so run.py and inference.py see them:
+    `supported_VLM[name]` (for `--model`) and `vlmeval.vlm.<ClassName>` (for `--config` "class").
+    `options` become the defaults of every registered model."""
+    import vlmeval.vlm
+    from vlmeval.config import supported_VLM
+
+    for name, model_class in MODELS.items():
+        supported_VLM[name] = partial(model_class, **(options or {}))
+        setattr(vlmeval.vlm, model_class.__name__, model_class)
+
+
+def multiple_choice_prompt(line) -> str:
+    """VLMEvalKit's LLaVA multiple-choice prompt: hint, question, lettered options, instruction."""
+    hint = line["hint"] if "hint" in line and not pd.isna(line["hint"]) else None
+    prompt = f"{hint}\n{line['question']}" if hint is not None else str(line["question"])
+    options = [letter for letter in string.ascii_uppercase if letter in line and not pd.isna(line[letter])]
+    for letter in options:
+        prompt += f"\n{letter}. {line[letter]}"
+    chinese = cn_string(prompt)
+    if options:
+        return prompt + "\n" + (MCQ_INSTRUCTION_CN if chinese else MCQ_INSTRUCTION)
+    return prompt + "\n" + (OPEN_INSTRUCTION_CN if chinese else OPEN_INSTRUCTION)
+
+
+def _message_parts(message: list[dict]) -> list:
+    """Query parts in message order; adjacent texts joined by a newline, as VLMEvalKit joins them."""
+    parts = []
+    for item in message:
+        if item["type"] == "image":
+            parts.append(Path(item["value"]))
+        elif parts and isinstance(parts[-1], str):
+            parts[-1] += "\n" + item["value"]
+        else:
+            parts.append(item["value"])
+    return parts

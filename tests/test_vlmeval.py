@@ -1,0 +1,266 @@
+"""VLMEvalKit integration: `pdrop-vlmeval` runs VLMEvalKit's own run.py on the tiny LLaVA-NeXT
+checkpoint and two local datasets (multiple choice and Yes/No), offline, with exact-matching judges."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from pdrop_eval import DropConfig
+from pdrop_eval.adapters.vlmeval_data import TOY_MCQ, TOY_YN, make_toy_datasets, toy_mcq_rows, toy_yn_rows, write_tsv
+
+DATASETS = (TOY_MCQ, TOY_YN)
+MAX_NEW_TOKENS = 3  # random weights never stop early; a few tokens keep the runs short
+RUN_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def lmu_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("LMUData")
+    make_toy_datasets(folder)
+    return folder
+
+
+def _env(lmu_data) -> dict:
+    return {**os.environ, "LMUData": str(lmu_data), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def _launcher() -> str:
+    path = shutil.which("pdrop-vlmeval", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    assert path, "the pdrop-vlmeval console script is not installed (pip install -e .)"
+    return path
+
+
+def _run(command: list[str], lmu_data, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(command, env=_env(lmu_data), cwd=cwd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+
+
+def _predictions(work_dir, model: str, dataset: str) -> pd.DataFrame:
+    return pd.read_excel(work_dir / model / f"{model}_{dataset}.xlsx")
+
+
+def _stats(work_dir, model: str) -> dict:
+    return json.loads((work_dir / model / f"{model}_pdrop_stats.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tiny_llava_next, lmu_data, tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("vlmeval_one_process")
+    result = _run(
+        [
+            _launcher(),
+            "--model", "llava_next_pdrop", "llava_fastv",
+            "--data", *DATASETS,
+            "--judge", "exact_matching",
+            "--work-dir", str(work_dir),
+            "--model-args", f"pretrained={tiny_llava_next},max_new_tokens={MAX_NEW_TOKENS}",
+        ],
+        lmu_data,
+        cwd=work_dir,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return work_dir
+
+
+@pytest.mark.parametrize("model", ["llava_next_pdrop", "llava_fastv"])
+def test_run_writes_predictions_scores_and_statistics(one_process_run, tiny_llava_next, model):
+    work_dir = one_process_run
+    expected_indices = {TOY_MCQ: [row["index"] for row in toy_mcq_rows()], TOY_YN: [row["index"] for row in toy_yn_rows()]}
+    for dataset, indices in expected_indices.items():
+        predictions = _predictions(work_dir, model, dataset)
+        assert list(predictions["index"]) == indices
+        assert predictions["prediction"].map(lambda text: isinstance(text, str)).all()
+    # VLMEvalKit's scorers ran: MCQ accuracy table, Y/N score table.
+    assert "Overall" in pd.read_csv(work_dir / model / f"{model}_{TOY_MCQ}_acc.csv").columns
+    assert "Overall" in pd.read_csv(work_dir / model / f"{model}_{TOY_YN}_score.csv").columns
+    status = json.loads((work_dir / model / "status.json").read_text())["datasets"]
+    assert all("metrics" in status[dataset] and "error_message" not in status[dataset] for dataset in DATASETS)
+
+    stats = _stats(work_dir, model)
+    assert stats["schema"] == "pdrop-eval/stats/v1"
+    assert (stats["framework"], stats["model"], stats["pretrained"]) == ("vlmeval", model, str(tiny_llava_next))
+    assert stats["architecture"] == "llava_next"
+    assert stats["world_size"] == 1
+    assert stats["drop"]["method"] == {"llava_next_pdrop": "pyramid", "llava_fastv": "fastv"}[model]
+    assert [(s["task"], s["doc_id"]) for s in stats["samples"]] == [(d, i) for d in DATASETS for i in expected_indices[d]]
+    assert stats["num_samples"] == 12
+    for sample in stats["samples"]:
+        n, per_layer = sample["num_image_tokens"], sample["image_tokens_per_layer"]
+        if model == "llava_next_pdrop":  # boundaries 8/16/24, lambda 0.5
+            assert per_layer[7:9] + per_layer[15:17] + per_layer[23:25] == [n, n // 2, n // 2, n // 4, n // 4, n // 8]
+        else:  # FastV K=2, R=0.5
+            assert per_layer[:3] == [n, n, n - n // 2]
+    # LLaVA-NeXT anyres: the square, wide and tall images give different image-token counts.
+    assert len({sample["num_image_tokens"] for sample in stats["samples"]}) == 3
+    assert stats["mean_tflops_paper"] == pytest.approx(sum(s["tflops_paper"] for s in stats["samples"]) / 12)
+
+
+def test_two_processes_give_the_same_predictions(one_process_run, tiny_llava_next, lmu_data, tmp_path):
+    """torchrun with 2 workers (gloo: no NCCL on CPU), model options from VLMEvalKit's --config JSON,
+    the Y/N set declared there by class: predictions and statistics equal the 1-process run's."""
+    config = {
+        "model": {"llava_next_pdrop": {"pretrained": str(tiny_llava_next), "max_new_tokens": MAX_NEW_TOKENS}},
+        "data": {
+            TOY_MCQ: {"class": "ImageMCQDataset", "dataset": TOY_MCQ},
+            TOY_YN: {"class": "ImageYORNDataset", "dataset": TOY_YN},
+        },
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--no-python"]
+    result = _run(
+        [*torchrun, _launcher(), "--config", "config.json", "--judge", "exact_matching", "--work-dir", "out"],
+        lmu_data,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "using the gloo backend" in result.stderr
+    for dataset in DATASETS:
+        two = _predictions(tmp_path / "out", "llava_next_pdrop", dataset)
+        one = _predictions(one_process_run, "llava_next_pdrop", dataset)
+        assert list(two["index"]) == list(one["index"])
+        assert list(two["prediction"]) == list(one["prediction"])
+    two_stats, one_stats = _stats(tmp_path / "out", "llava_next_pdrop"), _stats(one_process_run, "llava_next_pdrop")
+    assert two_stats["world_size"] == 2
+    assert two_stats["samples"] == one_stats["samples"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "llava_next_pdrop", "llava_pdrop_typo"], "unknown model(s) ['llava_pdrop_typo']"),
+        (["--model", "llava_fastv", "--model-args", "pretrained=/nonexistent/ckpt"],
+         "model 'llava_fastv': checkpoint folder /nonexistent/ckpt does not exist"),
+        (["--model", "llava_fastv", "--model-args", "pretrained=no-such-org/no-such-model"],
+         "model 'llava_fastv': cannot load checkpoint 'no-such-org/no-such-model'"),
+    ],
+    ids=["bad-name", "missing-folder", "missing-hub-id"],
+)
+def test_bad_models_stop_with_a_clear_error(lmu_data, tmp_path, extra, message):
+    command = [_launcher(), "--data", TOY_MCQ, "--judge", "exact_matching", "--work-dir", "out", *extra]
+    result = _run(command, lmu_data, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists()  # stopped before VLMEvalKit started
+
+
+# ----- in-process checks of the pieces -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def adapter():
+    from pdrop_eval.adapters import vlmeval
+
+    return vlmeval
+
+
+def test_multiple_choice_prompt_follows_vlmeval_llava(adapter):
+    line = pd.Series({"index": 3, "question": "Which color?", "hint": "Look closely.", "A": "red", "B": "blue", "C": None})
+    assert adapter.multiple_choice_prompt(line) == (
+        "Look closely.\nWhich color?\nA. red\nB. blue\nAnswer with the option's letter from the given choices directly."
+    )
+    chinese = pd.Series({"index": 4, "question": "什么颜色？", "A": "红", "B": "蓝"})
+    assert adapter.multiple_choice_prompt(chinese).endswith("\n请直接回答选项字母。")
+
+
+def test_message_parts_keep_image_order_and_join_adjacent_texts(adapter, tmp_path):
+    from pathlib import Path
+
+    message = [
+        {"type": "text", "value": "Compare"},
+        {"type": "image", "value": str(tmp_path / "a.png")},
+        {"type": "text", "value": "with"},
+        {"type": "text", "value": "this one:"},
+        {"type": "image", "value": str(tmp_path / "b.png")},
+    ]
+    assert adapter._message_parts(message) == ["Compare", Path(tmp_path / "a.png"), "with\nthis one:", Path(tmp_path / "b.png")]
+
+
+def test_model_options_are_checked_without_loading(adapter, tiny_llava_next, tiny_llava):
+    settings = adapter.LLaVAPyramidDrop.check_options(pretrained=str(tiny_llava_next), layer_list="4;8", **{"lambda": "0.25"})
+    assert settings["drop"] == DropConfig.pyramid(layer_list=(4, 8), ratio=0.25)
+    assert adapter.LLaVAFastV.check_options(pretrained=str(tiny_llava), drop_preset="fastv-k2-r0.5")["drop"].fastv_k == 2
+    with pytest.raises(ValueError, match="FastV does not take"):
+        adapter.LLaVAFastV.check_options(pretrained=str(tiny_llava), layer_list="8;16")
+    with pytest.raises(ValueError, match="unknown drop option"):
+        adapter.LLaVAVanilla.check_options(pretrained=str(tiny_llava), temperature=0.2)
+    with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
+        adapter.LLaVAVanilla.check_options(pretrained=str(tiny_llava), max_new_tokens="0")
+
+
+def test_registration_is_in_place(adapter):
+    import vlmeval.vlm
+    from vlmeval.config import supported_VLM
+
+    registry = supported_VLM
+    adapter.register_models({"max_new_tokens": "5"})
+    from vlmeval.config import supported_VLM as after
+
+    assert after is registry
+    assert supported_VLM["llava_fastv"].func is adapter.LLaVAFastV
+    assert supported_VLM["llava_fastv"].keywords == {"max_new_tokens": "5"}
+    assert vlmeval.vlm.LLaVAPyramidDrop is adapter.LLaVAPyramidDrop
+
+
+def test_local_yes_no_sets_are_typed_and_bad_spellings_refused(adapter, tmp_path):
+    from vlmeval.dataset import DATASET_TYPE
+
+    from pdrop_eval.adapters.vlmeval_run import LaunchError, _register_if_yes_no
+
+    rows = toy_yn_rows(2)
+    _register_if_yes_no("PDropTestYN", write_tsv(tmp_path / "PDropTestYN.tsv", rows))
+    assert DATASET_TYPE("PDropTestYN") == "Y/N"
+    lowercase = [{**row, "answer": row["answer"].lower()} for row in rows]
+    with pytest.raises(LaunchError, match="exactly as"):
+        _register_if_yes_no("PDropTestLower", write_tsv(tmp_path / "PDropTestLower.tsv", lowercase))
+    _register_if_yes_no("PDropTestMCQ", write_tsv(tmp_path / "PDropTestMCQ.tsv", toy_mcq_rows(2)))
+    assert DATASET_TYPE("PDropTestMCQ") == "MCQ"  # left to VLMEvalKit's own custom-MCQ rule
+
+
+def test_work_dir_of_another_configuration_is_refused(one_process_run, tiny_llava_next, adapter):
+    from pdrop_eval.adapters.vlmeval_run import LaunchError, _check_work_dir_fits
+
+    same = adapter.LLaVAPyramidDrop.check_options(pretrained=str(tiny_llava_next))
+    _check_work_dir_fits(one_process_run / "llava_next_pdrop", "llava_next_pdrop", same)
+    other = adapter.LLaVAPyramidDrop.check_options(pretrained=str(tiny_llava_next), **{"lambda": 0.4})
+    with pytest.raises(LaunchError, match="would reuse those predictions"):
+        _check_work_dir_fits(one_process_run / "llava_next_pdrop", "llava_next_pdrop", other)
+
+
+def test_write_tsv_refuses_incomplete_rows(tmp_path):
+    with pytest.raises(ValueError, match="'answer' column"):
+        write_tsv(tmp_path / "x.tsv", [{"index": 0, "image": None, "question": "q"}])
+
+
+def test_model_builds_prompts_and_records_each_row(adapter, tiny_llava_next, lmu_data, monkeypatch):
+    """The model class as VLMEvalKit's inference loop drives it: set_dump_image, build_prompt, generate."""
+    from vlmeval.dataset import build_dataset
+
+    monkeypatch.setenv("LMUData", str(lmu_data))
+    model = adapter.LLaVAPyramidDrop(pretrained=str(tiny_llava_next), max_new_tokens=2)
+
+    mcq = build_dataset(TOY_MCQ)
+    model.set_dump_image(mcq.dump_image)
+    line = mcq.data.iloc[1]
+    message = model.build_prompt(line, dataset=TOY_MCQ) if model.use_custom_prompt(TOY_MCQ) else None
+    assert [item["type"] for item in message] == ["image", "text"]
+    assert message[1]["value"] == adapter.multiple_choice_prompt(line)
+    assert isinstance(model.generate(message, dataset=TOY_MCQ), str)
+
+    from pdrop_eval.adapters.vlmeval_run import _register_if_yes_no
+
+    _register_if_yes_no(TOY_YN, lmu_data / f"{TOY_YN}.tsv")
+    yes_no = build_dataset(TOY_YN)
+    model.set_dump_image(yes_no.dump_image)
+    line = yes_no.data.iloc[0]
+    message = model.build_prompt(line, dataset=TOY_YN)
+    assert message == yes_no.build_prompt(line)  # non-MCQ datasets keep their own prompt
+    model.generate(message, dataset=TOY_YN)
+
+    report = model.take_statistics()
+    assert [(s["task"], s["doc_id"]) for s in report["samples"]] == [(TOY_MCQ, 1), (TOY_YN, 100)]
+    assert report["drop"]["method"] == "pyramid" and report["generate_seconds"] > 0
+    assert model.take_statistics()["samples"] == []
+    with pytest.raises(RuntimeError, match="did not build"):
+        model.generate(message, dataset=TOY_YN)  # a prompt that skipped build_prompt has no known index
