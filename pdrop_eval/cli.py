@@ -8,8 +8,12 @@ import importlib
 import sys
 
 COMMAND_MODULES = (
+    "pdrop_eval.commands.bench",
     "pdrop_eval.commands.flops",
     "pdrop_eval.commands.make_tiny_model",
+    "pdrop_eval.commands.report",
+    "pdrop_eval.commands.sweep",
+    "pdrop_eval.commands.demo",
 )
 
 

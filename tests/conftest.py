@@ -23,3 +23,17 @@ def tiny_llava(tmp_path_factory):
 def tiny_llava_next(tmp_path_factory):
     """LLaVA-NeXT style: anyres, the number of image tokens depends on the image's aspect ratio."""
     return make_tiny_model(tmp_path_factory.mktemp("tiny_llava_next"), arch="llava_next")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`pdrop-eval demo` as the README runs it (plus --limit to stay fast): real lmms-eval runs of
+    vanilla, PyramidDrop and FastV on a tiny checkpoint and the bundled tasks. (folder, stdout)"""
+    import subprocess
+
+    out_dir = tmp_path_factory.mktemp("demo") / "out"
+    completed = subprocess.run(
+        ["pdrop-eval", "demo", "--out-dir", str(out_dir), "--limit", "2"], capture_output=True, text=True, timeout=600
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return out_dir, completed.stdout

@@ -1,0 +1,55 @@
+"""`pdrop-eval sweep`: one method over several λ (PyramidDrop) or R (FastV) values through lmms-eval,
+ending in the score-vs-TFLOPs table and plot."""
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--values must be numbers separated by commas, got {text!r}") from None
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="evaluate PyramidDrop λ or FastV R values through lmms-eval; table and plot of score vs TFLOPs",
+    )
+    parser.add_argument("--pretrained", required=True, help="HF checkpoint (path or hub id)")
+    parser.add_argument("--method", choices=("pdrop", "fastv"), required=True)
+    parser.add_argument("--values", required=True, type=_floats, help="λ values (pdrop) or R values (fastv), e.g. 0.3,0.4,0.5,0.6")
+    parser.add_argument("--tasks", required=True, help="lmms-eval task names, comma-separated")
+    parser.add_argument("--out-dir", required=True, help="folder for the runs, the report (sweep.md) and the plot (sweep.png)")
+    parser.add_argument("--layer-list", default="8,16,24", help="PyramidDrop stage boundaries (default: %(default)s)")
+    parser.add_argument("--fastv-k", type=int, default=2, help="FastV layer K (default: %(default)s)")
+    parser.add_argument("--no-vanilla", action="store_true", help="skip the no-drop reference run")
+    add_eval_options(parser)
+    parser.set_defaults(func=run)
+
+
+def add_eval_options(parser) -> None:
+    """lmms-eval options shared by sweep and demo."""
+    parser.add_argument("--limit", type=float, default=None, help="documents per task (lmms-eval --limit)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:0 (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="replace earlier results in the output folder")
+
+
+def eval_options(args) -> dict:
+    options = {"batch_size": args.batch_size, "device": args.device}
+    return options | ({"limit": args.limit} if args.limit is not None else {})
+
+
+def run(args) -> int:
+    import sys
+
+    from pdrop_eval.pipeline import PipelineError, evaluate_and_report, sweep_settings
+
+    layer_list = tuple(int(x) for x in args.layer_list.split(","))
+    settings = sweep_settings(args.method, args.values, not args.no_vanilla, layer_list, args.fastv_k)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    try:
+        print(evaluate_and_report(args.pretrained, settings, tasks, args.out_dir, eval_options(args), "sweep", args.force))
+    except PipelineError as error:
+        print(f"pdrop-eval sweep: {error}", file=sys.stderr)
+        return 1
+    return 0

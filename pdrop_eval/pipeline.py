@@ -1,0 +1,124 @@
+"""Evaluate several drop settings of one checkpoint through the real lmms-eval, then report.
+
+`pdrop-eval sweep` and `pdrop-eval demo` both come here. Each setting is one `python -m lmms_eval`
+command with its own `--output_path` (our adapters write their statistics file beside the results
+file found under the command line's `--output_path`, so one process per setting). lmms-eval exits 0
+even when an evaluation fails, so each setting's results file is checked afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.report import build_report
+from pdrop_eval.report.files import OutputExistsError, write_text
+from pdrop_eval.report.plot import write_plot
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TASKS_DIR = REPO_ROOT / "tasks"
+ADAPTERS = {"none": "llava_next_vanilla", "pyramid": "llava_next_pdrop", "fastv": "llava_fastv"}
+# lmms-eval's own entry point, after `import pdrop_eval` makes torchvision importable on CPU-only torch.
+LMMS_EVAL_MAIN = "import pdrop_eval, runpy; runpy.run_module('lmms_eval', run_name='__main__', alter_sys=True)"
+RUNS_FOLDER = "runs"
+LOG_FILE = "lmms_eval.log"  # in each setting's output folder, with the command on its first line
+
+
+class PipelineError(RuntimeError):
+    """An evaluation did not produce its results; the message says which and where the log is."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # folder name under runs/
+    drop: DropConfig
+
+
+def drop_model_args(drop: DropConfig) -> str:
+    """The drop options as lmms-eval `--model_args` (the adapters parse them with DropConfig.from_args)."""
+    if drop.method == "pyramid":
+        shape = f"lambda={drop.ratio}" if drop.ratio is not None else "image_token_ratio_list=" + ";".join(map(str, drop.image_token_ratio_list))
+        return f"layer_list={';'.join(map(str, drop.layer_list))},{shape},position_mode={drop.position_mode}"
+    if drop.method == "fastv":
+        return f"fastv_k={drop.fastv_k},fastv_r={drop.fastv_r},position_mode={drop.position_mode}"
+    return ""
+
+
+def sweep_settings(method: str, values: list[float], with_vanilla: bool, layer_list=(8, 16, 24), fastv_k: int = 2) -> list[Setting]:
+    """Vanilla (optional) plus one setting per λ (pdrop) or R (fastv)."""
+    settings = [Setting("vanilla", DropConfig.none())] if with_vanilla else []
+    for value in values:
+        if method == "pdrop":
+            settings.append(Setting(f"pdrop-lambda{value:g}", DropConfig.pyramid(layer_list=layer_list, ratio=value)))
+        elif method == "fastv":
+            settings.append(Setting(f"fastv-k{fastv_k}-r{value:g}", DropConfig.fastv(k=fastv_k, r=value)))
+        else:
+            raise ValueError(f"method must be pdrop or fastv, got {method!r}")
+    return settings
+
+
+def lmms_eval_command(pretrained: str, setting: Setting, tasks: list[str], output_path: Path, options: dict) -> list[str]:
+    """The lmms-eval command line of one setting; `options` are extra flags (limit, batch_size,
+    device; True for a flag without value, e.g. force_simple)."""
+    model_args = ",".join(filter(None, [f"pretrained={pretrained}", drop_model_args(setting.drop)]))
+    command = [sys.executable, "-c", LMMS_EVAL_MAIN, "--model", ADAPTERS[setting.drop.method], "--model_args", model_args]
+    command += ["--tasks", ",".join(tasks), "--include_path", str(TASKS_DIR), "--output_path", str(output_path), "--log_samples"]
+    for flag, value in options.items():
+        command += [f"--{flag}"] if value is True else [f"--{flag}", str(value)]
+    return command
+
+
+def prepare_out_dir(out_dir: Path, outputs: list[str], force: bool) -> None:
+    """Refuse to touch earlier results unless `force`; with it, remove only what we write."""
+    existing = [out_dir / name for name in [RUNS_FOLDER, *outputs] if (out_dir / name).exists()]
+    if existing and not force:
+        raise OutputExistsError(f"{existing[0]} exists; pass --force to replace the earlier results in {out_dir}")
+    for path in existing:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run_lmms_eval(command: list[str], output_path: Path) -> None:
+    output_path.mkdir(parents=True, exist_ok=True)
+    log_path = output_path / LOG_FILE
+    print(f"running lmms-eval: {shlex.join(command[3:])}", flush=True)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    with log_path.open("w") as log:
+        log.write(shlex.join(command) + "\n")
+        log.flush()
+        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+    if completed.returncode != 0 or not any(output_path.glob("*/*_results.json")):
+        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-25:])
+        raise PipelineError(f"lmms-eval wrote no results into {output_path} (exit code {completed.returncode}); see {log_path}:\n{tail}")
+
+
+def evaluate_and_report(
+    pretrained: str,
+    settings: list[Setting],
+    tasks: list[str],
+    out_dir: Path,
+    options: dict,
+    report_name: str,
+    force: bool = False,
+) -> str:
+    """Run every setting, then write `<report_name>.md` and `.png` into `out_dir`; returns the markdown."""
+    out_dir = Path(out_dir)
+    markdown_path, plot_path = out_dir / f"{report_name}.md", out_dir / f"{report_name}.png"
+    prepare_out_dir(out_dir, [markdown_path.name, plot_path.name], force)
+    runs_dir = out_dir / RUNS_FOLDER
+    for setting in settings:
+        output_path = runs_dir / setting.name
+        run_lmms_eval(lmms_eval_command(pretrained, setting, tasks, output_path, options), output_path)
+    report = build_report([runs_dir])
+    write_text(markdown_path, report.markdown, force=False)
+    write_plot(report.runs, plot_path)
+    return report.markdown + f"\nReport: {markdown_path}\nPlot: {plot_path}\n"

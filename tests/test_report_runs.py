@@ -1,0 +1,161 @@
+"""Reports from real framework outputs: lmms-eval (the demo's runs) and VLMEvalKit (run here), the
+right numbers in the right cells, and bad inputs named in the error."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from pdrop_eval.cli import main
+from pdrop_eval.flops import tflops
+from pdrop_eval.report import ReportInputError, build_report
+
+# The metric each bundled task reports (tasks/pdrop_local/*.yaml), all fractions of 1.
+LOCAL_TASK_METRICS = {
+    "pdrop_local_mcq": "mcq_accuracy",
+    "pdrop_local_vqa": "exact_match",
+    "pdrop_local_yesno": "yesno_accuracy",
+    "pdrop_local_mcq_ll": "acc",
+}
+METHOD_OF_FOLDER = {"vanilla": "vanilla", "pdrop": "PDrop λ=0.5", "fastv": "FastV K=2 R=0.5"}
+
+
+def table(markdown: str) -> dict[tuple[str, str], dict[str, str]]:
+    """(model, method) -> {column header: cell} of the first markdown table."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    split = lambda line: [cell.strip() for cell in line.strip("|").split("|")]  # noqa: E731
+    headers = split(lines[0])
+    return {(cells[0], cells[1]): dict(zip(headers, cells)) for cells in map(split, lines[2:])}
+
+
+def run_files(demo_dir, folder):
+    (results,) = (demo_dir / "runs" / folder).glob("*/*_results.json")
+    (stats,) = results.parent.glob("*_pdrop_stats.json")
+    return json.loads(results.read_text()), json.loads(stats.read_text())
+
+
+def test_lmms_eval_runs_land_in_the_right_cells(demo_run):
+    demo_dir, _ = demo_run
+    cells = table(build_report([demo_dir / "runs"]).markdown)
+    paper_flops = {}
+    for folder, method in METHOD_OF_FOLDER.items():
+        results, stats = run_files(demo_dir, folder)
+        row = cells[("tiny-llava", method)]
+        for task, metric in LOCAL_TASK_METRICS.items():
+            assert row[task] == f"{results['results'][task][metric + ',none'] * 100:.1f}", (method, task)
+        samples = stats["samples"]
+        assert len(samples) == 2 * len(LOCAL_TASK_METRICS)  # --limit 2 per task
+        paper = sum(s["tflops_paper"] for s in samples) / len(samples)
+        measured = sum(s["tflops_actual"] for s in samples) / len(samples)
+        assert (row["TFLOPs (paper conv.)"], row["TFLOPs (measured)"]) == (f"{paper:.3g}", f"{measured:.3g}")
+        paper_flops[folder] = paper
+    # Independent check of the paper convention: the tiny LLaVA has 64 image tokens per image.
+    dims = stats["model_dims"]
+    full = tflops(dims["hidden_size"], dims["intermediate_size"], dims["num_layers"], 64)
+    assert paper_flops["vanilla"] == pytest.approx(full)
+    assert paper_flops["pdrop"] < paper_flops["fastv"] < paper_flops["vanilla"]
+
+
+@pytest.fixture(scope="module")
+def vlmeval_run(demo_run, tmp_path_factory):
+    """pdrop-vlmeval (VLMEvalKit's run.py) with FastV on the demo's tiny checkpoint and a toy Y/N set."""
+    from pdrop_eval.adapters.vlmeval_data import make_toy_datasets
+
+    demo_dir, _ = demo_run
+    root = tmp_path_factory.mktemp("vlmeval")
+    make_toy_datasets(root / "lmu")
+    env = {**os.environ, "LMUData": str(root / "lmu")}
+    command = ["pdrop-vlmeval", "--model", "llava_fastv", "--data", "PDropToyYN", "--work-dir", str(root / "work"),
+               "--judge", "exact_matching", "--model-args", f"pretrained={demo_dir / 'tiny-llava'},max_new_tokens=4"]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return root / "work"
+
+
+def test_vlmeval_run_merges_with_the_lmms_eval_run_of_the_same_setting(demo_run, vlmeval_run):
+    demo_dir, _ = demo_run
+    model_dir = vlmeval_run / "llava_fastv"
+    score = pd.read_csv(model_dir / "llava_fastv_PDropToyYN_score.csv")  # Y/N: percent already
+    stats = json.loads(next(model_dir.glob("*pdrop_stats*.json")).read_text())
+    cells = table(build_report([demo_dir / "runs", vlmeval_run]).markdown)
+    fastv = cells[("tiny-llava", "FastV K=2 R=0.5")]
+    assert fastv["PDropToyYN"] == f"{score['Overall'][0]:.1f}"
+    lmms_results, lmms_stats = run_files(demo_dir, "fastv")
+    assert fastv["pdrop_local_vqa"] == f"{lmms_results['results']['pdrop_local_vqa']['exact_match,none'] * 100:.1f}"
+    samples = stats["samples"] + lmms_stats["samples"]  # one row: TFLOPs over both runs' samples
+    assert fastv["TFLOPs (paper conv.)"] == f"{sum(s['tflops_paper'] for s in samples) / len(samples):.3g}"
+    assert cells[("tiny-llava", "vanilla")]["PDropToyYN"] == "-"
+    assert cells[("tiny-llava", "vanilla")]["Avg"].endswith("*")  # missing PDropToyYN, footnoted
+
+
+def test_conflicting_duplicate_runs_are_reported(demo_run, tmp_path):
+    demo_dir, _ = demo_run
+    for copy in ("a", "b"):
+        shutil.copytree(demo_dir / "runs" / "fastv", tmp_path / copy)
+    (results_b,) = (tmp_path / "b").glob("*/*_results.json")
+    data = json.loads(results_b.read_text())
+    data["results"]["pdrop_local_vqa"]["exact_match,none"] = 0.5 + data["results"]["pdrop_local_vqa"]["exact_match,none"] / 4
+    results_b.write_text(json.dumps(data))
+    markdown = build_report([tmp_path]).markdown
+    cell = table(markdown)[("tiny-llava", "FastV K=2 R=0.5")]["pdrop_local_vqa"]
+    assert "≠" in cell and cell.endswith("‡")
+    assert str(results_b) in markdown and "conflicting duplicate runs" in markdown
+
+
+def corrupt(path):
+    path.write_text(path.read_text()[: len(path.read_text()) // 2])
+
+
+def drop_config(path):
+    data = json.loads(path.read_text())
+    del data["config"]
+    path.write_text(json.dumps(data))
+
+
+def foreign(path):
+    path.write_text(json.dumps([{"model": "x", "score": 1}]))
+
+
+def wrong_stats_schema(path):
+    stats = next(path.parent.glob("*_pdrop_stats.json"))
+    stats.write_text(json.dumps({"schema": "someone-else/v9"}))
+    return stats
+
+
+@pytest.mark.parametrize("damage, expected", [(corrupt, "corrupt JSON"), (drop_config, "missing 'config'"),
+                                               (foreign, "holds a JSON list"), (wrong_stats_schema, "schema is")])
+def test_bad_files_are_named_in_the_error(demo_run, tmp_path, capsys, damage, expected):
+    demo_dir, _ = demo_run
+    shutil.copytree(demo_dir / "runs" / "pdrop", tmp_path / "run")
+    (results,) = (tmp_path / "run").glob("*/*_results.json")
+    named = damage(results) or results
+    with pytest.raises(ReportInputError, match=expected) as error:
+        build_report([tmp_path / "run"])
+    assert str(named) in str(error.value)
+    assert main(["report", str(tmp_path / "run")]) == 2
+    assert str(named) in capsys.readouterr().err
+
+
+def test_folder_without_results_is_an_error(tmp_path):
+    (tmp_path / "notes.json").write_text("{}")
+    with pytest.raises(ReportInputError, match="no lmms-eval results"):
+        build_report([tmp_path])
+
+
+def test_report_plot_and_overwrite_rule(demo_run, tmp_path):
+    demo_dir, _ = demo_run
+    out, plot = tmp_path / "r.md", tmp_path / "r.png"
+    assert main(["report", str(demo_dir / "runs"), "--out", str(out), "--plot", str(plot), "--layout", "paper-table5", "--compare-paper", "--paper-model", "LLaVA-1.5-7B"]) == 0
+    markdown = out.read_text()
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    rows = table(markdown)
+    # paper-table5 columns (all dashes for the local tasks) and the paper's LLaVA-1.5-7B numbers under each row
+    assert rows[("tiny-llava", "↳ paper LLaVA-1.5-7B, Table 5")]["MME"] in {"1475.6", "1500.8"}
+    assert rows[("tiny-llava", "↳ paper LLaVA-1.5-7B, Table 1, 4, 5")]["TFLOPs (paper conv.)"] == "3.82"
+    assert rows[("tiny-llava", "vanilla")]["MME"] == "-"
+    plot.write_bytes(b"mine")
+    assert main(["report", str(demo_dir / "runs"), "--plot", str(plot)]) == 2
+    assert plot.read_bytes() == b"mine"
