@@ -176,6 +176,10 @@ def test_fastv_run_answers_and_scores_multiple_choice(fastv_run, tiny_llava):
     assert "acc,none" in results["results"]["pdrop_local_mcq_ll"]
     for doc in fastv_run.samples("pdrop_local_mcq_ll").values():
         assert len(doc["filtered_resps"]) == 4  # one (loss, is_greedy) per option
+        # lmms-eval's verdict is the most likely option (lowest loss, compared as numbers)
+        losses = [float(loss) for loss, _is_greedy in doc["filtered_resps"]]
+        most_likely = "ABCD"[losses.index(min(losses))]
+        assert doc["acc"] == float(most_likely == doc["target"])
     run_stats = check_stats_follow_config(fastv_run, tiny_llava, DropConfig.from_args(FASTV_ARGS, method="fastv"), ALL_TASKS)
     assert run_stats["architecture"] == "llava"
 
