@@ -40,16 +40,6 @@ class Setting:
     drop: DropConfig
 
 
-def drop_model_args(drop: DropConfig) -> str:
-    """The drop options as lmms-eval `--model_args` (the adapters parse them with DropConfig.from_args)."""
-    if drop.method == "pyramid":
-        shape = f"lambda={drop.ratio}" if drop.ratio is not None else "image_token_ratio_list=" + ";".join(map(str, drop.image_token_ratio_list))
-        return f"layer_list={';'.join(map(str, drop.layer_list))},{shape},position_mode={drop.position_mode}"
-    if drop.method == "fastv":
-        return f"fastv_k={drop.fastv_k},fastv_r={drop.fastv_r},position_mode={drop.position_mode}"
-    return ""
-
-
 def sweep_settings(method: str, values: list[float], with_vanilla: bool, layer_list=(8, 16, 24), fastv_k: int = 2) -> list[Setting]:
     """Vanilla (optional) plus one setting per λ (pdrop) or R (fastv)."""
     settings = [Setting("vanilla", DropConfig.none())] if with_vanilla else []
@@ -66,7 +56,7 @@ def sweep_settings(method: str, values: list[float], with_vanilla: bool, layer_l
 def lmms_eval_command(pretrained: str, setting: Setting, tasks: list[str], output_path: Path, options: dict) -> list[str]:
     """The lmms-eval command line of one setting; `options` are extra flags (limit, batch_size,
     device; True for a flag without value, e.g. force_simple)."""
-    model_args = ",".join(filter(None, [f"pretrained={pretrained}", drop_model_args(setting.drop)]))
+    model_args = ",".join(filter(None, [f"pretrained={pretrained}", setting.drop.to_args()]))
     command = [sys.executable, "-c", LMMS_EVAL_MAIN, "--model", ADAPTERS[setting.drop.method], "--model_args", model_args]
     command += ["--tasks", ",".join(tasks), "--include_path", str(TASKS_DIR), "--output_path", str(output_path), "--log_samples"]
     for flag, value in options.items():

@@ -51,6 +51,33 @@ def test_from_args_parses_lmms_eval_fragments():
 
 
 @pytest.mark.parametrize(
+    "config",
+    [
+        DropConfig.none(),
+        DropConfig.pyramid(),
+        DropConfig.pyramid(layer_list=[2, 4], image_token_ratio_list=[0.6, 0.3], position_mode="original"),
+        DropConfig.fastv(k=3, r=0.25),
+        DropConfig.fastv(position_mode="compact"),
+    ],
+)
+def test_dict_and_args_round_trip(config):
+    assert DropConfig.from_dict(config.to_dict()) == config
+    assert DropConfig.from_args(config.to_args(), method=config.method) == config
+
+
+def test_from_dict_defaults_and_rejections():
+    # statistics files written without position_mode keep each method's own default
+    assert DropConfig.from_dict({"method": "fastv", "fastv_k": 2, "fastv_r": 0.5}).position_mode == "original"
+    assert DropConfig.from_dict({"method": "pyramid", "layer_list": [8], "ratio": 0.5}).position_mode == "compact"
+    with pytest.raises(ValueError, match=r"unknown DropConfig field\(s\) \['lam'\]"):
+        DropConfig.from_dict({"method": "pyramid", "lam": 0.5})
+    with pytest.raises(ValueError, match="method must be one of"):
+        DropConfig.from_dict({"method": "random"})
+    with pytest.raises(TypeError, match="drop config dict"):
+        DropConfig.from_dict(["pyramid"])
+
+
+@pytest.mark.parametrize(
     "text,method,message",
     [
         ("lamda=0.5", None, r"unknown drop option\(s\) \['lamda'\]"),

@@ -7,7 +7,7 @@ the engine executes, after checking the layers against the model's depth.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 METHODS = ("none", "pyramid", "fastv")
 POSITION_MODES = ("compact", "original")
@@ -172,6 +172,33 @@ class DropConfig:
                 position_mode=values.get("position_mode", "original"),
             )
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DropConfig":
+        """The inverse of `to_dict` (e.g. the ``drop`` entry of a statistics file)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a drop config dict is needed, got {data!r}")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown DropConfig field(s) {unknown}")
+        values = dict(data)
+        values["layer_list"] = tuple(values.get("layer_list") or ())
+        if values.get("image_token_ratio_list") is not None:
+            values["image_token_ratio_list"] = tuple(values["image_token_ratio_list"])
+        values.setdefault("position_mode", "original" if values.get("method") == "fastv" else "compact")
+        return cls(**values)
+
+    def to_args(self) -> str:
+        """This config as the fragment `from_args` parses (without ``method``), e.g. for --model_args."""
+        if self.method == "pyramid":
+            if self.ratio is not None:
+                shape = f"lambda={self.ratio}"
+            else:
+                shape = "image_token_ratio_list=" + ";".join(map(str, self.image_token_ratio_list))
+            return f"layer_list={';'.join(map(str, self.layer_list))},{shape},position_mode={self.position_mode}"
+        if self.method == "fastv":
+            return f"fastv_k={self.fastv_k},fastv_r={self.fastv_r},position_mode={self.position_mode}"
+        return ""
 
     def to_dict(self) -> dict:
         data = asdict(self)

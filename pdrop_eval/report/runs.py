@@ -100,25 +100,10 @@ def _number(value, path: Path, name: str) -> float:
 
 
 def drop_config_from_stats(drop: dict, path: Path) -> DropConfig:
-    if not isinstance(drop, dict):
-        raise ReportInputError(f"{path}: 'drop' should be an object, got {drop!r}")
-    method = drop.get("method")
-    position = {"position_mode": drop["position_mode"]} if drop.get("position_mode") else {}
     try:
-        if method == "none":
-            return DropConfig.none()
-        if method == "pyramid":
-            return DropConfig.pyramid(
-                layer_list=drop.get("layer_list") or (),
-                ratio=drop.get("ratio"),
-                image_token_ratio_list=drop.get("image_token_ratio_list"),
-                **position,
-            )
-        if method == "fastv":
-            return DropConfig.fastv(k=drop.get("fastv_k"), r=drop.get("fastv_r"), **position)
+        return DropConfig.from_dict(drop)
     except (TypeError, ValueError) as error:
-        raise ReportInputError(f"{path}: invalid drop config {drop}: {error}") from None
-    raise ReportInputError(f"{path}: unknown drop method {method!r}")
+        raise ReportInputError(f"{path}: invalid drop config {drop!r}: {error}") from None
 
 
 def read_stats(path: Path) -> Stats:
