@@ -77,6 +77,18 @@ def build_run_stats(
     }
 
 
+def gather_from_all_processes(value) -> list:
+    """`value` from every process of the default torch.distributed group, in rank order (a collective:
+    every process must call it); just ``[value]`` when no group of several processes is running."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def write_run_stats(path: str | Path, run_stats: dict) -> Path:
     path = Path(path)
     if not path.name.endswith(FILE_SUFFIX):

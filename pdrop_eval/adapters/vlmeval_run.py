@@ -307,19 +307,15 @@ def _recording_statistics(infer_data_job, adapter):
     Like VLMEvalKit's folder, the file accumulates: samples of datasets inferred by earlier runs
     (same checkpoint and drop config, see `_check_work_dir_fits`) stay, those inferred now replace
     theirs, and wall_time_s adds up the generation time of the runs."""
-    import torch.distributed as dist
 
-    from pdrop_eval.stats import FILE_SUFFIX, build_run_stats, write_run_stats
+    from pdrop_eval.stats import FILE_SUFFIX, build_run_stats, gather_from_all_processes, write_run_stats
 
     def infer_and_record(model, *, work_dir, model_name, dataset, **kwargs):
         model = infer_data_job(model, work_dir=work_dir, model_name=model_name, dataset=dataset, **kwargs)
         # VLMEvalKit hands back the bare model name when every prediction was reused (nothing inferred).
         local = model.take_statistics() if isinstance(model, adapter.DropVLM) else None
-        world_size = dist.get_world_size() if dist.is_initialized() else 1
-        gathered = [local]
-        if world_size > 1:
-            gathered = [None] * world_size
-            dist.all_gather_object(gathered, local)  # a collective: every rank gets here for every dataset
+        gathered = gather_from_all_processes(local)  # a collective: every rank gets here for every dataset
+        world_size = len(gathered)
         reports = [report for report in gathered if report is not None]
         if _rank() != 0 or not reports:
             return model

@@ -237,7 +237,7 @@ class LlavaDropModel(lmms):
 
     def clean(self) -> None:
         """Called by the evaluator on every process after the last request: gather statistics on rank 0."""
-        gathered = _gather_to_all((self._samples, self._seconds), self.world_size)
+        gathered = stats.gather_from_all_processes((self._samples, self._seconds))
         if self.rank == 0:
             self._run_stats = stats.build_run_stats(
                 framework="lmms-eval",
@@ -353,14 +353,6 @@ def _process_device(device: str | None, local_index: int) -> str:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return f"cuda:{local_index}" if device == "cuda" else device
-
-
-def _gather_to_all(value, world_size: int) -> list:
-    if world_size == 1 or not torch.distributed.is_initialized():
-        return [value]
-    gathered = [None] * world_size
-    torch.distributed.all_gather_object(gathered, value)
-    return gathered
 
 
 def _cli_output_path() -> str | None:
