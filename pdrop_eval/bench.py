@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -85,18 +85,21 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _median_prefill(model, input_ids, settings: BenchSettings) -> float:
-    def run() -> float:
-        _synchronize(settings.device)
-        start = time.perf_counter()
-        model(input_ids=input_ids, use_cache=True)
-        _synchronize(settings.device)
-        return time.perf_counter() - start
+def _timed(device: str, function, *args, **kwargs):
+    """(result, seconds) of one call, the device's queued work included."""
+    _synchronize(device)
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    _synchronize(device)
+    return result, time.perf_counter() - start
 
+
+def _prefill_seconds(model, input_ids, settings: BenchSettings) -> list[float]:
+    """`warmup` untimed prefills, then the seconds of each of `repeats` prefills."""
     with torch.inference_mode():
         for _ in range(settings.warmup):
-            run()
-        return statistics.median(run() for _ in range(settings.repeats))
+            model(input_ids=input_ids, use_cache=True)
+        return [_timed(settings.device, model, input_ids=input_ids, use_cache=True)[1] for _ in range(settings.repeats)]
 
 
 @contextmanager
@@ -106,11 +109,8 @@ def _timed_scoring(settings: BenchSettings):
     original = staged.query_attention
 
     def timed(*args, **kwargs):
-        _synchronize(settings.device)
-        start = time.perf_counter()
-        result = original(*args, **kwargs)
-        _synchronize(settings.device)
-        spent.append(time.perf_counter() - start)
+        result, seconds = _timed(settings.device, original, *args, **kwargs)
+        spent.append(seconds)
         return result
 
     staged.query_attention = timed
@@ -126,20 +126,15 @@ def run_bench(settings: BenchSettings) -> dict:
     pyramid = DropConfig.pyramid(layer_list=settings.pyramid_layers(), ratio=settings.ratio)
     fastv = DropConfig.fastv(k=settings.fastv_k, r=settings.fastv_r)
 
-    vanilla_s = _median_prefill(model, input_ids, settings)
+    vanilla_s = statistics.median(_prefill_seconds(model, input_ids, settings))
     with apply_drop(model, pyramid):
-        pdrop_s = _median_prefill(model, input_ids, settings)
-        with _timed_scoring(settings) as spent, torch.inference_mode():
-            prefill_total = 0.0
-            for _ in range(settings.repeats):
-                _synchronize(settings.device)
-                start = time.perf_counter()
-                model(input_ids=input_ids, use_cache=True)
-                _synchronize(settings.device)
-                prefill_total += time.perf_counter() - start
-        scoring_overhead = sum(spent) / prefill_total
+        pdrop_s = statistics.median(_prefill_seconds(model, input_ids, settings))
+        # A separate, already warm pass with the ranking timed, so its timers do not touch pdrop_s.
+        with _timed_scoring(settings) as spent:
+            instrumented = _prefill_seconds(model, input_ids, replace(settings, warmup=0))
+        scoring_overhead = sum(spent) / sum(instrumented)
     with apply_drop(model, fastv):
-        fastv_s = _median_prefill(model, input_ids, settings)
+        fastv_s = statistics.median(_prefill_seconds(model, input_ids, settings))
 
     def actual_tflops(config: DropConfig) -> float:
         counts = tokens_per_layer(settings.image_tokens, config, settings.num_layers, settings.text_tokens)

@@ -209,8 +209,7 @@ class DropHandle:
         batch, seq_len = valid.shape
         if self._query_index is None:
             # the last real token of each sample (left or right padding)
-            last = seq_len - 1 - valid.flip(1).long().argmax(1)
-            query_index = last
+            query_index = seq_len - 1 - valid.flip(1).long().argmax(1)
         else:
             query_index = self._query_index.to(valid.device)
             if query_index.shape != (batch,):
