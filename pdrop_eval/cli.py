@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "pdrop_eval.commands.report",
     "pdrop_eval.commands.sweep",
     "pdrop_eval.commands.demo",
+    "pdrop_eval.commands.show",
 )
 
 

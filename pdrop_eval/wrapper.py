@@ -124,7 +124,9 @@ class SampleStats:
     """What one sample cost: image tokens and all tokens at every decoder layer, and TFLOPs.
 
     tflops_paper counts image tokens only (the paper's convention); tflops_actual counts every token the
-    layers really processed (text included), both with `pdrop_eval.flops.tflops`.
+    layers really processed (text included), both with `pdrop_eval.flops.tflops`. kept: the image tokens
+    left after each drop stage (indices into the sample's image-token block, see `pdrop_eval.token_map`);
+    not part of `to_dict`, the statistics file stores them only when asked.
     """
 
     num_image_tokens: int
@@ -132,6 +134,7 @@ class SampleStats:
     tokens_per_layer: list[int]
     tflops_paper: float
     tflops_actual: float
+    kept: tuple[tuple[int, ...], ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -340,6 +343,7 @@ class LlavaRunner:
                 tokens_per_layer=list(sample["tokens_per_layer"]),
                 tflops_paper=flops.tflops(*size, sample["image_tokens_per_layer"]),
                 tflops_actual=flops.tflops(*size, sample["tokens_per_layer"]),
+                kept=tuple(tuple(stage) for stage in sample["kept"]),
             )
             for sample in self._handle.last_stats
         ]
