@@ -42,7 +42,9 @@ def drop_stages(drop: DropConfig, num_layers: int, kept: Sequence[Sequence[int]]
 
 
 def caption(question: str, answer: str, drop: DropConfig, pretrained: str) -> str:
-    wrap = lambda text: textwrap.fill(" ".join(text.split()), 110)  # noqa: E731
+    def wrap(text: str) -> str:  # one paragraph, unprintable characters (a random model's bytes) shown as "?"
+        return textwrap.fill("".join(c if c.isprintable() else "?" for c in " ".join(text.split())), 110)
+
     return f"Q: {wrap(question)}\nA: {wrap(answer)}\n{drop.describe()} · {pretrained}"
 
 
@@ -75,7 +77,9 @@ def picture_figure(plt, image, regions: Sequence[TokenRegion], number: int, stag
     rows = [name for name in ROWS if name in kinds]
     width, height = image.size
     strip = 0.06 * width  # newline cells, right of the grid
-    panel_width, title_height, caption_height = 3.0, 0.45, 1.3
+    legend = "dimmed: dropped image tokens" + ("; right strip: image_newline tokens (green kept, grey dropped)" if "grid" in rows else "")
+    caption_text = f"{caption_text}\n{legend}"
+    panel_width, title_height, caption_height = 3.0, 0.45, 0.25 + 0.15 * (caption_text.count("\n") + 1)
     panel_height = min(max(panel_width * height / width, 1.2), 6.0)
     figure_height = (panel_height + title_height) * len(rows) + caption_height
     columns = 1 + len(stages)
@@ -106,8 +110,7 @@ def picture_figure(plt, image, regions: Sequence[TokenRegion], number: int, stag
             kept = sum(index in stage.kept for index in drawn)
             note = "".join(f" · CLS {'kept' if i in stage.kept else 'dropped'}" for i in extra) if row == 0 else ""
             ax.set_title(f"{stage.label}: {kept}/{len(drawn)} kept{note}", fontsize=8)
-    legend = "dimmed: dropped image tokens" + ("; right strip: image_newline tokens (green kept, grey dropped)" if "grid" in rows else "")
-    figure.text(0.01, 0.01, f"{caption_text}\n{legend}", fontsize=8, va="bottom", ha="left", family="monospace")
+    figure.text(0.01, 0.01, caption_text, fontsize=8, va="bottom", ha="left", family="monospace")
     figure.tight_layout(rect=(0, caption_height / figure_height, 1, 1))
     return figure
 

@@ -4,9 +4,9 @@
 the order the model lays the tokens out, so entry i describes the i-th image token of the sample (the
 index the drop engine's `kept` lists use). It replays the processor's geometry and the model's order:
 
-* LLaVA-1.5 (`LlavaProcessor`): optional pad to a square (`LlavaImageProcessor` with ``do_pad``), resize,
-  center crop, then the vision tower's patch grid row by row (after the CLS token when the feature
-  strategy keeps it).
+* LLaVA-1.5 (`LlavaProcessor`): optional pad to a square (``pad_to_square``, as `LlavaRunner` does before
+  the processor, or `LlavaImageProcessor`'s ``do_pad``), resize, center crop, then the vision tower's
+  patch grid row by row (after the CLS token when the feature strategy keeps it).
 * LLaVA-NeXT (`LlavaNextProcessor`): first the base tile (the whole picture squashed to the tile size)
   row by row; then the anyres grid: the picture resized into the best grid resolution keeping its aspect
   ratio, padded to it centrally, cut into tiles, each tile's patch grid joined into one feature map,
@@ -70,9 +70,11 @@ class _Frame:
         return (left, top, right, bottom)
 
 
-def image_token_regions(processor, image_sizes: Sequence[tuple[int, int]]) -> list[TokenRegion]:
+def image_token_regions(processor, image_sizes: Sequence[tuple[int, int]], pad_to_square: bool = False) -> list[TokenRegion]:
     """One `TokenRegion` per image token of a prompt showing pictures of `image_sizes` ((width, height) each,
-    as PIL's `Image.size`, in prompt order), for a `LlavaProcessor` or `LlavaNextProcessor`."""
+    as PIL's `Image.size`, in prompt order), for a `LlavaProcessor` or `LlavaNextProcessor`.
+    `pad_to_square`: the pictures were centered on a square canvas before the processor (LLaVA-1.5 only,
+    `LlavaRunner.pad_to_square`)."""
     from transformers import LlavaNextProcessor, LlavaProcessor
 
     if isinstance(processor, LlavaNextProcessor):
@@ -89,20 +91,23 @@ def image_token_regions(processor, image_sizes: Sequence[tuple[int, int]]) -> li
             f"token map: vision_feature_select_strategy='default' removes a CLS token but the processor's "
             f"num_additional_image_tokens is {processor.num_additional_image_tokens}"
         )
+    if pad_to_square and layout is _llava_next_regions:
+        raise ValueError("token map: pad_to_square applies to LLaVA-1.5 only (LLaVA-NeXT's anyres keeps the aspect ratio)")
     regions = []
     for image, (width, height) in enumerate(image_sizes):
         if width < 1 or height < 1:
             raise ValueError(f"token map: image {image} has size {width}x{height}")
-        regions += layout(processor, image, (int(width), int(height)), extra)
+        regions += layout(processor, image, (int(width), int(height)), extra, pad_to_square)
     return regions
 
 
-def _llava_regions(processor, image: int, size: tuple[int, int], extra: int) -> list[TokenRegion]:
+def _llava_regions(processor, image: int, size: tuple[int, int], extra: int, pad_to_square: bool) -> list[TokenRegion]:
     image_processor = processor.image_processor
     frame = _Frame(*size)
-    if getattr(image_processor, "do_pad", False):
-        if not hasattr(image_processor, "pad_to_square"):
-            raise ValueError(f"token map: do_pad of {type(image_processor).__name__} is not supported (only LlavaImageProcessor's pad to square)")
+    processor_pads = getattr(image_processor, "do_pad", False)
+    if processor_pads and not hasattr(image_processor, "pad_to_square"):
+        raise ValueError(f"token map: do_pad of {type(image_processor).__name__} is not supported (only LlavaImageProcessor's pad to square)")
+    if pad_to_square or processor_pads:  # a square stays as it is, so padding twice is padding once
         side = max(size)
         frame = frame.crop(-((side - size[0]) // 2), -((side - size[1]) // 2), side, side)
     frame = _resize_and_crop(frame, image_processor)
@@ -110,7 +115,7 @@ def _llava_regions(processor, image: int, size: tuple[int, int], extra: int) -> 
     return regions + [TokenRegion(image, "patch", box) for row in _cell_boxes(frame, processor.patch_size, size) for box in row]
 
 
-def _llava_next_regions(processor, image: int, size: tuple[int, int], extra: int) -> list[TokenRegion]:
+def _llava_next_regions(processor, image: int, size: tuple[int, int], extra: int, pad_to_square: bool) -> list[TokenRegion]:
     from transformers.image_processing_utils import select_best_resolution
 
     if extra:

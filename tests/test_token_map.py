@@ -26,30 +26,41 @@ from transformers.models.llava_next.modeling_llava_next import LlavaNextModel, i
 
 from pdrop_eval.tiny import NEXT_GRID_PINPOINTS, PATCH_SIZE
 from pdrop_eval.token_map import image_token_regions
+from pdrop_eval.wrapper import expand_to_square
 
 SIZES = [(64, 64), (100, 40), (40, 100), (200, 150), (30, 90), (128, 128), (300, 57), (57, 131)]
 NEWLINE_MARK = -1000.0
 
 
 def variants(checkpoint: str) -> dict:
-    """The tiny checkpoint's processor plus variants that exercise every geometry step."""
+    """The tiny checkpoint's processor plus variants that exercise every geometry step: name ->
+    (processor, whether LlavaRunner pads the pictures to a square before it)."""
     stock = AutoProcessor.from_pretrained(checkpoint)
     common = dict(tokenizer=stock.tokenizer, patch_size=PATCH_SIZE, vision_feature_select_strategy="default", num_additional_image_tokens=1)
     crop = {"height": 64, "width": 64}
     if isinstance(stock, LlavaNextProcessor):
         larger = LlavaNextImageProcessor(size={"shortest_edge": 72}, crop_size=crop, image_grid_pinpoints=NEXT_GRID_PINPOINTS)
-        return {"stock": stock, "resize-72-crop-64": LlavaNextProcessor(image_processor=larger, **common)}
+        return {"stock": (stock, False), "resize-72-crop-64": (LlavaNextProcessor(image_processor=larger, **common), False)}
     return {
-        "stock": stock,
-        "resize-72-crop-64": LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 72}, crop_size=crop), **common),
-        "squash-no-crop": LlavaProcessor(image_processor=CLIPImageProcessor(size=crop, do_center_crop=False), **common),
+        "stock": (stock, False),
+        "runner-pads": (stock, True),
+        "resize-72-crop-64": (LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 72}, crop_size=crop), **common), False),
+        "squash-no-crop": (LlavaProcessor(image_processor=CLIPImageProcessor(size=crop, do_center_crop=False), **common), False),
         # black padding (mean 0), so padded pixels read as "no picture" below
-        "pad-to-square": LlavaProcessor(
-            image_processor=LlavaImageProcessor(do_pad=True, size={"shortest_edge": 64}, crop_size=crop, image_mean=[0, 0, 0], image_std=[1, 1, 1]),
-            **common,
+        "processor-pads": (
+            LlavaProcessor(
+                image_processor=LlavaImageProcessor(do_pad=True, size={"shortest_edge": 64}, crop_size=crop, image_mean=[0, 0, 0], image_std=[1, 1, 1]),
+                **common,
+            ),
+            False,
         ),
-        "cls-kept": LlavaProcessor(**{**common, "vision_feature_select_strategy": "full"}, image_processor=stock.image_processor),
+        "cls-kept": (LlavaProcessor(**{**common, "vision_feature_select_strategy": "full"}, image_processor=stock.image_processor), False),
     }
+
+
+def as_given(images, pad_to_square: bool):
+    """The pictures as LlavaRunner hands them to the processor (black padding: reads as "no picture")."""
+    return [expand_to_square(image, (0, 0, 0)) for image in images] if pad_to_square else images
 
 
 @pytest.fixture(scope="module", params=["llava", "llava_next"])
@@ -115,10 +126,10 @@ def position_picture(width: int, height: int) -> Image.Image:
 
 
 def test_token_count_equals_the_processors_expansion(checkpoint):
-    for name, processor in variants(checkpoint).items():
+    for name, (processor, pad) in variants(checkpoint).items():
         for sizes in [[size] for size in SIZES] + [SIZES[1:4], [(1, 1), (500, 3)]]:
-            expected, _ = prompt_image_tokens(processor, [Image.new("RGB", size) for size in sizes])
-            regions = image_token_regions(processor, sizes)
+            expected, _ = prompt_image_tokens(processor, as_given([Image.new("RGB", size) for size in sizes], pad))
+            regions = image_token_regions(processor, sizes, pad)
             assert len(regions) == expected, (name, sizes)
             assert [r.image for r in regions] == sorted(r.image for r in regions)  # pictures in prompt order
             assert {r.image for r in regions} == set(range(len(sizes)))
@@ -127,10 +138,10 @@ def test_token_count_equals_the_processors_expansion(checkpoint):
 def test_every_token_box_shows_what_the_model_sees(checkpoint):
     """Each token's box centre is where its patch's pixels came from; padding-only patches get empty boxes."""
     config = AutoConfig.from_pretrained(checkpoint)
-    for name, processor in variants(checkpoint).items():
+    for name, (processor, pad) in variants(checkpoint).items():
         sizes = SIZES[1:5]  # one multi-image prompt per variant; the single-image layouts are inside it
-        colors = model_token_colors(processor, config, [position_picture(*size) for size in sizes])
-        regions = image_token_regions(processor, sizes)
+        colors = model_token_colors(processor, config, as_given([position_picture(*size) for size in sizes], pad))
+        regions = image_token_regions(processor, sizes, pad)
         assert len(colors) == len(regions), name
         spatial = 0
         for index, (region, color) in enumerate(zip(regions, colors)):
@@ -185,7 +196,7 @@ def test_marker_lands_in_the_tokens_the_map_names(checkpoint):
     assert inside >= 4 and outside > inside
 
 
-def test_unsupported_processors_are_refused(tiny_llava):
+def test_unsupported_processors_are_refused(tiny_llava, tiny_llava_next):
     stock = AutoProcessor.from_pretrained(tiny_llava)
     with pytest.raises(ValueError, match="LlavaProcessor or LlavaNextProcessor"):
         image_token_regions(stock.image_processor, [(64, 64)])
@@ -194,3 +205,5 @@ def test_unsupported_processors_are_refused(tiny_llava):
         image_token_regions(missing_cls, [(64, 64)])
     with pytest.raises(ValueError, match="image 1 has size 0x5"):
         image_token_regions(stock, [(64, 64), (0, 5)])
+    with pytest.raises(ValueError, match="pad_to_square applies to LLaVA-1.5 only"):
+        image_token_regions(AutoProcessor.from_pretrained(tiny_llava_next), [(64, 64)], pad_to_square=True)

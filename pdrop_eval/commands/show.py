@@ -50,7 +50,7 @@ def run(args) -> int:
     stages = drop_stages(drop, runner.model_dims["num_layers"], answer.stats.kept)
     for stage in stages:
         print(f"{stage.label}: {len(stage.kept)} of {answer.stats.num_image_tokens} image tokens kept")
-    regions = image_token_regions(runner.processor, [image.size for image in query.images])
+    regions = image_token_regions(runner.processor, [image.size for image in query.images], runner.pad_to_square)
     if len(regions) != answer.stats.num_image_tokens:
         raise ValueError(f"the token map names {len(regions)} image tokens but the model saw {answer.stats.num_image_tokens}")
     text = caption(args.question, answer.text.strip(), drop, args.pretrained)
