@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pdrop_eval.engine.config import DropConfig
 from pdrop_eval.report.files import check_writable
+from pdrop_eval.report.plot import pyplot
 from pdrop_eval.token_map import TokenRegion
 
 DIM = 0.78  # opacity of the shade over dropped regions
@@ -118,14 +119,3 @@ def picture_figure(plt, image, regions: Sequence[TokenRegion], number: int, stag
 def _corners(box):
     left, top, right, bottom = box
     return [(left, top), (right, top), (right, bottom), (left, bottom)]
-
-
-def pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only, no display
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ValueError("pictures need matplotlib: pip install matplotlib") from None
-    return plt

@@ -9,7 +9,8 @@ from transformers import AutoProcessor
 
 from pdrop_eval.cli import main
 from pdrop_eval.engine.config import DropConfig
-from pdrop_eval.show import ROWS, Stage, drop_stages, picture_figure, pyplot
+from pdrop_eval.report.plot import pyplot
+from pdrop_eval.show import ROWS, Stage, drop_stages, picture_figure
 from pdrop_eval.token_map import image_token_regions
 
 

@@ -34,14 +34,20 @@ def plot_points(runs: list[Run]) -> dict[str, dict[tuple[str, str], list[tuple[f
     return {key: {name: sorted(xy) for name, xy in series.items()} for key, series in points.items()}
 
 
-def write_plot(runs: list[Run], path: Path, force: bool = False) -> Path:
+def pyplot():
+    """matplotlib.pyplot drawing to files only (Agg), with a clear error where matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # files only, no display
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("the plot needs matplotlib: pip install matplotlib") from None
+        raise ValueError("plots need matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def write_plot(runs: list[Run], path: Path, force: bool = False) -> Path:
+    plt = pyplot()
     path = Path(path)
     check_writable(path, force)
     points = plot_points(runs)
