@@ -335,11 +335,11 @@ class LlavaRunner:
         size = (self.model_dims["hidden_size"], self.model_dims["intermediate_size"], self.model_dims["num_layers"])
         return [
             SampleStats(
-                num_image_tokens=sample["num_image_tokens"],
-                image_tokens_per_layer=list(sample["image_tokens_per_layer"]),
-                tokens_per_layer=list(sample["tokens_per_layer"]),
-                tflops_paper=flops.tflops(*size, sample["image_tokens_per_layer"]),
-                tflops_actual=flops.tflops(*size, sample["tokens_per_layer"]),
+                num_image_tokens=sample.num_image_tokens,
+                image_tokens_per_layer=list(sample.image_tokens_per_layer),
+                tokens_per_layer=list(sample.tokens_per_layer),
+                tflops_paper=flops.tflops(*size, sample.image_tokens_per_layer),
+                tflops_actual=flops.tflops(*size, sample.tokens_per_layer),
             )
             for sample in self._handle.last_stats
         ]

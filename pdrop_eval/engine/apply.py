@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import weakref
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
@@ -17,7 +18,8 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from pdrop_eval.engine.config import DropConfig
-from pdrop_eval.engine.staged import staged_decode, staged_prefill
+from pdrop_eval.engine.staged import QueryRows, Slots, staged_decode, staged_prefill
+from pdrop_eval.engine.stats import SampleDropStats, sample_stats
 
 SUPPORTED_MODELS = (LlavaForConditionalGeneration, LlavaNextForConditionalGeneration)
 _UNSUPPORTED_GENERATE_OPTIONS = {
@@ -31,11 +33,21 @@ def apply_drop(model, config: DropConfig) -> "DropHandle":
     return DropHandle(model, config)
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """The language model's inputs, completed the way the stock forward completes them."""
+
+    hidden: torch.Tensor  # (B, q, d) input embeddings
+    attention_mask: torch.Tensor  # (B, past + q) bool over the original sequence
+    position_ids: torch.Tensor  # (B, q) long
+    cache: object  # a transformers Cache, or None without caching
+    use_cache: bool
+    past_len: int
+
+
 class DropHandle:
-    """Drop state attached to one model. `last_stats` holds one dict per sample of the last prefill:
-    `num_image_tokens`, `image_tokens_per_layer` and `tokens_per_layer` (one int per decoder layer,
-    the latter counting text too), and `kept` (one sorted index list per boundary, into the sample's
-    original image-token block)."""
+    """Drop state attached to one model. `last_stats` holds one `SampleDropStats` per sample of the
+    last prefill (image tokens and all tokens at every layer, kept image tokens per boundary)."""
 
     def __init__(self, model, config: DropConfig):
         if not isinstance(config, DropConfig):
@@ -52,7 +64,7 @@ class DropHandle:
         self.config = config
         self.boundaries = config.boundaries(len(language_model.layers))
         self.image_token_id = model.config.image_token_id
-        self.last_stats: list[dict] = []
+        self.last_stats: list[SampleDropStats] = []
         self._language_model = language_model
         self._input_ids = None  # set by the pre-hook for the language-model call that follows
         self._query_index = None
@@ -112,6 +124,7 @@ class DropHandle:
                 raise ValueError(f"{name} ({option}) is not supported with {self.config.describe()}")
         return kwargs
 
+    # ----- the language model's forward -----------------------------------------------------------
     def _language_model_forward(
         self,
         input_ids=None,
@@ -122,18 +135,11 @@ class DropHandle:
         use_cache=None,
         **kwargs,
     ):
-        lm = self._language_model
-        image_input_ids, self._input_ids = self._input_ids, None
-        if input_ids is not None:
-            image_input_ids = input_ids
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        is_prefill = past_len == 0
-
+        recorded_ids, self._input_ids = self._input_ids, None
+        token_ids = input_ids if input_ids is not None else recorded_ids
         if self.config.method == "none":
-            if is_prefill:
-                self.last_stats = self._undropped_stats(image_input_ids, attention_mask)
-            return type(lm).forward(
-                lm,
+            return self._undropped_forward(
+                token_ids,
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
@@ -142,13 +148,43 @@ class DropHandle:
                 use_cache=use_cache,
                 **kwargs,
             )
-
         for flag in ("output_attentions", "output_hidden_states"):
             if kwargs.pop(flag, None):
                 raise ValueError(f"{flag} is not available while {self.config.describe()} is applied")
         kwargs.pop("return_dict", None)
+        batch = self._complete_inputs(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+        )
+        if batch.past_len:
+            return self._decode(batch, layer_kwargs=kwargs)
+        return self._prefill(batch, token_ids=token_ids, layer_kwargs=kwargs)
+
+    def _undropped_forward(self, token_ids, **inputs):
+        """The stock forward; a prefill still records its statistics."""
+        lm = self._language_model
+        cache = inputs["past_key_values"]
+        if token_ids is not None and (cache is None or cache.get_seq_length() == 0):
+            mask = inputs["attention_mask"]
+            valid = mask.bool() if mask is not None else torch.ones_like(token_ids, dtype=torch.bool)
+            self.last_stats = sample_stats(
+                num_layers=len(lm.layers),
+                stage_first_layers=[0],
+                image_tokens=((token_ids == self.image_token_id) & valid).sum(1, keepdim=True),
+                tokens=valid.sum(1, keepdim=True),
+                kept=torch.zeros(token_ids.shape[0], 0, 0, dtype=torch.bool),
+            )
+        return type(lm).forward(lm, **inputs)
+
+    def _complete_inputs(self, *, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache) -> _Batch:
+        lm = self._language_model
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         hidden = lm.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, seq_len, _ = hidden.shape
         use_cache = lm.config.use_cache if use_cache is None else use_cache
@@ -156,56 +192,72 @@ class DropHandle:
             past_key_values = DynamicCache(config=lm.config)
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + seq_len, device=hidden.device).unsqueeze(0)
-        position_ids = position_ids.expand(batch, seq_len)
         if attention_mask is None:
             attention_mask = torch.ones(batch, past_len + seq_len, dtype=torch.bool, device=hidden.device)
         if attention_mask.shape != (batch, past_len + seq_len):
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch, past_len + seq_len)}"
             )
-        if not is_prefill:
-            # Decode steps are text: a generated image-token id carries no image features.
-            state = self._prefill_states.get(past_key_values)
-            if state is None:
-                raise ValueError("this KV cache was not filled by a prefill under the applied drop config")
-            hidden = staged_decode(lm, self.config, state, hidden, attention_mask, position_ids, past_key_values, kwargs)
-            return BaseModelOutputWithPast(last_hidden_state=lm.norm(hidden), past_key_values=past_key_values)
+        return _Batch(
+            hidden=hidden,
+            attention_mask=attention_mask.bool(),
+            position_ids=position_ids.expand(batch, seq_len),
+            cache=past_key_values if use_cache else None,
+            use_cache=use_cache,
+            past_len=past_len,
+        )
 
-        image_mask = self._image_mask(image_input_ids, batch, seq_len)
-        valid = attention_mask.bool()
-        query_index = self._resolve_query_index(valid, image_mask)
+    def _decode(self, batch: _Batch, *, layer_kwargs: dict) -> BaseModelOutputWithPast:
+        """Decode steps are text: a generated image-token id carries no image features."""
+        lm = self._language_model
+        state = self._prefill_states.get(batch.cache)
+        if state is None:
+            raise ValueError("this KV cache was not filled by a prefill under the applied drop config")
+        hidden = staged_decode(
+            lm,
+            config=self.config,
+            state=state,
+            hidden=batch.hidden,
+            attention_mask=batch.attention_mask,
+            positions=batch.position_ids,
+            cache=batch.cache,
+            layer_kwargs=layer_kwargs,
+        )
+        return BaseModelOutputWithPast(last_hidden_state=lm.norm(hidden), past_key_values=batch.cache)
+
+    def _prefill(self, batch: _Batch, *, token_ids, layer_kwargs: dict) -> BaseModelOutputWithPast:
+        lm = self._language_model
+        valid = batch.attention_mask
+        is_image = self._image_mask(token_ids, batch.hidden.shape[:2]) & valid
+        queries = self._prompt_query_row(valid, is_image)
         result = staged_prefill(
             lm,
-            self.config,
-            self.boundaries,
-            hidden,
-            valid,
-            position_ids,
-            image_mask & valid,
-            query_index,
-            past_key_values,
-            use_cache,
-            kwargs,
+            config=self.config,
+            boundaries=self.boundaries,
+            slots=Slots.from_prompt(hidden=batch.hidden, valid=valid, positions=batch.position_ids, is_image=is_image),
+            queries=queries,
+            cache=batch.cache,
+            use_cache=batch.use_cache,
+            layer_kwargs=layer_kwargs,
         )
         self.last_stats = result.stats
-        if use_cache:
-            self._prefill_states[past_key_values] = result.state
-        return BaseModelOutputWithPast(
-            last_hidden_state=lm.norm(result.hidden), past_key_values=past_key_values if use_cache else None
-        )
+        if batch.use_cache:
+            self._prefill_states[batch.cache] = result.state
+        return BaseModelOutputWithPast(last_hidden_state=lm.norm(result.hidden), past_key_values=batch.cache)
 
-    # ----- helpers --------------------------------------------------------------------------------
-    def _image_mask(self, input_ids, batch: int, seq_len: int) -> torch.Tensor:
-        if input_ids is None:
+    # ----- where the image tokens are and who ranks them ------------------------------------------
+    def _image_mask(self, token_ids, shape) -> torch.Tensor:
+        if token_ids is None:
             raise ValueError(
                 "the image tokens cannot be located: call the LLaVA model with input_ids (not inputs_embeds) "
                 "while a drop config is applied"
             )
-        if input_ids.shape != (batch, seq_len):
-            raise ValueError(f"input_ids shape {tuple(input_ids.shape)} does not match the embeddings {(batch, seq_len)}")
-        return input_ids == self.image_token_id
+        if token_ids.shape != shape:
+            raise ValueError(f"input_ids shape {tuple(token_ids.shape)} does not match the embeddings {tuple(shape)}")
+        return token_ids == self.image_token_id
 
-    def _resolve_query_index(self, valid: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+    def _prompt_query_row(self, valid: torch.Tensor, is_image: torch.Tensor) -> QueryRows:
+        """Inference: the last prompt token (or `query_positions`) of each sample."""
         batch, seq_len = valid.shape
         if self._query_index is None:
             # the last real token of each sample (left or right padding)
@@ -219,26 +271,9 @@ class DropHandle:
         rows = torch.arange(batch, device=valid.device)
         if not valid[rows, query_index].all():
             raise ValueError("a query position points at a padding token")
-        if image_mask[rows, query_index].any():
+        if is_image[rows, query_index].any():
             raise ValueError("the query token (last prompt token) is an image token; end the prompt with text")
-        return query_index
-
-    def _undropped_stats(self, input_ids, attention_mask) -> list[dict]:
-        if input_ids is None:
-            return []
-        valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-        num_layers = len(self._language_model.layers)
-        num_image = ((input_ids == self.image_token_id) & valid).sum(1).tolist()
-        num_tokens = valid.sum(1).tolist()
-        return [
-            {
-                "num_image_tokens": n,
-                "image_tokens_per_layer": [n] * num_layers,
-                "tokens_per_layer": [t] * num_layers,
-                "kept": [],
-            }
-            for n, t in zip(num_image, num_tokens)
-        ]
+        return QueryRows(index=query_index.unsqueeze(1), valid=torch.ones_like(query_index, dtype=torch.bool).unsqueeze(1))
 
 
 def _check_decoder(language_model) -> None:
