@@ -1,13 +1,18 @@
 """`apply_drop(model, config)`: enable dropping on a loaded HF LLaVA / LLaVA-NeXT model.
 
 The language model's `forward` is replaced on the instance by a staged layer loop over the
-unmodified decoder layers; a pre-hook on the multimodal model records where the image tokens are.
+unmodified decoder layers. LLaVA's forward hands the language model neither the token ids (it
+passes merged embeddings) nor the labels (it computes the loss itself, after the language model), so
+two forward pre-hooks record them: one on the multimodal model for `input_ids` (where the image
+tokens are), one on the outer model for `labels` (which rows rank the image tokens in training).
+The language-model call that follows consumes both.
 `generate()` needs no override: prefill prunes, decode steps attend the pruned per-layer cache.
 `handle.remove()` deletes the instance attributes and hooks, restoring the stock model exactly.
 """
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +27,7 @@ from pdrop_eval.engine.staged import QueryRows, Slots, staged_decode, staged_pre
 from pdrop_eval.engine.stats import SampleDropStats, sample_stats
 
 SUPPORTED_MODELS = (LlavaForConditionalGeneration, LlavaNextForConditionalGeneration)
+IGNORE_INDEX = -100  # HF's label for positions without loss
 _UNSUPPORTED_GENERATE_OPTIONS = {
     "assistant_model": "assisted decoding",
     "prompt_lookup_num_tokens": "prompt-lookup decoding",
@@ -47,7 +53,10 @@ class _Batch:
 
 class DropHandle:
     """Drop state attached to one model. `last_stats` holds one `SampleDropStats` per sample of the
-    last prefill (image tokens and all tokens at every layer, kept image tokens per boundary)."""
+    last prefill (image tokens and all tokens at every layer, kept image tokens per boundary).
+
+    Under `model.eval()` the last prompt token ranks the image tokens; under `model.train()` (with
+    `labels`) every token just before an answer span does, as in the official training code."""
 
     def __init__(self, model, config: DropConfig):
         if not isinstance(config, DropConfig):
@@ -66,11 +75,16 @@ class DropHandle:
         self.image_token_id = model.config.image_token_id
         self.last_stats: list[SampleDropStats] = []
         self._language_model = language_model
-        self._input_ids = None  # set by the pre-hook for the language-model call that follows
+        self._input_ids = None  # set by the pre-hooks for the language-model call that follows
+        self._labels = None
         self._query_index = None
         self._prefill_states = weakref.WeakKeyDictionary()  # cache -> PrefillState
 
-        self._hook = model.model.register_forward_pre_hook(self._record_input_ids, with_kwargs=True)
+        self._forward_signature = inspect.signature(model.forward)
+        self._hooks = [
+            model.model.register_forward_pre_hook(self._record_input_ids, with_kwargs=True),
+            model.register_forward_pre_hook(self._record_labels, with_kwargs=True),
+        ]
         language_model.forward = self._language_model_forward
         stock_generate = model.generate
         model.generate = lambda *args, **kwargs: stock_generate(*args, **self._check_generate(kwargs))
@@ -81,7 +95,8 @@ class DropHandle:
         """Restore the stock model exactly (idempotent)."""
         if self._removed:
             return
-        self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
         del self._language_model.forward
         del self.model.generate
         self._prefill_states = weakref.WeakKeyDictionary()
@@ -109,6 +124,9 @@ class DropHandle:
     def _record_input_ids(self, module, args, kwargs):
         self._input_ids = kwargs.get("input_ids", args[0] if args else None)
 
+    def _record_labels(self, module, args, kwargs):
+        self._labels = self._forward_signature.bind_partial(*args, **kwargs).arguments.get("labels")
+
     def _check_generate(self, kwargs: dict) -> dict:
         if self.config.method == "none":
             return kwargs
@@ -135,7 +153,8 @@ class DropHandle:
         use_cache=None,
         **kwargs,
     ):
-        recorded_ids, self._input_ids = self._input_ids, None
+        recorded_ids, labels = self._input_ids, self._labels
+        self._input_ids = self._labels = None
         token_ids = input_ids if input_ids is not None else recorded_ids
         if self.config.method == "none":
             return self._undropped_forward(
@@ -162,7 +181,7 @@ class DropHandle:
         )
         if batch.past_len:
             return self._decode(batch, layer_kwargs=kwargs)
-        return self._prefill(batch, token_ids=token_ids, layer_kwargs=kwargs)
+        return self._prefill(batch, token_ids=token_ids, labels=labels, layer_kwargs=kwargs)
 
     def _undropped_forward(self, token_ids, **inputs):
         """The stock forward; a prefill still records its statistics."""
@@ -185,6 +204,8 @@ class DropHandle:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if lm.training:
+            use_cache = self._check_training_cache(past_len, use_cache)
         hidden = lm.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, seq_len, _ = hidden.shape
         use_cache = lm.config.use_cache if use_cache is None else use_cache
@@ -207,6 +228,16 @@ class DropHandle:
             past_len=past_len,
         )
 
+    def _check_training_cache(self, past_len: int, use_cache) -> bool:
+        """Under model.train() there is no KV cache: a training forward ranks the image tokens by its
+        answer spans, so its pruned cache is no prompt cache anything could decode from."""
+        if past_len or use_cache:
+            raise ValueError(
+                f"KV caching (use_cache=True or past_key_values) is not available under model.train() while "
+                f"{self.config.describe()} is applied; call model.eval() to generate, or pass use_cache=False"
+            )
+        return False
+
     def _decode(self, batch: _Batch, *, layer_kwargs: dict) -> BaseModelOutputWithPast:
         """Decode steps are text: a generated image-token id carries no image features."""
         lm = self._language_model
@@ -225,11 +256,14 @@ class DropHandle:
         )
         return BaseModelOutputWithPast(last_hidden_state=lm.norm(hidden), past_key_values=batch.cache)
 
-    def _prefill(self, batch: _Batch, *, token_ids, layer_kwargs: dict) -> BaseModelOutputWithPast:
+    def _prefill(self, batch: _Batch, *, token_ids, labels, layer_kwargs: dict) -> BaseModelOutputWithPast:
         lm = self._language_model
         valid = batch.attention_mask
         is_image = self._image_mask(token_ids, batch.hidden.shape[:2]) & valid
-        queries = self._prompt_query_row(valid, is_image)
+        if lm.training:
+            queries = self._answer_query_rows(valid, is_image, labels)
+        else:
+            queries = self._prompt_query_row(valid, is_image)
         result = staged_prefill(
             lm,
             config=self.config,
@@ -274,6 +308,37 @@ class DropHandle:
         if is_image[rows, query_index].any():
             raise ValueError("the query token (last prompt token) is an image token; end the prompt with text")
         return QueryRows(index=query_index.unsqueeze(1), valid=torch.ones_like(query_index, dtype=torch.bool).unsqueeze(1))
+
+    def _answer_query_rows(self, valid: torch.Tensor, is_image: torch.Tensor, labels) -> QueryRows:
+        """Training: every token p just before an answer span (labels[p] == -100, labels[p + 1] != -100,
+        HF's unshifted labels), as the official training code ranks; samples without one get no row."""
+        if self._query_index is not None:
+            raise ValueError("query_positions applies under model.eval(); under model.train() the labels choose the query rows")
+        if labels is None:
+            raise ValueError(
+                f"under model.train(), {self.config.describe()} ranks image tokens by the tokens before each answer "
+                "span, which needs labels: pass labels to the model's forward, or call model.eval()"
+            )
+        if labels.shape != valid.shape:
+            raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {tuple(valid.shape)} like input_ids")
+        answer = (labels.to(valid.device) != IGNORE_INDEX) & valid  # (B, T)
+        labelled_images = (answer & is_image).any(1)
+        if labelled_images.any():
+            raise ValueError(
+                f"labels of samples {labelled_images.nonzero().flatten().tolist()} mark image tokens as answer tokens; "
+                f"image tokens' labels must be {IGNORE_INDEX}"
+            )
+        before_answer = valid[:, :-1] & ~answer[:, :-1] & answer[:, 1:]  # (B, T-1)
+        image_queries = (before_answer & is_image[:, :-1]).any(1)
+        if image_queries.any():
+            raise ValueError(
+                f"in samples {image_queries.nonzero().flatten().tolist()} an answer span starts right after an image "
+                "token; put text between the image and the answer"
+            )
+        num_rows = max(int(before_answer.sum(1).max()), 1)
+        # The rows of each sample first, in order; shorter samples padded with invalid rows.
+        index = torch.sort(before_answer.long(), dim=1, descending=True, stable=True).indices[:, :num_rows]
+        return QueryRows(index=index, valid=before_answer.gather(1, index))
 
 
 def _check_decoder(language_model) -> None:
