@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from drop_reference import language_model_embeddings, logits, pyramid_drop
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
 from pdrop_eval import DropConfig, apply_drop
 from pdrop_eval.tiny import make_tiny_model
@@ -233,6 +234,44 @@ def test_cached_decoding_matches_uncached_pruned_forward(llava_next, position_mo
     torch.testing.assert_close(cached_logits, uncached, rtol=1e-4, atol=1e-4)
 
 
+# ----- positions: compact renumbering against an independent recompute ---------------------------------
+
+
+def _reference_logits(model, inputs, query_row: int, compact: bool) -> torch.Tensor:
+    """(T, V) logits of the plain re-implementation (tests/drop_reference.py) on an unpadded sample."""
+    is_image = (inputs["input_ids"][0] == model.config.image_token_id).tolist()
+    with torch.no_grad():
+        embeds = language_model_embeddings(model, inputs)
+        run = pyramid_drop(model, embeds, is_image=is_image, query_rows=[query_row], layer_list=[8, 16, 24], ratio=0.5, compact=compact)
+        return logits(model, run.outputs)
+
+
+@pytest.mark.parametrize("position_mode", ["compact", "original"])
+def test_prefill_positions_match_an_independent_recompute(llava, position_mode):
+    model, processor = llava
+    inputs = _batch(processor, [_prompt(QUESTIONS[1])], [_image(20)])
+    last = inputs["input_ids"].shape[1] - 1
+    with apply_drop(model, DropConfig.pyramid(ratio=0.5, position_mode=position_mode)), torch.no_grad():
+        engine = model(**inputs).logits[0]
+    expected = {mode: _reference_logits(model, inputs, last, compact=mode == "compact") for mode in ("compact", "original")}
+    torch.testing.assert_close(engine, expected[position_mode], rtol=1e-4, atol=1e-4)
+    # the two conventions differ far beyond the tolerance, so the comparison above tells them apart
+    assert (expected["compact"] - expected["original"])[last].abs().max() > 1e-2
+
+
+def test_compact_decoding_shifts_positions_like_an_independent_recompute(llava):
+    """Decode steps after a compact prefill continue the renumbered positions (original minus the
+    tokens dropped before each stage), as a recompute over prompt + generated tokens does."""
+    model, processor = llava
+    inputs = _batch(processor, [_prompt(QUESTIONS[2])], [_image(21)])
+    prompt_len, steps = inputs["input_ids"].shape[1], 4
+    with apply_drop(model, DropConfig.pyramid(ratio=0.5)), torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    full = {"input_ids": out.sequences[:, :-1], "attention_mask": torch.ones_like(out.sequences[:, :-1]), "pixel_values": inputs["pixel_values"]}
+    expected = _reference_logits(model, full, prompt_len - 1, compact=True)[prompt_len - 1 :]
+    torch.testing.assert_close(torch.cat(out.logits), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_generated_image_token_id_decodes_as_text(llava):
     """A model may emit the <image> id; decode steps carry no image features, so it is plain text."""
     model, processor = llava
@@ -340,6 +379,9 @@ def test_bad_models_and_calls_are_rejected(llava, tiny_llava):
             apply_drop(model, DropConfig.fastv())
         with pytest.raises(ValueError, match="num_beams=2"):
             model.generate(**inputs, num_beams=2, max_new_tokens=2)
+        beams = GenerationConfig(num_beams=3, max_new_tokens=2)
+        with pytest.raises(ValueError, match="num_beams=3"):  # the config passed positionally, as generate allows
+            model.generate(inputs["input_ids"], beams, pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"])
         with pytest.raises(ValueError, match="output_attentions"):
             model(**inputs, output_attentions=True)
         ending_with_image = _batch(processor, ["USER: hello <image>"], [_image(0)])

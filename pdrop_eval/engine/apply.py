@@ -86,8 +86,9 @@ class DropHandle:
             model.register_forward_pre_hook(self._record_labels, with_kwargs=True),
         ]
         language_model.forward = self._language_model_forward
-        stock_generate = model.generate
-        model.generate = lambda *args, **kwargs: stock_generate(*args, **self._check_generate(kwargs))
+        self._stock_generate = model.generate
+        self._generate_signature = inspect.signature(model.generate)
+        model.generate = self._checked_generate
         self._removed = False
 
     # ----- public ---------------------------------------------------------------------------------
@@ -127,20 +128,23 @@ class DropHandle:
     def _record_labels(self, module, args, kwargs):
         self._labels = self._forward_signature.bind_partial(*args, **kwargs).arguments.get("labels")
 
-    def _check_generate(self, kwargs: dict) -> dict:
-        if self.config.method == "none":
-            return kwargs
-        generation_config = kwargs.get("generation_config") or self.model.generation_config
-        num_beams = kwargs.get("num_beams", generation_config.num_beams)
+    def _checked_generate(self, *args, **kwargs):
+        if self.config.method != "none":
+            self._check_generate_options(self._generate_signature.bind_partial(*args, **kwargs).arguments)
+        return self._stock_generate(*args, **kwargs)
+
+    def _check_generate_options(self, arguments: dict) -> None:
+        options = {**arguments.pop("kwargs", {}), **arguments}  # generate's named parameters and its **kwargs
+        generation_config = options.get("generation_config") or self.model.generation_config
+        num_beams = options.get("num_beams", generation_config.num_beams)
         if num_beams is not None and num_beams > 1:
             raise ValueError(
                 f"num_beams={num_beams}: beam search reorders the KV cache, which {self.config.describe()} "
                 "prunes per layer; use greedy or sampling (num_beams=1)"
             )
         for option, name in _UNSUPPORTED_GENERATE_OPTIONS.items():
-            if kwargs.get(option) is not None:
+            if options.get(option) is not None:
                 raise ValueError(f"{name} ({option}) is not supported with {self.config.describe()}")
-        return kwargs
 
     # ----- the language model's forward -----------------------------------------------------------
     def _language_model_forward(
