@@ -160,29 +160,21 @@ class DropHandle:
         recorded_ids, labels = self._input_ids, self._labels
         self._input_ids = self._labels = None
         token_ids = input_ids if input_ids is not None else recorded_ids
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "past_key_values": past_key_values,
+            "inputs_embeds": inputs_embeds,
+            "use_cache": use_cache,
+        }
         if self.config.method == "none":
-            return self._undropped_forward(
-                token_ids,
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                inputs_embeds=inputs_embeds,
-                use_cache=use_cache,
-                **kwargs,
-            )
+            return self._undropped_forward(token_ids, **inputs, **kwargs)
         for flag in ("output_attentions", "output_hidden_states"):
             if kwargs.pop(flag, None):
                 raise ValueError(f"{flag} is not available while {self.config.describe()} is applied")
         kwargs.pop("return_dict", None)
-        batch = self._complete_inputs(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-        )
+        batch = self._complete_inputs(**inputs)
         if batch.past_len:
             return self._decode(batch, layer_kwargs=kwargs)
         return self._prefill(batch, token_ids=token_ids, labels=labels, layer_kwargs=kwargs)
