@@ -53,6 +53,18 @@ def sweep_settings(method: str, values: list[float], with_vanilla: bool, layer_l
     return settings
 
 
+def check_settings_fit(pretrained: str, settings: list[Setting]) -> None:
+    """Every setting's drop layers exist in the checkpoint: found before the first (long) run."""
+    from pdrop_eval.wrapper import load_config
+
+    num_layers = load_config(pretrained).get_text_config().num_hidden_layers
+    for setting in settings:
+        try:
+            setting.drop.boundaries(num_layers)
+        except ValueError as error:
+            raise ValueError(f"setting {setting.name!r} does not fit {pretrained}: {error}") from None
+
+
 def lmms_eval_command(pretrained: str, setting: Setting, tasks: list[str], output_path: Path, options: dict) -> list[str]:
     """The lmms-eval command line of one setting; `options` are extra flags (limit, batch_size,
     device; True for a flag without value, e.g. force_simple)."""
@@ -102,6 +114,7 @@ def evaluate_and_report(
 ) -> str:
     """Run every setting, then write `<report_name>.md` and `.png` into `out_dir`; returns the markdown."""
     out_dir = Path(out_dir)
+    check_settings_fit(pretrained, settings)
     markdown_path, plot_path = out_dir / f"{report_name}.md", out_dir / f"{report_name}.png"
     prepare_out_dir(out_dir, [markdown_path.name, plot_path.name], force)
     runs_dir = out_dir / RUNS_FOLDER

@@ -160,13 +160,16 @@ class LlavaRunner:
     """A loaded LLaVA-1.5 / LLaVA-NeXT model with a drop config applied. Build it with `load`.
 
     Attributes: pretrained, architecture ("llava" | "llava_next"), drop (DropConfig), model_dims
-    (hidden_size, intermediate_size, num_layers of the language model), model, processor.
+    (hidden_size, intermediate_size, num_layers of the language model), model, processor, and
+    pad_to_square (LLaVA-1.5 images padded to a square with the mean colour, as the original LLaVA
+    evaluated them; see `resolve_pad_to_square`).
     """
 
-    def __init__(self, pretrained: str, architecture: str, drop: DropConfig, model, processor):
+    def __init__(self, pretrained: str, architecture: str, drop: DropConfig, model, processor, pad_to_square: bool | None = None):
         self.pretrained = pretrained
         self.architecture = architecture
         self.drop = drop
+        self.pad_to_square = resolve_pad_to_square(architecture, pad_to_square)
         self.model = model
         self.processor = processor
         self.chat_template = processor.chat_template or VICUNA_CHAT_TEMPLATE
@@ -187,6 +190,7 @@ class LlavaRunner:
         device: str = "cpu",
         device_map: str | None = None,
         attn_implementation: str | None = None,
+        pad_to_square: bool | None = None,
     ) -> LlavaRunner:
         """Load a HF checkpoint (folder or Hub id) and apply `drop` (default: no drop).
 
@@ -215,7 +219,7 @@ class LlavaRunner:
         processor.tokenizer.padding_side = "left"  # batched generation appends on the right
         if processor.tokenizer.pad_token is None:
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
-        return cls(str(pretrained), architecture, drop or DropConfig.none(), model, processor)
+        return cls(str(pretrained), architecture, drop or DropConfig.none(), model, processor, pad_to_square)
 
     # ----- prompts ---------------------------------------------------------------------------------
     def render(self, query: Query, add_generation_prompt: bool = True) -> str:
@@ -328,6 +332,9 @@ class LlavaRunner:
 
     def _encode(self, queries: Sequence[Query], texts: Sequence[str]):
         images = [image for query in queries for image in query.images]
+        if self.pad_to_square:
+            background = tuple(round(channel * 255) for channel in self.processor.image_processor.image_mean)
+            images = [expand_to_square(image, background) for image in images]
         inputs = self.processor(images=images or None, text=list(texts), return_tensors="pt", padding=True)
         return inputs.to(self.device, self.model.dtype)
 
@@ -343,6 +350,29 @@ class LlavaRunner:
             )
             for sample in self._handle.last_stats
         ]
+
+
+def resolve_pad_to_square(architecture: str, pad_to_square: bool | None) -> bool:
+    """LLaVA-1.5 as the paper evaluated it pads every image to a square with the mean colour before the
+    CLIP processor (the original repo's image_aspect_ratio="pad"); llava-hf's processors resize and
+    center-crop instead, cutting off the sides of a non-square picture. Default: pad for LLaVA-1.5.
+    LLaVA-NeXT's anyres tiling handles the aspect ratio itself, so padding is refused there."""
+    if pad_to_square is None:
+        return architecture == "llava"
+    if pad_to_square and architecture != "llava":
+        raise ValueError(f"pad_to_square applies to LLaVA-1.5 checkpoints only; this one is {architecture!r} (anyres keeps the aspect ratio)")
+    return bool(pad_to_square)
+
+
+def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """`image` centered on a square canvas of its longer side, filled with `background`."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), background)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
 
 
 def plan_batches(lengths: Sequence, batch_size: int) -> list[list[int]]:

@@ -27,11 +27,11 @@ def run(args) -> int:
 
     from pdrop_eval.bench import BenchSettings, run_bench
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
     settings = BenchSettings(**{f.name: getattr(args, f.name) for f in fields(BenchSettings)})
-    if settings.repeats < 1 or settings.warmup < 0:
-        raise ValueError("--repeats must be >= 1 and --warmup >= 0")
     result = run_bench(settings)
     if args.json:
         print(json.dumps(result))

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from pdrop_eval.report.benchmarks import Benchmark, order
-from pdrop_eval.report.files import check_writable
+from pdrop_eval.report.files import OutputPathError, check_writable
 from pdrop_eval.report.runs import Run, checkpoint_name
 from pdrop_eval.report.table import method_kind
 
@@ -65,7 +65,11 @@ def write_plot(runs: list[Run], path: Path, force: bool = False) -> Path:
     for ax in list(axes.flat)[len(benchmarks):]:
         ax.set_visible(False)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=120)
+    except OSError as error:
+        raise OutputPathError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        plt.close(figure)
     return path
