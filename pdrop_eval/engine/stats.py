@@ -1,10 +1,14 @@
-"""Per-sample drop statistics of the last prefill (`DropHandle.last_stats`)."""
+"""Per-sample drop statistics of the last prefill (`DropHandle.last_stats`).
+
+Importing this module loads no torch: readers of the record need only the dataclass."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -38,14 +42,15 @@ def sample_stats(
     """
     batch = image_tokens.shape[0]
     lengths = [end - start for start, end in zip(stage_first_layers, [*stage_first_layers[1:], num_layers])]
-    repeats = torch.tensor(lengths, device=image_tokens.device)
-    per_layer = torch.stack([image_tokens, tokens]).repeat_interleave(repeats, dim=2).cpu()  # (2, B, L)
+    repeats = image_tokens.new_tensor(lengths)
+    image_counts = image_tokens.repeat_interleave(repeats, dim=1).tolist()  # (B, L)
+    token_counts = tokens.repeat_interleave(repeats, dim=1).tolist()
     kept = kept.cpu()
     return [
         SampleDropStats(
-            num_image_tokens=int(per_layer[0, b, 0]),
-            image_tokens_per_layer=tuple(per_layer[0, b].tolist()),
-            tokens_per_layer=tuple(per_layer[1, b].tolist()),
+            num_image_tokens=image_counts[b][0],
+            image_tokens_per_layer=tuple(image_counts[b]),
+            tokens_per_layer=tuple(token_counts[b]),
             kept=tuple(tuple(stage.nonzero().flatten().tolist()) for stage in kept[b]),
         )
         for b in range(batch)
