@@ -98,7 +98,7 @@ class DropHandle:
         self._input_ids = kwargs.get("input_ids", args[0] if args else None)
 
     def _check_generate(self, kwargs: dict) -> dict:
-        if self.config.method == "none":
+        if not self.boundaries:
             return kwargs
         generation_config = kwargs.get("generation_config") or self.model.generation_config
         num_beams = kwargs.get("num_beams", generation_config.num_beams)
@@ -129,7 +129,7 @@ class DropHandle:
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         is_prefill = past_len == 0
 
-        if self.config.method == "none":
+        if not self.boundaries:  # nothing to drop: the stock forward
             if is_prefill:
                 self.last_stats = self._undropped_stats(image_input_ids, attention_mask)
             return type(lm).forward(
@@ -186,6 +186,7 @@ class DropHandle:
             past_key_values,
             use_cache,
             kwargs,
+            token_ids=image_input_ids,
         )
         self.last_stats = result.stats
         if use_cache:

@@ -16,7 +16,7 @@ from torch import nn
 from transformers.masking_utils import create_causal_mask
 
 from pdrop_eval.engine.config import Boundary, DropConfig
-from pdrop_eval.engine.scoring import query_attention, select_top_images
+from pdrop_eval.engine.scoring import ranking_for, select_top_images
 
 
 @dataclass
@@ -79,9 +79,11 @@ def staged_prefill(
     cache,
     use_cache: bool,
     layer_kwargs: dict,
+    *,
+    token_ids: torch.Tensor,
 ) -> PrefillResult:
     """hidden (B, T, d) embeddings; valid, is_image (B, T) bool; positions (B, T) long RoPE positions;
-    query_index (B,) long: the token whose attention ranks the image tokens."""
+    query_index (B,) long: the token whose attention ranks the image tokens; token_ids (B, T) long."""
     batch, seq_len, width = hidden.shape
     device = hidden.device
     num_layers = len(lm.layers)
@@ -105,13 +107,18 @@ def staged_prefill(
     position_embeddings = lm.rotary_emb(hidden, positions)
     boundary_iter = iter(enumerate(boundaries))
     stage_index, boundary = next(boundary_iter, (None, None))
+    context = valid & (origin <= query_index.unsqueeze(1))  # what the query token sees
+    ranking = ranking_for(config, token_ids=token_ids, context=context, is_image=is_image)
     scores = None
 
     for layer_idx, layer in enumerate(lm.layers):
         if boundary is not None and boundary.score_layer == layer_idx:
             query_slot = (origin == query_index.unsqueeze(1)).long().argmax(1)
             key_mask = valid & (origin <= query_index.unsqueeze(1))
-            scores = query_attention(layer, hidden, position_embeddings, key_mask, query_slot)
+            scores = ranking.scores(
+                layer=layer, hidden=hidden, position_embeddings=position_embeddings, key_mask=key_mask,
+                query_slot=query_slot, image_rank=image_rank,
+            )
 
         if boundary is not None and boundary.drop_layer == layer_idx:
             selected = select_top_images(scores, is_image & valid, keep_per_boundary[:, stage_index])
