@@ -129,7 +129,7 @@ class DropHandle:
         self._labels = self._forward_signature.bind_partial(*args, **kwargs).arguments.get("labels")
 
     def _checked_generate(self, *args, **kwargs):
-        if self.config.method != "none":
+        if self.boundaries:
             self._check_generate_options(self._generate_signature.bind_partial(*args, **kwargs).arguments)
         return self._stock_generate(*args, **kwargs)
 
@@ -168,7 +168,7 @@ class DropHandle:
             "inputs_embeds": inputs_embeds,
             "use_cache": use_cache,
         }
-        if self.config.method == "none":
+        if not self.boundaries:  # nothing to drop: the stock forward
             return self._undropped_forward(token_ids, **inputs, **kwargs)
         for flag in ("output_attentions", "output_hidden_states"):
             if kwargs.pop(flag, None):
@@ -266,6 +266,7 @@ class DropHandle:
             boundaries=self.boundaries,
             slots=Slots.from_prompt(hidden=batch.hidden, valid=valid, positions=batch.position_ids, is_image=is_image),
             queries=queries,
+            token_ids=token_ids,
             cache=batch.cache,
             use_cache=batch.use_cache,
             layer_kwargs=layer_kwargs,

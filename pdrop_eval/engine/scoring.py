@@ -1,11 +1,16 @@
-"""Ranking image tokens by the attention the query tokens pay them (SPEC section 2).
+"""Ranking image tokens: by the attention the query tokens pay them (SPEC section 2), or at random.
 
 The attention rows are recomputed from the layer's own input layernorm, q/k projections and RoPE,
 because FlashAttention returns no weights. A few query rows against all key rows: O(n·d) beyond the
 key projection, identical for eager, sdpa and flash_attention_2.
+
+`RANKINGS` maps a method's `ranking` (see `pdrop_eval.engine.config.METHODS`) to its ranking; the
+staged prefill builds one per prompt with `ranking_for` and asks it for scores at each boundary.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import torch
 from torch import nn
@@ -62,3 +67,55 @@ def select_top_images(scores: torch.Tensor, is_image: torch.Tensor, keep: torch.
     order = ranked.argsort(dim=1, descending=True, stable=True)  # (B, T) slots, best first
     take = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0) < keep.unsqueeze(1)
     return torch.zeros_like(is_image).scatter(1, order, take)
+
+
+class AttentionRanking:
+    """PyramidDrop, FastV: the head-averaged attention of the query rows at the boundary's score layer."""
+
+    @classmethod
+    def for_prompt(cls, config, *, token_ids: torch.Tensor, context: torch.Tensor, is_image: torch.Tensor) -> AttentionRanking:
+        return cls()
+
+    def scores(self, *, layer, hidden, position_embeddings, key_mask, query_slots, query_valid, image_rank) -> torch.Tensor:
+        return query_attention(layer, hidden, position_embeddings, key_mask, query_slots, query_valid)
+
+
+class RandomRanking:
+    """The random control: each sample's image tokens in a uniformly random order, seeded by the
+    config's seed and the sample's own context tokens, so a sample keeps the same tokens alone or in
+    any batch, on any device. The order is fixed for the whole prefill, so the stages are nested."""
+
+    def __init__(self, priority: torch.Tensor):
+        self.priority = priority  # (B, N_max): higher is kept longer, by index in the sample's image block
+
+    @classmethod
+    def for_prompt(cls, config, *, token_ids: torch.Tensor, context: torch.Tensor, is_image: torch.Tensor) -> RandomRanking:
+        """token_ids, context, is_image: (B, T) of the prompt; context marks the real tokens up to the
+        (last) query row (a scored continuation must not change the draw)."""
+        num_image = is_image.sum(1).tolist()
+        priority = torch.zeros(len(num_image), max(num_image, default=0))
+        for row, (ids, mask, count) in enumerate(zip(token_ids, context, num_image)):
+            generator = torch.Generator().manual_seed(_sample_seed(config.seed, ids[mask]))
+            order = torch.randperm(count, generator=generator)  # image-block indices, first kept longest
+            priority[row, order] = torch.arange(count, 0, -1, dtype=priority.dtype)
+        return cls(priority.to(token_ids.device))
+
+    def scores(self, *, layer, hidden, position_embeddings, key_mask, query_slots, query_valid, image_rank) -> torch.Tensor:
+        """(B, T_s) priority of each slot's image token; text slots get a value `select_top_images` ignores."""
+        if self.priority.shape[1] == 0:
+            return torch.zeros(image_rank.shape, device=image_rank.device)
+        return self.priority.gather(1, image_rank.clamp(0, self.priority.shape[1] - 1))
+
+
+def _sample_seed(seed: int, token_ids: torch.Tensor) -> int:
+    """A 63-bit generator seed from `seed` and a sample's token ids (little-endian int64 bytes)."""
+    digest = hashlib.blake2b(token_ids.to(torch.int64).cpu().numpy().astype("<i8").tobytes(), digest_size=8, key=str(seed).encode())
+    return int.from_bytes(digest.digest(), "little") >> 1
+
+
+RANKINGS = {"attention": AttentionRanking, "random": RandomRanking}
+
+
+def ranking_for(config, *, token_ids: torch.Tensor, context: torch.Tensor, is_image: torch.Tensor):
+    """The ranking of `config`'s method for one prompt batch (see `AttentionRanking.for_prompt`)."""
+    return RANKINGS[config.spec.ranking].for_prompt(config, token_ids=token_ids, context=context, is_image=is_image)

@@ -16,7 +16,7 @@ from torch import nn
 from transformers.masking_utils import create_causal_mask
 
 from pdrop_eval.engine.config import Boundary, DropConfig
-from pdrop_eval.engine.scoring import query_attention, select_top_images
+from pdrop_eval.engine.scoring import ranking_for, select_top_images
 from pdrop_eval.engine.stats import SampleDropStats, sample_stats
 
 
@@ -135,11 +135,25 @@ def _run_layers(lm: nn.Module, layers: range, hidden: torch.Tensor, *, inputs: _
     return hidden
 
 
-def _rank(layer: nn.Module, slots: Slots, queries: QueryRows, position_embeddings) -> torch.Tensor:
-    """(B, T_s) attention of the query rows over the slots (see `query_attention`)."""
+def _query_context(slots: Slots, queries: QueryRows) -> torch.Tensor:
+    """(B, T) bool: the real tokens up to each sample's last query row (what the query rows see)."""
+    last_query = torch.where(queries.valid, queries.index, -1).amax(1, keepdim=True)  # (B, 1)
+    return slots.valid & (slots.origin <= last_query)
+
+
+def _rank(ranking, layer: nn.Module, slots: Slots, queries: QueryRows, position_embeddings) -> torch.Tensor:
+    """(B, T_s) scores of the slots' image tokens by `ranking` (see `pdrop_eval.engine.scoring`)."""
     query_slots = (slots.origin.unsqueeze(1) == queries.index.unsqueeze(2)).long().argmax(2)  # (B, Q)
     key_mask = slots.valid.unsqueeze(1) & (slots.origin.unsqueeze(1) <= queries.index.unsqueeze(2))  # (B, Q, T_s)
-    return query_attention(layer, slots.hidden, position_embeddings, key_mask, query_slots, queries.valid)
+    return ranking.scores(
+        layer=layer,
+        hidden=slots.hidden,
+        position_embeddings=position_embeddings,
+        key_mask=key_mask,
+        query_slots=query_slots,
+        query_valid=queries.valid,
+        image_rank=slots.image_rank,
+    )
 
 
 def _kept_counts(config: DropConfig, *, num_image: torch.Tensor, ranked: torch.Tensor) -> torch.Tensor:
@@ -184,8 +198,11 @@ def staged_prefill(
     cache,
     use_cache: bool,
     layer_kwargs: dict,
+    token_ids: torch.Tensor,
 ) -> PrefillResult:
-    """Run the prompt `slots` through all decoder layers, dropping image tokens at each boundary."""
+    """Run the prompt `slots` through all decoder layers, dropping image tokens at each boundary.
+
+    token_ids (B, T) long: the prompt's ids (the random control seeds each sample's draw with them)."""
     batch, seq_len, width = slots.hidden.shape
     num_layers = len(lm.layers)
     kept_counts = _kept_counts(config, num_image=slots.is_image.sum(1), ranked=queries.valid.any(1))
@@ -196,11 +213,12 @@ def staged_prefill(
 
     inputs = _stage_inputs(lm, hidden=slots.hidden, valid_2d=slots.valid, positions=slots.positions, cache=cache, first_layer=0)
     run = {"cache": cache, "use_cache": use_cache, "layer_kwargs": layer_kwargs}
+    ranking = ranking_for(config, token_ids=token_ids, context=_query_context(slots, queries), is_image=slots.is_image)
     next_layer = 0
     for stage_index, boundary in enumerate(boundaries):
         hidden = _run_layers(lm, range(next_layer, boundary.score_layer), slots.hidden, inputs=inputs, **run)
         slots = replace(slots, hidden=hidden)
-        scores = _rank(lm.layers[boundary.score_layer], slots, queries, inputs.position_embeddings)
+        scores = _rank(ranking, lm.layers[boundary.score_layer], slots, queries, inputs.position_embeddings)
         hidden = _run_layers(lm, range(boundary.score_layer, boundary.drop_layer), slots.hidden, inputs=inputs, **run)
         slots = replace(slots, hidden=hidden)
         selected = select_top_images(scores, slots.is_image & slots.valid, kept_counts[:, stage_index])
