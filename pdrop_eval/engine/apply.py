@@ -80,7 +80,7 @@ class DropHandle:
         self._query_index = None
         self._prefill_states = weakref.WeakKeyDictionary()  # cache -> PrefillState
 
-        self._forward_signature = inspect.signature(model.forward)
+        self._forward_signature = inspect.signature(type(model).forward)  # the class's: wrappers may hide it
         self._hooks = [
             model.model.register_forward_pre_hook(self._record_input_ids, with_kwargs=True),
             model.register_forward_pre_hook(self._record_labels, with_kwargs=True),
@@ -126,7 +126,7 @@ class DropHandle:
         self._input_ids = kwargs.get("input_ids", args[0] if args else None)
 
     def _record_labels(self, module, args, kwargs):
-        self._labels = self._forward_signature.bind_partial(*args, **kwargs).arguments.get("labels")
+        self._labels = self._forward_signature.bind_partial(module, *args, **kwargs).arguments.get("labels")
 
     def _checked_generate(self, *args, **kwargs):
         if self.boundaries:
