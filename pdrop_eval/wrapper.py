@@ -34,8 +34,8 @@ from PIL import Image, ImageFile
 
 from pdrop_eval import flops
 from pdrop_eval.engine import DropConfig, apply_drop
+from pdrop_eval.options import ModelOptions, checkpoint_architecture, resolve_pad_to_square
 
-ARCHITECTURES = ("llava", "llava_next")
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -207,11 +207,7 @@ class LlavaRunner:
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        architecture = load_config(pretrained).model_type
-        if architecture not in ARCHITECTURES:
-            raise ValueError(
-                f"{pretrained} is a {architecture!r} checkpoint; supported: LLaVA-1.5 ('llava') and LLaVA-NeXT ('llava_next')"
-            )
+        architecture = checkpoint_architecture(pretrained)
         model_class = LlavaForConditionalGeneration if architecture == "llava" else LlavaNextForConditionalGeneration
         placement = {"device_map": device_map} if device_map else {}
         model = model_class.from_pretrained(pretrained, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **placement)
@@ -223,6 +219,19 @@ class LlavaRunner:
         if processor.tokenizer.pad_token is None:
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
         return cls(str(pretrained), architecture, drop or DropConfig.none(), model, processor, pad_to_square)
+
+    @classmethod
+    def from_options(cls, options: ModelOptions, device=None) -> LlavaRunner:
+        """Load the model that resolved framework options describe (`device` overrides theirs)."""
+        return cls.load(
+            options.pretrained,
+            drop=options.drop,
+            dtype=options.dtype,
+            device=options.device if device is None else device,
+            device_map=options.device_map,
+            attn_implementation=options.attn_implementation,
+            pad_to_square=options.pad_to_square,
+        )
 
     # ----- prompts ---------------------------------------------------------------------------------
     def render(self, query: Query, add_generation_prompt: bool = True) -> str:
@@ -345,27 +354,15 @@ class LlavaRunner:
         size = (self.model_dims["hidden_size"], self.model_dims["intermediate_size"], self.model_dims["num_layers"])
         return [
             SampleStats(
-                num_image_tokens=sample["num_image_tokens"],
-                image_tokens_per_layer=list(sample["image_tokens_per_layer"]),
-                tokens_per_layer=list(sample["tokens_per_layer"]),
-                tflops_paper=flops.tflops(*size, sample["image_tokens_per_layer"]),
-                tflops_actual=flops.tflops(*size, sample["tokens_per_layer"]),
-                kept=tuple(tuple(stage) for stage in sample["kept"]),
+                num_image_tokens=sample.num_image_tokens,
+                image_tokens_per_layer=list(sample.image_tokens_per_layer),
+                tokens_per_layer=list(sample.tokens_per_layer),
+                tflops_paper=flops.tflops(*size, sample.image_tokens_per_layer),
+                tflops_actual=flops.tflops(*size, sample.tokens_per_layer),
+                kept=sample.kept,
             )
             for sample in self._handle.last_stats
         ]
-
-
-def resolve_pad_to_square(architecture: str, pad_to_square: bool | None) -> bool:
-    """LLaVA-1.5 as the paper evaluated it pads every image to a square with the mean colour before the
-    CLIP processor (the original repo's image_aspect_ratio="pad"); llava-hf's processors resize and
-    center-crop instead, cutting off the sides of a non-square picture. Default: pad for LLaVA-1.5.
-    LLaVA-NeXT's anyres tiling handles the aspect ratio itself, so padding is refused there."""
-    if pad_to_square is None:
-        return architecture == "llava"
-    if pad_to_square and architecture != "llava":
-        raise ValueError(f"pad_to_square applies to LLaVA-1.5 checkpoints only; this one is {architecture!r} (anyres keeps the aspect ratio)")
-    return bool(pad_to_square)
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -386,18 +383,6 @@ def plan_batches(lengths: Sequence, batch_size: int) -> list[list[int]]:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def load_config(pretrained: str):
-    from transformers import AutoConfig
-
-    path = Path(pretrained).expanduser()
-    if str(pretrained).startswith((".", "/", "~")) and not path.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {pretrained} does not exist")
-    try:
-        return AutoConfig.from_pretrained(pretrained)
-    except OSError as error:
-        raise FileNotFoundError(f"cannot load checkpoint {pretrained!r}: {error}") from None
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
