@@ -28,6 +28,16 @@ ROWS = {  # panel rows of a picture: title, the token kinds drawn on it
 
 
 @dataclass(frozen=True)
+class EvaluatedDocument:
+    """A document an evaluation framework answered, read back from its output: the pictures in prompt
+    order (PIL), the question and the answer."""
+
+    images: tuple
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
 class Stage:
     label: str  # e.g. "from layer 8"
     kept: frozenset[int]  # indices into the sample's image-token block
@@ -73,12 +83,14 @@ def picture_figure(plt, image, regions: Sequence[TokenRegion], number: int, stag
     from matplotlib.collections import PolyCollection
 
     tokens = [index for index, region in enumerate(regions) if region.image == number]
-
     kinds = {regions[index].kind for index in tokens}
     rows = [name for name in ROWS if name in kinds]
     width, height = image.size
     strip = 0.06 * width  # newline cells, right of the grid
-    legend = "dimmed: dropped image tokens" + ("; right strip: image_newline tokens (green kept, grey dropped)" if "grid" in rows else "")
+    unseen = {name: _unseen_margins([regions[i].box for i in tokens if regions[i].kind in ROWS[name][1]], width, height) for name in rows}
+    legend = "dimmed: dropped image tokens"
+    legend += "; right strip: image_newline tokens (green kept, grey dropped)" if "grid" in rows else ""
+    legend += "; hatched: never seen by the model (cropped away)" if any(unseen.values()) else ""
     caption_text = f"{caption_text}\n{legend}"
     panel_width, title_height, caption_height = 3.0, 0.45, 0.25 + 0.15 * (caption_text.count("\n") + 1)
     panel_height = min(max(panel_width * height / width, 1.2), 6.0)
@@ -97,6 +109,8 @@ def picture_figure(plt, image, regions: Sequence[TokenRegion], number: int, stag
             ax.set_ylim(height, 0)
             ax.set_xticks([])
             ax.set_yticks([])
+            if unseen[name]:
+                ax.add_collection(PolyCollection([_corners(box) for box in unseen[name]], facecolors="white", alpha=0.5, hatch="//", edgecolors="gray", linewidths=0))
             stage = stages[column - 1] if column else Stage("original", frozenset(tokens))
             dropped = [index for index in drawn if index not in stage.kept and index not in newlines]
             ax.add_collection(PolyCollection([_corners(regions[i].box) for i in dropped], facecolors="black", alpha=DIM, linewidths=0, antialiased=False))
@@ -114,6 +128,16 @@ def picture_figure(plt, image, regions: Sequence[TokenRegion], number: int, stag
     figure.text(0.01, 0.01, caption_text, fontsize=8, va="bottom", ha="left", family="monospace")
     figure.tight_layout(rect=(0, caption_height / figure_height, 1, 1))
     return figure
+
+
+def _unseen_margins(boxes, width: int, height: int) -> list[tuple[float, float, float, float]]:
+    """The parts of the picture outside every token's box (a center crop cuts them away), as up to four
+    margins around the boxes' bounding box."""
+    boxes = [box for box in boxes if box[2] > box[0] and box[3] > box[1]]
+    left, top = min(box[0] for box in boxes), min(box[1] for box in boxes)
+    right, bottom = max(box[2] for box in boxes), max(box[3] for box in boxes)
+    margins = [(0, 0, left, height), (right, 0, width, height), (left, 0, right, top), (left, bottom, right, height)]
+    return [box for box in margins if box[2] - box[0] > 1e-6 and box[3] - box[1] > 1e-6]
 
 
 def _corners(box):

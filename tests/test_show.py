@@ -55,6 +55,20 @@ def test_dropped_regions_are_dimmed_and_kept_ones_are_not(tiny_llava_next):
     assert min(checked.values()) > 10, checked
 
 
+@pytest.mark.parametrize("pad_to_square", [False, True])
+def test_regions_the_model_never_sees_are_hatched(tiny_llava, pad_to_square):
+    """llava-hf's center crop cuts the sides of a wide picture away; padding to a square keeps them."""
+    processor = AutoProcessor.from_pretrained(tiny_llava)
+    regions = image_token_regions(processor, [(200, 100)], pad_to_square)
+    plt = pyplot()
+    figure = picture_figure(plt, Image.new("RGB", (200, 100), "black"), regions, 0, [Stage("from layer 2", frozenset(range(len(regions))))], "")
+    figure.canvas.draw()
+    for ax in figure.axes:
+        assert pixel_at(figure, ax, 100, 50).max() < 30  # seen and kept: the picture itself
+        assert (pixel_at(figure, ax, 8, 50).min() > 80) == (not pad_to_square)  # the cropped-away margin
+    plt.close(figure)
+
+
 def test_stage_lists_must_match_the_drop_config():
     assert [s.label for s in drop_stages(DropConfig.fastv(k=3), 32, [[0, 1]])] == ["from layer 3"]
     with pytest.raises(ValueError, match="1 kept-token lists for the 3 stage"):

@@ -20,6 +20,9 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--out", default=".", metavar="DIR", help="folder for the PNGs (default: current folder)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--pad-to-square", metavar="true|false", help="LLaVA-1.5: pad pictures to a square first (default: true for LLaVA-1.5, as the paper evaluated it)"
+    )
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16 (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="overwrite existing PNGs")
@@ -30,6 +33,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from pdrop_eval.engine.config import DropConfig
+    from pdrop_eval.options import boolean
     from pdrop_eval.report.files import check_writable
     from pdrop_eval.show import caption, drop_stages, write_pictures
     from pdrop_eval.token_map import image_token_regions
@@ -44,7 +48,8 @@ def run(args) -> int:
         check_writable(output, args.force)  # before the model loads, so a refusal costs nothing
     drop = DropConfig.from_args(args.drop)
     query = Query.from_text(args.question, paths)
-    runner = LlavaRunner.load(args.pretrained, drop=drop, dtype=args.dtype, device=args.device)
+    pad_to_square = None if args.pad_to_square is None else boolean("--pad-to-square", args.pad_to_square)
+    runner = LlavaRunner.load(args.pretrained, drop=drop, dtype=args.dtype, device=args.device, pad_to_square=pad_to_square)
     answer = runner.generate([query], max_new_tokens=args.max_new_tokens)[0]
     print(f"answer: {answer.text.strip()}")
     stages = drop_stages(drop, runner.model_dims["num_layers"], answer.stats.kept)
