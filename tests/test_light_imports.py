@@ -19,7 +19,10 @@ def _heavy_modules_after(code: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "module",
-    ["pdrop_eval", "pdrop_eval.adapters.lmms", "pdrop_eval.report", "pdrop_eval.flops", "pdrop_eval.options", "pdrop_eval.pipeline"],
+    [
+        "pdrop_eval", "pdrop_eval.adapters.lmms", "pdrop_eval.report", "pdrop_eval.flops", "pdrop_eval.options", "pdrop_eval.pipeline",
+        "pdrop_eval.token_map", "pdrop_eval.show", "pdrop_eval.study",
+    ],
 )
 def test_importing_loads_no_torch_or_transformers(module):
     assert _heavy_modules_after(f"import {module}") == []
