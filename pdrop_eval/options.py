@@ -36,6 +36,19 @@ class ModelOptions:
     attn_implementation: str | None = None
     max_new_tokens: int | None = None  # cap on generated tokens; None: the task's own
 
+    def load_runner(self):
+        """The `pdrop_eval.wrapper.LlavaRunner` these options describe (loads the weights)."""
+        from pdrop_eval.wrapper import LlavaRunner
+
+        return LlavaRunner.load(
+            self.pretrained,
+            drop=self.drop,
+            dtype=self.dtype,
+            device=self.device,
+            device_map=self.device_map,
+            attn_implementation=self.attn_implementation,
+        )
+
 
 def resolve_model_options(
     method: str,
@@ -75,7 +88,7 @@ def resolve_model_options(
     if not pretrained:
         raise ValueError(f"{owner}: give pretrained=<checkpoint folder or HF Hub id> or model_preset=<name>")
     if not isinstance(pretrained, (str, Path)):
-        raise ValueError(f"{owner}: pretrained must be a checkpoint folder or HF Hub id, got {pretrained!r}")
+        raise TypeError(f"{owner}: pretrained must be a checkpoint folder or HF Hub id, got {pretrained!r}")
 
     max_new_tokens = options.get("max_new_tokens", default_max_new_tokens)
     if max_new_tokens is not None:
