@@ -44,27 +44,27 @@ def _prefill_stats(llava_next, config, prompts, images, query_positions=None) ->
 
 def test_control_keeps_the_schedules_counts_nested_in_original_order(llava_next):
     stats = _prefill_stats(llava_next, CONTROL, [PROMPT, OTHER_PROMPT], [WIDE, SQUARE])
-    assert stats[0]["num_image_tokens"] != stats[1]["num_image_tokens"]  # a ragged anyres batch
+    assert stats[0].num_image_tokens != stats[1].num_image_tokens  # a ragged anyres batch
     for sample in stats:
-        n = sample["num_image_tokens"]
-        assert sample["image_tokens_per_layer"] == SCHEDULE.image_tokens_per_layer(n, 32)
-        assert [len(kept) for kept in sample["kept"]] == SCHEDULE.kept_counts(n)
-        for kept, later in zip(sample["kept"], sample["kept"][1:]):
-            assert kept == sorted(kept) and set(later) <= set(kept)
+        n = sample.num_image_tokens
+        assert list(sample.image_tokens_per_layer) == SCHEDULE.image_tokens_per_layer(n, 32)
+        assert [len(kept) for kept in sample.kept] == SCHEDULE.kept_counts(n)
+        for kept, later in zip(sample.kept, sample.kept[1:]):
+            assert list(kept) == sorted(kept) and set(later) <= set(kept)
 
 
 def test_draw_is_reproducible_and_the_same_alone_or_in_a_padded_batch(llava_next):
-    alone = _prefill_stats(llava_next, CONTROL, [PROMPT], [SQUARE])[0]["kept"]
-    assert _prefill_stats(llava_next, CONTROL, [PROMPT], [SQUARE])[0]["kept"] == alone
+    alone = _prefill_stats(llava_next, CONTROL, [PROMPT], [SQUARE])[0].kept
+    assert _prefill_stats(llava_next, CONTROL, [PROMPT], [SQUARE])[0].kept == alone
     # beside a longer sample (more image tokens, other text) the square one is left-padded
-    assert _prefill_stats(llava_next, CONTROL, [OTHER_PROMPT, PROMPT], [WIDE, SQUARE])[1]["kept"] == alone
-    assert _prefill_stats(llava_next, CONTROL, [PROMPT, OTHER_PROMPT], [SQUARE, WIDE])[0]["kept"] == alone
+    assert _prefill_stats(llava_next, CONTROL, [OTHER_PROMPT, PROMPT], [WIDE, SQUARE])[1].kept == alone
+    assert _prefill_stats(llava_next, CONTROL, [PROMPT, OTHER_PROMPT], [SQUARE, WIDE])[0].kept == alone
 
 
 def test_draw_differs_from_attention_ranking_and_with_the_seed(llava_next):
-    control = _prefill_stats(llava_next, CONTROL, [PROMPT], [SQUARE])[0]["kept"]
-    ranked = _prefill_stats(llava_next, SCHEDULE, [PROMPT], [SQUARE])[0]["kept"]
-    reseeded = _prefill_stats(llava_next, DropConfig.random(SCHEDULE, seed=1), [PROMPT], [SQUARE])[0]["kept"]
+    control = _prefill_stats(llava_next, CONTROL, [PROMPT], [SQUARE])[0].kept
+    ranked = _prefill_stats(llava_next, SCHEDULE, [PROMPT], [SQUARE])[0].kept
+    reseeded = _prefill_stats(llava_next, DropConfig.random(SCHEDULE, seed=1), [PROMPT], [SQUARE])[0].kept
     assert [len(kept) for kept in control] == [len(kept) for kept in ranked]
     assert control[0] != ranked[0]
     assert control[0] != reseeded[0]
@@ -75,7 +75,7 @@ def test_a_scored_continuation_does_not_change_the_draw(llava_next):
     _model, processor = llava_next
     context_length = processor(images=[SQUARE], text=[PROMPT], return_tensors="pt").input_ids.shape[1]
     kept = [
-        _prefill_stats(llava_next, CONTROL, [PROMPT + continuation], [SQUARE], query_positions=[context_length - 1])[0]["kept"]
+        _prefill_stats(llava_next, CONTROL, [PROMPT + continuation], [SQUARE], query_positions=[context_length - 1])[0].kept
         for continuation in (" red", " a blue one")
     ]
     assert kept[0] == kept[1]
@@ -91,7 +91,7 @@ def test_each_image_token_is_kept_equally_often():
         token_ids = torch.tensor([[1, 2, draw] + [32000] * num_image + [draw + 7]])
         ranking = RandomRanking.for_prompt(CONTROL, token_ids=token_ids, context=torch.ones_like(is_image), is_image=is_image)
         image_rank = is_image.long().cumsum(1) - 1
-        scores = ranking.scores(layer=None, hidden=None, position_embeddings=None, key_mask=None, query_slot=None, image_rank=image_rank)
+        scores = ranking.scores(layer=None, hidden=None, position_embeddings=None, key_mask=None, query_slots=None, query_valid=None, image_rank=image_rank)
         kept += select_top_images(scores, is_image, torch.tensor([keep]))[0, is_image[0]].float()
     frequency = kept / draws
     assert (frequency - 0.5).abs().max() < 5 * (0.25 / draws) ** 0.5

@@ -34,7 +34,7 @@ from pdrop_eval.options import (
     resolve_model_options,
 )
 from pdrop_eval.stats import sample_record
-from pdrop_eval.wrapper import Query
+from pdrop_eval.wrapper import LlavaRunner, Query
 
 FRAMEWORK = "vlmeval"
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -62,7 +62,7 @@ class DropVLM(BaseModel):
         super().__init__()
         settings = self.check_options(**options)
         self.max_new_tokens = settings.max_new_tokens
-        self.runner = settings.load_runner()
+        self.runner = LlavaRunner.from_options(settings)
         self.dataset = None  # the VLMEvalKit dataset being inferred (see set_dump_image)
         self.pending_index = None  # index of the row build_prompt prepared for the next generate
         self.samples: list[dict] = []

@@ -27,7 +27,6 @@ import atexit
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,7 +45,7 @@ from pdrop_eval.options import (
     positive_int,
     resolve_model_options,
 )
-from pdrop_eval.wrapper import Query, load_image, plan_batches
+from pdrop_eval.wrapper import LlavaRunner, Query, load_image, plan_batches
 
 # generation_kwargs of lmms-eval tasks. image_aspect_ratio steers the original LLaVA repo's
 # preprocessing; the HF processors fix it per architecture, so it is accepted and ignored.
@@ -76,7 +75,7 @@ class LlavaDropModel(lmms):
         self._rank = self.accelerator.process_index
         self._world_size = self.accelerator.num_processes
         self._device = torch.device(_process_device(resolved.device, self.accelerator.local_process_index))
-        self._runner = replace(resolved, device=str(self._device)).load_runner()
+        self._runner = LlavaRunner.from_options(resolved, device=self._device)
         self._samples: list[dict] = []
         self._seconds = 0.0  # wall-clock time spent answering requests in this process
         self._started = time.time()
