@@ -19,7 +19,7 @@ from pdrop_eval.engine.config import METHODS, OPTION_KEYS, DropConfig
 
 ARCHITECTURES = ("llava", "llava_next")  # HF model_type of LLaVA-1.5 and LLaVA-NeXT
 MODEL_PRESET_KEYS = ("pretrained", "dtype", "device_map", "attn_implementation")  # what a model preset may set
-MODEL_KEYS = (*MODEL_PRESET_KEYS, "model_preset", "device", "max_new_tokens", "drop_preset", "pad_to_square")
+MODEL_KEYS = (*MODEL_PRESET_KEYS, "model_preset", "device", "max_new_tokens", "drop_preset", "pad_to_square", "save_kept")
 # lmms-eval's LLaVA adapters generate up to this many tokens when a task sets none; VLMEvalKit's
 # allow more, but benchmark answers need far less, so it is the default cap there too.
 DEFAULT_MAX_NEW_TOKENS = 1024
@@ -36,6 +36,7 @@ class ModelOptions:
     attn_implementation: str | None = None
     max_new_tokens: int | None = None  # cap on generated tokens; None: the task's own
     pad_to_square: bool = False  # LLaVA-1.5 pictures padded to a square first (see resolve_pad_to_square)
+    save_kept: bool = False  # store each document's kept image-token indices in the statistics file (large)
 
 
 def resolve_model_options(
@@ -99,6 +100,7 @@ def resolve_model_options(
         attn_implementation=model_args.get("attn_implementation"),
         max_new_tokens=max_new_tokens,
         pad_to_square=pad_to_square,
+        save_kept=boolean(f"{owner}: save_kept", options.get("save_kept", False)),
     )
 
 

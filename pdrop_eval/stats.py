@@ -20,8 +20,9 @@ folder of the framework's own result files (lmms-eval: ``<date>_pdrop_stats.json
       "mean_tflops_actual": 0.2,               # mean of the samples' tflops_actual
       "samples": [{"task": "...", "doc_id": 0, "num_image_tokens": 64,
                    "image_tokens_per_layer": [64, ...], "tokens_per_layer": [80, ...],
-                   "tflops_paper": 0.1, "tflops_actual": 0.2}]
-    }
+                   "tflops_paper": 0.1, "tflops_actual": 0.2,
+                   "kept": [[0, 3, ...], ...]}]     # only with save_kept=true: per stage boundary, the
+    }                                               # kept indices into the sample's image-token block
 
 Per sample: ``image_tokens_per_layer`` and ``tokens_per_layer`` have one entry per decoder layer (the
 image tokens left, and all valid tokens text included, during prefill); ``tflops_paper`` is
@@ -39,9 +40,10 @@ SCHEMA = "pdrop-eval/stats/v1"
 FILE_SUFFIX = "_pdrop_stats.json"
 
 
-def sample_record(task: str, doc_id: int, stats: dict) -> dict:
-    """One entry of ``samples``: where it came from plus a `SampleStats.to_dict()`."""
-    return {"task": task, "doc_id": doc_id, **stats}
+def sample_record(task: str, doc_id: int, stats: dict, kept=None) -> dict:
+    """One entry of ``samples``: where it came from plus a `SampleStats.to_dict()`, and the kept
+    image-token indices per stage (`SampleStats.kept`) when the run stores them (``save_kept``)."""
+    return {"task": task, "doc_id": doc_id, **stats, **({} if kept is None else {"kept": [list(stage) for stage in kept]})}
 
 
 def build_run_stats(

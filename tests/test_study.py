@@ -30,6 +30,7 @@ def test_study_evaluates_each_point_then_a_rerun_skips_them(study_argv, tiny_lla
             stats = json.loads(stats_path.read_text())
             assert stats["drop"]["layer_list"] == [layer] and stats["drop"]["image_token_ratio_list"] == [keep]
             for sample in stats["samples"]:  # one drop, at that layer, to that fraction of N
+                assert "kept" not in sample  # kept tokens are stored only with save_kept=true
                 n = sample["num_image_tokens"]
                 assert sample["image_tokens_per_layer"] == [n] * layer + [int(n * keep)] * (32 - layer)
     table = (out_dir / "study.md").read_text()

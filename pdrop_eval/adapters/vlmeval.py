@@ -62,6 +62,7 @@ class DropVLM(BaseModel):
         super().__init__()
         settings = self.check_options(**options)
         self.max_new_tokens = settings.max_new_tokens
+        self.save_kept = settings.save_kept
         self.runner = LlavaRunner.from_options(settings)
         self.dataset = None  # the VLMEvalKit dataset being inferred (see set_dump_image)
         self.pending_index = None  # index of the row build_prompt prepared for the next generate
@@ -112,7 +113,8 @@ class DropVLM(BaseModel):
         started = time.perf_counter()
         (answer,) = self.runner.generate([query], max_new_tokens=self.max_new_tokens)
         self.generate_seconds += time.perf_counter() - started
-        self.samples.append(sample_record(dataset, self.pending_index, answer.stats.to_dict()))
+        kept = answer.stats.kept if self.save_kept else None
+        self.samples.append(sample_record(dataset, self.pending_index, answer.stats.to_dict(), kept))
         self.pending_index = None
         return answer.text.strip()
 

@@ -1,4 +1,7 @@
-"""`pdrop-eval show`: run a prompt under a drop config and draw which image regions each stage keeps."""
+"""`pdrop-eval show`: run a prompt under a drop config and draw which image regions each stage keeps;
+or draw them for a document of an evaluation run that stored its kept tokens (``save_kept=true``)."""
+
+STATS_SUFFIX = "_pdrop_stats.json"
 
 
 def add_parser(subparsers) -> None:
@@ -7,11 +10,15 @@ def add_parser(subparsers) -> None:
         help="answer a question about pictures under a drop config and draw the regions each stage keeps",
         description="Runs the checkpoint on the pictures and the question, prints the answer, and writes one PNG per "
         "picture: the original and one panel per drop stage with the dropped regions dimmed (LLaVA-NeXT: anyres grid "
-        "with its newline tokens at the right, and the base tile).",
+        "with its newline tokens at the right, and the base tile). With --run and --doc, draws the same for a document "
+        "of an lmms-eval / VLMEvalKit run evaluated with save_kept=true, from its statistics and logged answer.",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="picture files, in prompt order")
-    parser.add_argument("--question", required=True, help="the question; <image> marks where each picture goes (default: pictures first)")
-    parser.add_argument("--pretrained", required=True, help="LLaVA-1.5 / LLaVA-NeXT checkpoint (folder or HF Hub id)")
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="picture files, in prompt order")
+    parser.add_argument("--question", help="the question; <image> marks where each picture goes (default: pictures first)")
+    parser.add_argument("--pretrained", help="LLaVA-1.5 / LLaVA-NeXT checkpoint (folder or HF Hub id)")
+    parser.add_argument("--run", metavar="OUT_DIR", help="an lmms-eval output folder or VLMEvalKit work dir (searched recursively)")
+    parser.add_argument("--doc", metavar="ID", help="with --run: the document's doc_id (lmms-eval) or index (VLMEvalKit)")
+    parser.add_argument("--task", help="with --run: the task (lmms-eval) or dataset (VLMEvalKit), when several have that document")
     parser.add_argument(
         "--drop",
         default="layer_list=8;16;24,lambda=0.5",
@@ -30,6 +37,19 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.run is not None:
+        if args.images or args.question or args.pretrained or args.doc is None:
+            raise ValueError("--run takes --doc (and --task), not pictures, --question or --pretrained")
+        return run_evaluated(args)
+    if args.doc is not None or args.task is not None:
+        raise ValueError("--doc and --task go with --run")
+    missing = [name for name, value in (("IMAGE", args.images), ("--question", args.question), ("--pretrained", args.pretrained)) if not value]
+    if missing:
+        raise ValueError(f"give {', '.join(missing)} (or --run OUT_DIR --doc ID)")
+    return run_prompt(args)
+
+
+def run_prompt(args) -> int:
     from pathlib import Path
 
     from pdrop_eval.engine.config import DropConfig
@@ -62,3 +82,82 @@ def run(args) -> int:
     for path in write_pictures(query.images, regions, stages, text, outputs, args.force):
         print(f"wrote {path}")
     return 0
+
+
+def run_evaluated(args) -> int:
+    """The pictures of one evaluated document, from the run's statistics (kept indices) and its logs."""
+    from pathlib import Path
+
+    from pdrop_eval.compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()  # the image processor imports torchvision
+    from transformers import AutoProcessor
+
+    from pdrop_eval.engine.config import DropConfig
+    from pdrop_eval.report.files import check_writable
+    from pdrop_eval.show import caption, drop_stages, write_pictures
+    from pdrop_eval.token_map import image_token_regions
+
+    stats_path, run_stats, sample = _find_sample(Path(args.run), args.doc, args.task)
+    task, doc_id = sample["task"], sample["doc_id"]
+    if "kept" not in sample:
+        raise ValueError(f"{stats_path}: {task} doc {doc_id} has no kept tokens; evaluate with the model arg save_kept=true")
+    outputs_prefix = Path(args.out) / f"{task}_doc{doc_id}"
+    if run_stats["framework"] == "lmms-eval":
+        from pdrop_eval.adapters.lmms.logged import lmms_document, lmms_model_args
+
+        results_file = stats_path.with_name(stats_path.name.removesuffix(STATS_SUFFIX) + "_results.json")
+        document = lmms_document(results_file, task, doc_id)
+        model_args = lmms_model_args(results_file)
+    else:
+        from pdrop_eval.adapters.vlmeval_logged import vlmeval_document
+
+        document = vlmeval_document(stats_path.parent, run_stats["model"], task, doc_id)
+        model_args = run_stats.get("model_args") or {}
+    outputs = [outputs_prefix.with_name(f"{outputs_prefix.name}_image{number}.png") for number in range(1, len(document.images) + 1)]
+    for output in outputs:
+        check_writable(output, args.force)
+    drop = DropConfig.from_dict(run_stats["drop"])
+    processor = AutoProcessor.from_pretrained(run_stats["pretrained"])
+    sizes = [image.size for image in document.images]
+    regions = image_token_regions(processor, sizes, _pad_to_square(run_stats["architecture"], model_args))
+    if len(regions) != sample["num_image_tokens"]:
+        raise ValueError(f"{stats_path}: {task} doc {doc_id} had {sample['num_image_tokens']} image tokens, its pictures now map to {len(regions)}")
+    stages = drop_stages(drop, run_stats["model_dims"]["num_layers"], sample["kept"])
+    print(f"{task} doc {doc_id}: {document.answer!r}")
+    text = caption(document.question, document.answer, drop, run_stats["pretrained"])
+    for path in write_pictures(document.images, regions, stages, text, outputs, args.force):
+        print(f"wrote {path}")
+    return 0
+
+
+def _find_sample(run_dir, doc: str, task: str | None):
+    """(statistics file, its content, the sample) of the document `doc` (of `task`) under `run_dir`."""
+    import json
+
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    files = sorted(run_dir.rglob(f"*{STATS_SUFFIX}"))
+    if not files:
+        raise FileNotFoundError(f"no pdrop-eval statistics file (*{STATS_SUFFIX}) under {run_dir}")
+    found, tasks = [], set()
+    for path in files:
+        run_stats = json.loads(path.read_text())
+        for sample in run_stats["samples"]:
+            tasks.add(sample["task"])
+            if str(sample["doc_id"]) == str(doc) and task in (None, sample["task"]):
+                found.append((path, run_stats, sample))
+    if not found:
+        raise ValueError(f"no document {doc}{f' of task {task}' if task else ''} in the statistics under {run_dir} (tasks: {', '.join(sorted(tasks))})")
+    if len(found) > 1:
+        places = ", ".join(f"{sample['task']} in {path}" for path, _, sample in found)
+        raise ValueError(f"document {doc} is in several runs or tasks ({places}); pick one with --task or a narrower --run")
+    return found[0]
+
+
+def _pad_to_square(architecture: str, model_args: dict) -> bool:
+    """Whether the run padded LLaVA-1.5 pictures to a square (its pad_to_square model arg, or the default)."""
+    from pdrop_eval.options import boolean, resolve_pad_to_square
+
+    given = model_args.get("pad_to_square")
+    return resolve_pad_to_square(architecture, None if given is None else boolean("pad_to_square", given))

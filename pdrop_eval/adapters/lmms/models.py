@@ -70,6 +70,7 @@ class LlavaDropModel(lmms):
         resolved = resolve_model_options(self.method, {**options, "device": device}, owner=self.model_id)
         self._drop = resolved.drop
         self._max_new_tokens = resolved.max_new_tokens
+        self._save_kept = resolved.save_kept
 
         self.accelerator = Accelerator()
         self._rank = self.accelerator.process_index
@@ -170,7 +171,7 @@ class LlavaDropModel(lmms):
     def _query_from_context(self, context: str, doc_to_visual, doc_id: int, task: str, split: str) -> Query:
         label = f"task {task!r} doc {doc_id}"
         visuals = self._call_on_doc(doc_to_visual, task, split, doc_id, label) or []
-        return Query.from_text(context, [_as_image(visual, label) for visual in visuals], label)
+        return Query.from_text(context, [as_image(visual, label) for visual in visuals], label)
 
     def _call_on_doc(self, function, task: str, split: str, doc_id: int, label: str):
         try:
@@ -208,7 +209,8 @@ class LlavaDropModel(lmms):
     def _record(self, request, sample_stats) -> None:
         if request.metadata.get("__padding_only__"):  # filler the evaluator adds to even out processes
             return
-        self._samples.append(stats.sample_record(request.task_name, request.doc_id, sample_stats.to_dict()))
+        kept = sample_stats.kept if self._save_kept else None
+        self._samples.append(stats.sample_record(request.task_name, request.doc_id, sample_stats.to_dict(), kept))
 
     def clean(self) -> None:
         """Called by the evaluator on every process after the last request: gather statistics on rank 0."""
@@ -250,20 +252,7 @@ class ChatRequests:
     def _query(self, request) -> Query:
         _context, doc_to_messages, _gen_kwargs, doc_id, task, split = request.args
         label = f"task {task!r} doc {doc_id}"
-        raw_messages = self._call_on_doc(doc_to_messages, task, split, doc_id, label)
-        messages, images = [], []
-        for message in ChatMessages(messages=raw_messages).messages:
-            content = []
-            for item in message.content:
-                if item.type == "text":
-                    content.append({"type": "text", "text": item.text})
-                elif item.type == "image":
-                    content.append({"type": "image"})
-                    images.append(load_image(_as_image(item.url, label), label))
-                else:
-                    raise ValueError(f"{self.model_id}: {label} contains {item.type} input; this model takes images and text only")
-            messages.append({"role": message.role, "content": content})
-        return Query(messages=tuple(messages), images=tuple(images))
+        return query_from_messages(self._call_on_doc(doc_to_messages, task, split, doc_id, label), label, self.model_id)
 
     def _generation_kwargs(self, request) -> dict:
         return request.args[2]
@@ -291,7 +280,25 @@ def _context_args(request) -> tuple:
     return context, doc_to_visual, doc_id, task, split
 
 
-def _as_image(visual, label: str):
+def query_from_messages(raw_messages, label: str, owner: str) -> Query:
+    """The `Query` of a task's chat messages (lmms-eval's chat protocol), pictures in message order;
+    `owner` names the model in the error for inputs other than text and images."""
+    messages, images = [], []
+    for message in ChatMessages(messages=raw_messages).messages:
+        content = []
+        for item in message.content:
+            if item.type == "text":
+                content.append({"type": "text", "text": item.text})
+            elif item.type == "image":
+                content.append({"type": "image"})
+                images.append(load_image(as_image(item.url, label), label))
+            else:
+                raise ValueError(f"{owner}: {label} contains {item.type} input; this model takes images and text only")
+        messages.append({"role": message.role, "content": content})
+    return Query(messages=tuple(messages), images=tuple(images))
+
+
+def as_image(visual, label: str):
     """PIL images pass through; a string is an image file path. Anything else (video) is refused."""
     from PIL import Image
 
