@@ -2,8 +2,8 @@
 
 `pdrop-eval sweep` and `pdrop-eval demo` both come here. Each setting is one `python -m lmms_eval`
 command with its own `--output_path` (our adapters write their statistics file beside the results
-file found under the command line's `--output_path`, so one process per setting). lmms-eval exits 0
-even when an evaluation fails, so each setting's results file is checked afterwards.
+file lmms-eval saved for the run). lmms-eval exits 0 even when an evaluation fails, so each setting's
+results file is checked afterwards.
 """
 
 from __future__ import annotations

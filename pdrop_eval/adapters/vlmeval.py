@@ -3,7 +3,7 @@
 Thin translations from VLMEvalKit's model interface to the shared `pdrop_eval.wrapper.LlavaRunner`:
 a VLMEvalKit message (a list of ``{'type': 'text'|'image', 'value': ...}``) becomes a `Query`, the
 runner generates, and each answer's drop statistics are kept per (dataset, index) until the
-launcher (`pdrop_eval.adapters.vlmeval_run`) collects them with `take_statistics()`.
+launcher (`pdrop_eval.adapters.vlmeval_run`) collects them with `take_statistics(model_name)`.
 
 VLMEvalKit's local inference loop hands a model one message at a time, so each query is a batch of
 one. Multiple-choice datasets get VLMEvalKit's LLaVA prompt (hint, question, lettered options,
@@ -24,11 +24,13 @@ from vlmeval.smp import cn_string
 from vlmeval.vlm.base import BaseModel
 
 from pdrop_eval import presets
-from pdrop_eval.stats import sample_record
+from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.stats import RunStats, SampleRecord
 from pdrop_eval.wrapper import ARCHITECTURES, LlavaRunner, Query, load_config
 
 FRAMEWORK = "vlmeval"
 MODEL_OPTIONS = ("pretrained", "model_preset", "dtype", "device", "device_map", "attn_implementation", "max_new_tokens")
+PLACEMENT_OPTIONS = ("device", "device_map")  # where the model runs, not what it predicts
 DEFAULT_MAX_NEW_TOKENS = 1024  # VLMEvalKit's LLaVA models allow more; benchmark answers need far less
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 MCQ_INSTRUCTION_CN = "请直接回答选项字母。"
@@ -67,7 +69,7 @@ class DropVLM(BaseModel):
         )
         self.dataset = None  # the VLMEvalKit dataset being inferred (see set_dump_image)
         self.pending_index = None  # index of the row build_prompt prepared for the next generate
-        self.samples: list[dict] = []
+        self.samples: list[SampleRecord] = []
         self.generate_seconds = 0.0
 
     @classmethod
@@ -138,22 +140,25 @@ class DropVLM(BaseModel):
         started = time.perf_counter()
         (answer,) = self.runner.generate([query], max_new_tokens=self.max_new_tokens)
         self.generate_seconds += time.perf_counter() - started
-        self.samples.append(sample_record(dataset, self.pending_index, answer.stats.to_dict()))
+        self.samples.append(SampleRecord(dataset, self.pending_index, answer.stats))
         self.pending_index = None
         return answer.text.strip()
 
-    def take_statistics(self) -> dict:
-        """This process's statistics since the last call (samples and generation time are reset)."""
+    def take_statistics(self, model_name: str) -> RunStats:
+        """This process's statistics since the last call, as run `model_name` (samples and generation
+        time are reset; the launcher links the merged record to its results)."""
         samples, self.samples = self.samples, []
         seconds, self.generate_seconds = self.generate_seconds, 0.0
-        return {
-            "generate_seconds": seconds,
-            "pretrained": self.runner.pretrained,
-            "architecture": self.runner.architecture,
-            "drop": self.runner.drop.to_dict(),
-            "model_dims": dict(self.runner.model_dims),
-            "samples": samples,
-        }
+        return RunStats(
+            framework=FRAMEWORK,
+            model=model_name,
+            pretrained=self.runner.pretrained,
+            architecture=self.runner.architecture,
+            drop=self.runner.drop,
+            model_dims=dict(self.runner.model_dims),
+            wall_time_s=seconds,
+            samples=tuple(samples),
+        )
 
 
 class LLaVAPyramidDrop(DropVLM):
@@ -169,6 +174,16 @@ class LLaVAFastV(DropVLM):
 class LLaVAVanilla(DropVLM):
     DROP_METHOD = "none"
     DEFAULT_MODEL_PRESET = "llava-next-7b"
+
+
+def prediction_settings(settings: dict) -> dict:
+    """The resolved options (`DropVLM.check_options`) that decide a model's predictions, as JSON
+    values: every option except placement (device, device_map)."""
+    return {
+        key: value.to_dict() if isinstance(value, DropConfig) else value if value is None or isinstance(value, (int, float)) else str(value)
+        for key, value in sorted(settings.items())
+        if key not in PLACEMENT_OPTIONS
+    }
 
 
 # The names lmms-eval knows them by too (pdrop_eval.adapters.lmms).
