@@ -325,9 +325,9 @@ def test_model_builds_prompts_and_records_each_row(adapter, tiny_llava_next, lmu
     assert message == yes_no.build_prompt(line)  # non-MCQ datasets keep their own prompt
     model.generate(message, dataset=TOY_YN)
 
-    report = model.take_statistics()
-    assert [(s["task"], s["doc_id"]) for s in report["samples"]] == [(TOY_MCQ, 1), (TOY_YN, 100)]
-    assert report["drop"]["method"] == "pyramid" and report["generate_seconds"] > 0
-    assert model.take_statistics()["samples"] == []
+    report = model.take_statistics("llava_next_pdrop")
+    assert [(s.task, s.doc_id) for s in report.samples] == [(TOY_MCQ, 1), (TOY_YN, 100)]
+    assert (report.model, report.drop.method) == ("llava_next_pdrop", "pyramid") and report.wall_time_s > 0
+    assert model.take_statistics("llava_next_pdrop").samples == ()
     with pytest.raises(RuntimeError, match="did not build"):
         model.generate(message, dataset=TOY_YN)  # a prompt that skipped build_prompt has no known index

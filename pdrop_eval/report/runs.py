@@ -146,9 +146,9 @@ def lmms_setting(model: str, model_args) -> tuple[str, DropConfig | None]:
     """The checkpoint and drop config a pdrop-eval lmms-eval model ran with, from its model_args as the
     results file records them ("" and None for other models). Raises ValueError on bad arguments."""
     args = _model_args_dict(model_args)
-    model_settings = presets.resolve_model_args(args.get("model_preset"), {"pretrained": args.get("pretrained")})
     if model not in LMMS_METHODS:
-        return model_settings.get("pretrained", ""), None
+        return args.get("pretrained", ""), None
+    model_settings = presets.resolve_model_args(args.get("model_preset"), {"pretrained": args.get("pretrained")})
     drop_args = {key: value for key, value in args.items() if key not in LMMS_MODEL_KEYS}
     return model_settings.get("pretrained", ""), presets.resolve_drop(LMMS_METHODS[model], args.get("drop_preset"), drop_args)
 
