@@ -11,43 +11,15 @@ from __future__ import annotations
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 import torch
 
-import pdrop_eval.engine.staged as staged
+import pdrop_eval.engine.scoring as scoring
+from pdrop_eval.bench_settings import BenchSettings
 from pdrop_eval.engine.apply import apply_drop
 from pdrop_eval.engine.config import DropConfig
 from pdrop_eval.flops import tflops, tokens_per_layer
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    # The paper's depth (32 layers, so boundaries 8/16/24 and FastV K=2 as published) and LLaMA's
-    # FFN ratio, narrowed so that a CPU run takes seconds; image tokens dominate as in LLaVA-1.5.
-    hidden_size: int = 768
-    intermediate_size: int = 2048
-    num_layers: int = 32
-    num_heads: int = 12
-    num_kv_heads: int = 12
-    image_tokens: int = 576
-    text_tokens: int = 32
-    batch_size: int = 1
-    layer_list: tuple[int, ...] | None = None  # default: the paper's quarters of the depth
-    ratio: float = 0.5
-    fastv_k: int = 2
-    fastv_r: float = 0.5
-    dtype: str = "float32"
-    device: str = "cpu"
-    attn_implementation: str = "sdpa"
-    warmup: int = 1
-    repeats: int = 5
-    seed: int = 0
-
-    def pyramid_layers(self) -> tuple[int, ...]:
-        if self.layer_list is not None:
-            return tuple(self.layer_list)
-        return tuple(self.num_layers * q // 4 for q in (1, 2, 3))
 
 
 def _build_model(settings: BenchSettings):
@@ -106,18 +78,18 @@ def _prefill_seconds(model, input_ids, settings: BenchSettings) -> list[float]:
 def _timed_scoring(settings: BenchSettings):
     """Accumulate the wall time of every ranking call made by the staged prefill."""
     spent = []
-    original = staged.query_attention
+    original = scoring.query_attention
 
     def timed(*args, **kwargs):
         result, seconds = _timed(settings.device, original, *args, **kwargs)
         spent.append(seconds)
         return result
 
-    staged.query_attention = timed
+    scoring.query_attention = timed
     try:
         yield spent
     finally:
-        staged.query_attention = original
+        scoring.query_attention = original
 
 
 def run_bench(settings: BenchSettings) -> dict:

@@ -33,9 +33,10 @@ import torch
 from PIL import Image, ImageFile
 
 from pdrop_eval.engine import DropConfig, apply_drop
+from pdrop_eval.engine.stats import SampleDropStats
+from pdrop_eval.options import ModelOptions, checkpoint_architecture, resolve_pad_to_square
 from pdrop_eval.stats import SampleStats
 
-ARCHITECTURES = ("llava", "llava_next")
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -136,13 +137,16 @@ class LlavaRunner:
     """A loaded LLaVA-1.5 / LLaVA-NeXT model with a drop config applied. Build it with `load`.
 
     Attributes: pretrained, architecture ("llava" | "llava_next"), drop (DropConfig), model_dims
-    (hidden_size, intermediate_size, num_layers of the language model), model, processor.
+    (hidden_size, intermediate_size, num_layers of the language model), model, processor, and
+    pad_to_square (LLaVA-1.5 images padded to a square with the mean colour, as the original LLaVA
+    evaluated them; see `resolve_pad_to_square`).
     """
 
-    def __init__(self, pretrained: str, architecture: str, drop: DropConfig, model, processor):
+    def __init__(self, pretrained: str, architecture: str, drop: DropConfig, model, processor, pad_to_square: bool | None = None):
         self.pretrained = pretrained
         self.architecture = architecture
         self.drop = drop
+        self.pad_to_square = resolve_pad_to_square(architecture, pad_to_square)
         self.model = model
         self.processor = processor
         self.chat_template = processor.chat_template or VICUNA_CHAT_TEMPLATE
@@ -163,6 +167,7 @@ class LlavaRunner:
         device: str = "cpu",
         device_map: str | None = None,
         attn_implementation: str | None = None,
+        pad_to_square: bool | None = None,
     ) -> LlavaRunner:
         """Load a HF checkpoint (folder or Hub id) and apply `drop` (default: no drop).
 
@@ -176,11 +181,7 @@ class LlavaRunner:
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        architecture = load_config(pretrained).model_type
-        if architecture not in ARCHITECTURES:
-            raise ValueError(
-                f"{pretrained} is a {architecture!r} checkpoint; supported: LLaVA-1.5 ('llava') and LLaVA-NeXT ('llava_next')"
-            )
+        architecture = checkpoint_architecture(pretrained)
         model_class = LlavaForConditionalGeneration if architecture == "llava" else LlavaNextForConditionalGeneration
         placement = {"device_map": device_map} if device_map else {}
         model = model_class.from_pretrained(pretrained, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **placement)
@@ -191,7 +192,20 @@ class LlavaRunner:
         processor.tokenizer.padding_side = "left"  # batched generation appends on the right
         if processor.tokenizer.pad_token is None:
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
-        return cls(str(pretrained), architecture, drop or DropConfig.none(), model, processor)
+        return cls(str(pretrained), architecture, drop or DropConfig.none(), model, processor, pad_to_square)
+
+    @classmethod
+    def from_options(cls, options: ModelOptions, device=None) -> LlavaRunner:
+        """Load the model that resolved framework options describe (`device` overrides theirs)."""
+        return cls.load(
+            options.pretrained,
+            drop=options.drop,
+            dtype=options.dtype,
+            device=options.device if device is None else device,
+            device_map=options.device_map,
+            attn_implementation=options.attn_implementation,
+            pad_to_square=options.pad_to_square,
+        )
 
     # ----- prompts ---------------------------------------------------------------------------------
     def render(self, query: Query, add_generation_prompt: bool = True) -> str:
@@ -304,6 +318,9 @@ class LlavaRunner:
 
     def _encode(self, queries: Sequence[Query], texts: Sequence[str]):
         images = [image for query in queries for image in query.images]
+        if self.pad_to_square:
+            background = tuple(round(channel * 255) for channel in self.processor.image_processor.image_mean)
+            images = [expand_to_square(image, background) for image in images]
         inputs = self.processor(images=images or None, text=list(texts), return_tensors="pt", padding=True)
         return inputs.to(self.device, self.model.dtype)
 
@@ -311,15 +328,26 @@ class LlavaRunner:
         return [sample_stats(sample, self.model_dims) for sample in self._handle.last_stats]
 
 
-def sample_stats(engine_sample, model_dims: dict) -> SampleStats:
+def sample_stats(engine_sample: SampleDropStats, model_dims: dict) -> SampleStats:
     """The statistics record of one entry of the engine's `handle.last_stats` (the one place that reads
     the engine's per-sample numbers)."""
     return SampleStats.measure(
-        num_image_tokens=engine_sample["num_image_tokens"],
-        image_tokens_per_layer=engine_sample["image_tokens_per_layer"],
-        tokens_per_layer=engine_sample["tokens_per_layer"],
+        num_image_tokens=engine_sample.num_image_tokens,
+        image_tokens_per_layer=engine_sample.image_tokens_per_layer,
+        tokens_per_layer=engine_sample.tokens_per_layer,
         model_dims=model_dims,
     )
+
+
+def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """`image` centered on a square canvas of its longer side, filled with `background`."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), background)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
 
 
 def plan_batches(lengths: Sequence, batch_size: int) -> list[list[int]]:
@@ -329,18 +357,6 @@ def plan_batches(lengths: Sequence, batch_size: int) -> list[list[int]]:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def load_config(pretrained: str):
-    from transformers import AutoConfig
-
-    path = Path(pretrained).expanduser()
-    if str(pretrained).startswith((".", "/", "~")) and not path.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {pretrained} does not exist")
-    try:
-        return AutoConfig.from_pretrained(pretrained)
-    except OSError as error:
-        raise FileNotFoundError(f"cannot load checkpoint {pretrained!r}: {error}") from None
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -29,7 +29,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import pdrop_eval  # noqa: F401  (torchvision shim; must precede every vlmeval import)
+from pdrop_eval.compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()  # must precede every vlmeval import
 
 from pdrop_eval.stats import vlmeval_stats_path, write_json_atomically  # noqa: E402
 
@@ -74,15 +76,12 @@ def _vlmeval_view(argv: list[str]) -> argparse.Namespace:
 
 
 def parse_model_args(text: str) -> dict[str, str]:
-    options = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise LaunchError(f"--model-args: {part!r} is not of the form key=value")
-        if key.strip() in options:
-            raise LaunchError(f"--model-args: {key.strip()!r} given twice")
-        options[key.strip()] = value.strip()
-    return options
+    from pdrop_eval.keyvalue import parse_key_values
+
+    try:
+        return parse_key_values(text, "--model-args key")
+    except ValueError as error:
+        raise LaunchError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +143,7 @@ def _check_models(view: argparse.Namespace, model_args: dict, adapter) -> tuple[
     for name in view.model:
         if name in adapter.MODELS:
             try:
-                settings[name] = adapter.prediction_settings(adapter.MODELS[name].check_options(**model_args))
+                settings[name] = adapter.MODELS[name].check_options(**model_args).prediction_settings()
             except (ValueError, TypeError, FileNotFoundError) as error:
                 raise LaunchError(f"model {name!r}: {error}") from None
     return list(view.model), settings
@@ -181,7 +180,7 @@ def _check_config(view: argparse.Namespace, model_args: dict, adapter) -> tuple[
             model_class = getattr(vlmeval.vlm, class_name, None)
         if isinstance(model_class, type) and issubclass(model_class, adapter.DropVLM):
             try:
-                settings[name] = adapter.prediction_settings(model_class.check_options(**options))
+                settings[name] = model_class.check_options(**options).prediction_settings()
             except (ValueError, TypeError, FileNotFoundError) as error:
                 raise LaunchError(f"--config model {name!r}: {error}") from None
     for name, entry in config["data"].items():

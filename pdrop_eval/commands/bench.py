@@ -4,7 +4,7 @@ from dataclasses import fields
 
 
 def add_parser(subparsers) -> None:
-    from pdrop_eval.bench import BenchSettings
+    from pdrop_eval.bench_settings import BenchSettings
 
     parser = subparsers.add_parser("bench", help="time prefill of vanilla / PyramidDrop / FastV on a random model")
     defaults = BenchSettings()
@@ -25,13 +25,17 @@ def run(args) -> int:
     import torch
     from tabulate import tabulate
 
-    from pdrop_eval.bench import BenchSettings, run_bench
+    from pdrop_eval.compat import ensure_torchvision_importable
 
-    if args.threads:
+    ensure_torchvision_importable()  # before the engine imports transformers
+    from pdrop_eval.bench import run_bench
+    from pdrop_eval.bench_settings import BenchSettings
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
     settings = BenchSettings(**{f.name: getattr(args, f.name) for f in fields(BenchSettings)})
-    if settings.repeats < 1 or settings.warmup < 0:
-        raise ValueError("--repeats must be >= 1 and --warmup >= 0")
     result = run_bench(settings)
     if args.json:
         print(json.dumps(result))

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdrop_eval import presets, stats
-from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.engine.config import METHODS, DropConfig
+from pdrop_eval.keyvalue import parse_key_values
+from pdrop_eval.options import resolve_drop
 from pdrop_eval.report.benchmarks import KNOWN, LMMS_METRIC_FACTORS, Benchmark, lmms_task_metric, vlmeval_benchmark
 from pdrop_eval.report.files import ReportInputError, read_json_object, require
 
 VLMEVAL_SCORE_FILE = re.compile(r"^(?P<dataset>.+)_(?P<kind>acc|score)\.csv$")
 VLMEVAL_EVAL_ID = re.compile(r"^T\d{8}-\d{6}")  # VLMEvalKit's per-invocation subfolders (copies)
-# lmms-eval model names of the pdrop-eval adapters, their drop method, and their non-drop --model_args.
-LMMS_METHODS = {"llava_next_pdrop": "pyramid", "llava_fastv": "fastv", "llava_next_vanilla": "none"}
-LMMS_MODEL_KEYS = ("pretrained", "model_preset", "dtype", "device_map", "attn_implementation", "max_new_tokens", "drop_preset")
+LMMS_METHODS = {spec.lmms_model: spec.name for spec in METHODS.values()}  # pdrop-eval's lmms-eval models
 
 
 @dataclass(frozen=True)
@@ -125,11 +125,13 @@ def finite(value, path: Path, key: str) -> float:
 
 
 # ----- lmms-eval ---------------------------------------------------------------------------------
-def _model_args_dict(model_args) -> dict[str, str]:
+def _model_args_dict(model_args, path: Path) -> dict[str, str]:
     if isinstance(model_args, dict):
         return {str(k): str(v) for k, v in model_args.items()}
-    pairs = (part.partition("=") for part in str(model_args or "").split(","))
-    return {key.strip(): value.strip() for key, sep, value in pairs if sep}
+    try:
+        return parse_key_values(str(model_args or ""), "model_args key")
+    except ValueError as error:
+        raise ReportInputError(f"{path}: config.model_args: {error}") from None
 
 
 def _lmms_metrics(task_results: dict) -> dict[str, float]:
@@ -142,15 +144,13 @@ def _lmms_metrics(task_results: dict) -> dict[str, float]:
     return metrics
 
 
-def lmms_setting(model: str, model_args) -> tuple[str, DropConfig | None]:
+def lmms_setting(model: str, model_args: dict[str, str]) -> tuple[str, DropConfig | None]:
     """The checkpoint and drop config a pdrop-eval lmms-eval model ran with, from its model_args as the
     results file records them ("" and None for other models). Raises ValueError on bad arguments."""
-    args = _model_args_dict(model_args)
     if model not in LMMS_METHODS:
-        return args.get("pretrained", ""), None
-    model_settings = presets.resolve_model_args(args.get("model_preset"), {"pretrained": args.get("pretrained")})
-    drop_args = {key: value for key, value in args.items() if key not in LMMS_MODEL_KEYS}
-    return model_settings.get("pretrained", ""), presets.resolve_drop(LMMS_METHODS[model], args.get("drop_preset"), drop_args)
+        return model_args.get("pretrained", ""), None
+    checkpoint = presets.resolve_model_args(model_args.get("model_preset"), {"pretrained": model_args.get("pretrained")})
+    return checkpoint.get("pretrained", ""), resolve_drop(LMMS_METHODS[model], model_args, owner=model)
 
 
 def read_lmms_results(path: Path) -> Run:
@@ -160,8 +160,9 @@ def read_lmms_results(path: Path) -> Run:
     results, config = data["results"], data["config"]
     if not isinstance(results, dict) or not isinstance(config, dict) or "model" not in config:
         raise ReportInputError(f"{path}: not {what}: 'results' and 'config.model' are missing or malformed")
+    model_args = _model_args_dict(config.get("model_args"), path)
     try:
-        pretrained, drop = lmms_setting(str(config["model"]), config.get("model_args"))
+        pretrained, drop = lmms_setting(str(config["model"]), model_args)
     except (TypeError, ValueError) as error:
         raise ReportInputError(f"{path}: config.model_args {config.get('model_args')!r}: {error}") from None
     run = Run("lmms-eval", path, str(config["model"]), pretrained, scores=[], drop=drop)

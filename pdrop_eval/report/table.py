@@ -1,8 +1,9 @@
 """Rows of a report (one per checkpoint and drop setting), averages, deltas, markdown.
 
 Runs of the same checkpoint (its full path or hub id) and drop config are merged into one row,
-whichever framework they came from; the row shows the checkpoint by its shortest unique name; two different values for one benchmark in one row are a conflict: the cell shows both, the
-benchmark leaves that row's average, and the notes name the files.
+whichever framework they came from; the row shows the checkpoint by its shortest unique name. Two
+different values for one benchmark in one row are a conflict: the cell shows both, the benchmark
+leaves that row's average, and the notes name the files.
 """
 
 from __future__ import annotations
@@ -12,32 +13,21 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.engine.config import METHODS, DropConfig
 from pdrop_eval.report.benchmarks import Benchmark
 from pdrop_eval.report.runs import Run, Score, mean_flops, short_names
 
 DASH = "-"
-KIND_ORDER = ("vanilla", "fastv", "pdrop")
+KIND_ORDER = tuple(spec.kind for spec in METHODS.values())  # the registry's order: vanilla, FastV, PDrop, ...
 
 
 def method_kind(drop: DropConfig | None) -> str | None:
-    return {"none": "vanilla", "pyramid": "pdrop", "fastv": "fastv"}.get(drop.method) if drop else None
+    return drop.spec.kind if drop else None
 
 
 def method_label(drop: DropConfig) -> str:
     """Short, table-friendly description of a drop config (defaults left unsaid)."""
-    if drop.method == "pyramid":
-        if drop.ratio is not None:
-            label = f"PDrop λ={drop.ratio:g}"
-        else:
-            label = "PDrop ratios " + "/".join(f"{r:g}" for r in drop.image_token_ratio_list)
-        if drop.layer_list != (8, 16, 24):
-            label += " @" + ",".join(map(str, drop.layer_list))
-        return label + (" (original positions)" if drop.position_mode != "compact" else "")
-    if drop.method == "fastv":
-        label = f"FastV K={drop.fastv_k} R={drop.fastv_r:g}"
-        return label + (" (compact positions)" if drop.position_mode != "original" else "")
-    return "vanilla"
+    return drop.label()
 
 
 @dataclass
@@ -115,8 +105,8 @@ def sort_rows(rows: list[Row]) -> list[Row]:
 # ----- deltas -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DeltaSpec:
-    """`A:B`: row A minus row B within each model; each side is a method kind
-    (vanilla / pdrop / fastv) or an exact method label."""
+    """`A:B`: row A minus row B within each model; each side is a method kind (KIND_ORDER:
+    vanilla / fastv / pdrop / random) or an exact method label."""
 
     minuend: str
     subtrahend: str
