@@ -22,12 +22,12 @@ def plot_points(runs: list[Run]) -> dict[str, dict[tuple[str, str], list[tuple[f
     """benchmark key -> (checkpoint, method kind) -> sorted (TFLOPs, score) points; runs without
     TFLOPs are skipped."""
     points: dict[str, dict[str, list]] = {}
-    names = short_names(run.pretrained for run in runs)
+    names = short_names(run.checkpoint for run in runs)
     for run in runs:
         kind = method_kind(run.drop)
         if kind is None:
             continue
-        series = (names.get(run.pretrained, run.adapter), kind)
+        series = (names.get(run.checkpoint, run.adapter), kind)
         for score in run.scores:
             flops = run.flops_for(score.task)
             if flops is not None:

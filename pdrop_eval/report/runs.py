@@ -77,6 +77,11 @@ class Run:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def checkpoint(self) -> str:
+        """The checkpoint's identity: its full path or hub id ("" when unknown)."""
+        return self.pretrained.rstrip("/")
+
+    @property
     def flops(self) -> Flops | None:
         """Mean TFLOPs over all of the run's samples (None without a statistics file or samples)."""
         return mean_flops(flops_by_task(self.stats).values()) if self.stats else None
@@ -97,7 +102,7 @@ def short_names(checkpoints) -> dict[str, str]:
     """A short, unique display name per checkpoint: the last path part, with as many parent parts as
     it takes to tell checkpoints apart (``/ckpt/runA/final``, ``/ckpt/runB/final`` -> ``runA/final``,
     ``runB/final``). Empty names are left out."""
-    parts = {checkpoint: Path(checkpoint.rstrip("/")).parts or (checkpoint,) for checkpoint in set(checkpoints) if checkpoint}
+    parts = {checkpoint: Path(checkpoint).parts for checkpoint in set(checkpoints) if checkpoint}
     depth = dict.fromkeys(parts, 1)
     while True:
         names = {checkpoint: str(Path(*path[-depth[checkpoint]:])) for checkpoint, path in parts.items()}

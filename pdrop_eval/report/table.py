@@ -69,16 +69,15 @@ class Row:
 def rows_from_runs(runs: list[Run]) -> list[Row]:
     """One row per (checkpoint, drop config); runs whose drop setting is unknown stay separate by
     their framework model name."""
-    names = short_names(run.pretrained.rstrip("/") for run in runs)
+    names = short_names(run.checkpoint for run in runs)
     rows: dict[tuple, Row] = {}
     flops: dict[tuple, list] = {}
     for run in runs:
-        checkpoint = run.pretrained.rstrip("/")
-        identity = ("checkpoint", checkpoint) if checkpoint else ("model", run.adapter)
+        identity = ("checkpoint", run.checkpoint) if run.checkpoint else ("model", run.adapter)
         key = (identity, run.drop) if run.drop else (identity, run.adapter)
         if key not in rows:
-            model = names.get(checkpoint, run.adapter)
-            rows[key] = Row(model, method_label(run.drop) if run.drop else run.adapter, run.drop, checkpoint=checkpoint)
+            model = names.get(run.checkpoint, run.adapter)
+            rows[key] = Row(model, method_label(run.drop) if run.drop else run.adapter, run.drop, checkpoint=run.checkpoint)
             flops[key] = []
         row = rows[key]
         for score in run.scores:
