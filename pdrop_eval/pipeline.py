@@ -24,8 +24,11 @@ from pdrop_eval.report.plot import write_plot
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO_ROOT / "tasks"
 ADAPTERS = {"none": "llava_next_vanilla", "pyramid": "llava_next_pdrop", "fastv": "llava_fastv"}
-# lmms-eval's own entry point, after `import pdrop_eval` makes torchvision importable on CPU-only torch.
-LMMS_EVAL_MAIN = "import pdrop_eval, runpy; runpy.run_module('lmms_eval', run_name='__main__', alter_sys=True)"
+# lmms-eval's own entry point, after pdrop_eval.compat makes torchvision importable on CPU-only torch.
+LMMS_EVAL_MAIN = (
+    "import runpy; from pdrop_eval.compat import ensure_torchvision_importable; ensure_torchvision_importable(); "
+    "runpy.run_module('lmms_eval', run_name='__main__', alter_sys=True)"
+)
 RUNS_FOLDER = "runs"
 LOG_FILE = "lmms_eval.log"  # in each setting's output folder, with the command on its first line
 

@@ -109,6 +109,9 @@ def make_tiny_model(
     seed: int = 0,
 ) -> Path:
     """Write a tiny random checkpoint (model, tokenizer, processor, chat template) to `out_dir`."""
+    from pdrop_eval.compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()  # before transformers imports torchvision
     import torch
     from transformers import (
         CLIPImageProcessor,

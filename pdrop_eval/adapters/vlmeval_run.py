@@ -25,7 +25,9 @@ import os
 import sys
 from pathlib import Path
 
-import pdrop_eval  # noqa: F401  (torchvision shim; must precede every vlmeval import)
+from pdrop_eval.compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()  # must precede every vlmeval import
 
 PROG = "pdrop-vlmeval"
 YES_NO_ANSWERS = {"Yes", "No"}

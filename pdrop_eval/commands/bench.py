@@ -4,7 +4,7 @@ from dataclasses import fields
 
 
 def add_parser(subparsers) -> None:
-    from pdrop_eval.bench import BenchSettings
+    from pdrop_eval.bench_settings import BenchSettings
 
     parser = subparsers.add_parser("bench", help="time prefill of vanilla / PyramidDrop / FastV on a random model")
     defaults = BenchSettings()
@@ -25,7 +25,11 @@ def run(args) -> int:
     import torch
     from tabulate import tabulate
 
-    from pdrop_eval.bench import BenchSettings, run_bench
+    from pdrop_eval.compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()  # before the engine imports transformers
+    from pdrop_eval.bench import run_bench
+    from pdrop_eval.bench_settings import BenchSettings
 
     if args.threads is not None:
         if args.threads < 1:
