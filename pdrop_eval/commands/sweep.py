@@ -9,7 +9,7 @@ def _floats(text: str) -> list[float]:
         raise ValueError(f"--values must be numbers separated by commas, got {text!r}") from None
 
 
-def _layer_list(text: str) -> tuple[int, ...]:
+def parse_layer_list(text: str) -> tuple[int, ...]:
     """Boundaries as the drop options write them: 8,16,24 or 8;16;24 or [8,16,24]."""
     from pdrop_eval.engine.config import DropConfig
 
@@ -54,7 +54,7 @@ def run(args) -> int:
 
     from pdrop_eval.pipeline import PipelineError, evaluate_and_report, sweep_settings
 
-    layer_list = _layer_list(args.layer_list)
+    layer_list = parse_layer_list(args.layer_list)
     settings = sweep_settings(args.method, args.values, not args.no_vanilla, layer_list, args.fastv_k)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:

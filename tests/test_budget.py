@@ -1,0 +1,190 @@
+"""Budgets to schedules (`pdrop_eval.engine.budget`, `DropConfig.for_budget`, `pdrop-eval schedule`):
+exact counts checked against brute force over the counts' own formula, every convention, shares of N
+across LLaVA-NeXT's image sizes, impossible budgets, and the budget presets. The real-run check (the
+statistics of lmms-eval runs) is in test_lmms_cli.py."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pdrop_eval import presets
+from pdrop_eval.engine import budget as budgets
+from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.flops import PRESETS, layer_flops
+
+LLAVA15 = PRESETS["llava-1.5-7b"]
+NEXT = PRESETS["llava-next-7b"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pyramid_average(n: int, num_layers: int, layers: tuple, counts) -> float:
+    """(1/L)·Σ_l n_l written out: all N before the first boundary, counts[s] from boundary s on."""
+    bounds = [*layers, num_layers]
+    return (layers[0] * n + sum((bounds[s + 1] - bounds[s]) * counts[s] for s in range(len(layers)))) / num_layers
+
+
+def fastv_average(n: int, num_layers: int, k: int, kept: int) -> float:
+    return (k * n + (num_layers - k) * kept) / num_layers
+
+
+def all_pyramid_averages(n: int, num_layers: int, layers: tuple) -> np.ndarray:
+    """Every average int(N·λ^s) reaches, by brute force over a dense grid of λ in (0, 1]."""
+    ratios = np.linspace(1e-7, 1.0, 400_001)
+    counts = [np.floor(n * ratios**stage) for stage in range(1, len(layers) + 1)]
+    return np.unique(pyramid_average(n, num_layers, layers, counts))
+
+
+@pytest.mark.parametrize(
+    "n, layers, target",
+    [(576, (2, 8, 16), 192), (576, (2, 8, 16), 128), (576, (2, 8, 16), 64), (576, (8, 16, 24), 200.3),
+     (2880, (2, 8, 16), 640), (64, (2, 8, 16), 17), (336, (4, 12), 100)],
+)
+def test_pyramid_lambda_gives_the_closest_exact_average(n, layers, target):
+    dims = budgets.model_dims(LLAVA15, n)
+    solution = budgets.solve(target, dims, "pyramid", layer_list=layers)
+    config = solution.config
+    assert config.layer_list == layers
+    counts = [int(n * config.ratio**stage) for stage in range(1, len(layers) + 1)]
+    exact = pyramid_average(n, 32, layers, counts)
+    assert solution.schedule.avg_image_tokens == exact == solution.achieved
+    best = np.min(np.abs(all_pyramid_averages(n, 32, layers) - target))
+    assert abs(exact - target) <= best + 1e-9
+    assert abs(exact - target) < 0.5  # one step of the average is under one token
+
+
+@pytest.mark.parametrize("n, k, target", [(576, 2, 192), (576, 2, 128), (576, 3, 64), (2880, 2, 700), (64, 2, 30.1)])
+def test_fastv_r_gives_the_closest_exact_average(n, k, target):
+    dims = budgets.model_dims(LLAVA15, n)
+    solution = budgets.solve(target, dims, "fastv", fastv_k=k)
+    kept = n - int(n * solution.config.fastv_r)
+    exact = fastv_average(n, 32, k, kept)
+    assert solution.achieved == exact
+    assert abs(exact - target) == min(abs(fastv_average(n, 32, k, m) - target) for m in range(1, n + 1))
+
+
+def test_after_drop_convention_counts_the_tokens_kept_after_the_first_drop():
+    pdrop = budgets.solve(192, LLAVA15, "pyramid", convention="after_drop")
+    assert int(576 * pdrop.config.ratio) == 192 == pdrop.schedule.kept_after_drop
+    fastv = budgets.solve(192, LLAVA15, "fastv", convention="after_drop")
+    assert 576 - int(576 * fastv.config.fastv_r) == 192
+    assert fastv.schedule.avg_image_tokens == fastv_average(576, 32, 2, 192)
+
+
+@pytest.mark.parametrize("method", ["pyramid", "fastv"])
+@pytest.mark.parametrize("target", [2.0, 1.0, 0.5])
+def test_tflops_budget_is_met_within_one_percent(method, target):
+    solution = budgets.solve(budgets.Budget(target, "tflops"), LLAVA15, method)
+    counts = solution.schedule.image_tokens_per_layer
+    tflops = sum(layer_flops(n, 4096, 11008) for n in counts) / 1e12  # independent of the solver's figure
+    assert tflops == pytest.approx(solution.achieved)
+    assert abs(tflops - target) / target < 0.01
+
+
+def test_same_flops_as_another_config_is_the_paper_equal_budget_comparison():
+    pdrop = DropConfig.pyramid()  # 8/16/24, λ=0.5: 1.78 T on LLaVA-1.5-7B
+    fastv = DropConfig.for_budget(pdrop, "fastv")
+    target = budgets.Schedule.of(pdrop, LLAVA15).tflops
+    assert budgets.Schedule.of(fastv, LLAVA15).tflops == pytest.approx(target, rel=0.005)
+    assert DropConfig.for_budget(pdrop, "pyramid", layer_list=(8, 16, 24)) == pdrop
+
+
+@pytest.mark.parametrize("convention", ["avg_layer", "after_drop"])
+@pytest.mark.parametrize("method", ["pyramid", "fastv"])
+@pytest.mark.parametrize("share", ["22.2%", "40%", "75%"])
+def test_a_share_of_n_holds_for_every_image_size(share, method, convention):
+    """LLaVA-NeXT: one λ (R) for all samples; every N gets its share within one token per layer."""
+    config = DropConfig.for_budget(share, method, model="llava-next-7b", convention=convention)
+    fraction = float(share.removesuffix("%")) / 100
+    for n in range(300, 2881, 13):
+        value = budgets.Schedule.of(config, budgets.model_dims(NEXT, n)).value(convention)
+        assert abs(value - fraction * n) < 1, n
+
+
+def test_searching_layer_lists_reaches_what_a_fixed_list_cannot():
+    with pytest.raises(ValueError, match="reachable: 144 tokens"):
+        budgets.solve(64, LLAVA15, "pyramid", layer_list=(8, 16, 24))
+    found = budgets.search_layer_lists(64, LLAVA15)
+    best = found[0]
+    assert abs(best.error) <= min(abs(solution.error) for solution in found)
+    assert abs(best.error) <= abs(budgets.solve(64, LLAVA15, "pyramid").error)
+    assert best.achieved == pyramid_average(576, 32, best.config.layer_list, best.schedule.kept_per_stage)
+    assert budgets.solve(64, LLAVA15, "pyramid", search_layers=True) == best
+
+
+@pytest.mark.parametrize(
+    "budget, options, message",
+    [
+        (0, {}, "a budget must be positive"),
+        (-5, {}, "a budget must be positive"),
+        ("0%", {}, "a budget must be positive"),
+        (577, {}, r"more than the no-drop value \(576 tokens\)"),
+        ("101%", {}, "at most 100%"),
+        (64, {"layer_list": (8, 16, 24)}, r"below what PyramidDrop with layer_list \[8, 16, 24\] can reach.*reachable: 144 tokens to 576 tokens"),
+        (10, {"method": "fastv"}, r"below what FastV with K=2 can reach.*reachable: 36.9375 tokens"),
+        (budgets.Budget(99.0, "tflops"), {}, r"more than the no-drop value \(3.817 TFLOPs\)"),
+        ("lots", {}, "a budget is a number or a percentage"),
+        (128, {"method": "random"}, "solved for one of the methods pyramid, fastv"),
+    ],
+)
+def test_impossible_budgets_say_what_is_reachable(budget, options, message):
+    options = {"method": "pyramid", **options}
+    with pytest.raises(ValueError, match=message):
+        budgets.solve(budget, LLAVA15, options.pop("method"), **options)
+
+
+def test_budget_convention_names_are_checked():
+    with pytest.raises(ValueError, match="budget convention must be one of avg_layer, after_drop, tflops"):
+        budgets.Budget.parse("128", "average")
+
+
+@pytest.mark.parametrize("name", ["pdrop-192", "pdrop-128", "pdrop-64", "fastv-192", "fastv-128", "fastv-64"])
+def test_budget_presets_average_their_names_and_are_what_the_solver_gives(name):
+    kind, tokens = name.split("-")
+    config = presets.drop_preset(name)
+    counts = config.kept_counts(576)
+    if kind == "pdrop":
+        average = pyramid_average(576, 32, config.layer_list, counts)
+    else:
+        average = fastv_average(576, 32, config.fastv_k, counts[0])
+    assert abs(average - int(tokens)) <= 0.5
+    assert DropConfig.for_budget(int(tokens), "pyramid" if kind == "pdrop" else "fastv") == config
+
+
+def test_for_budget_reads_n_and_dims_from_a_checkpoint(tiny_llava_next):
+    config = DropConfig.for_budget(64, model=str(tiny_llava_next))  # N = 336, the largest anyres grid
+    assert budgets.Schedule.of(config, budgets.model_dims(str(tiny_llava_next))).avg_image_tokens == pytest.approx(64, abs=0.5)
+    assert budgets.model_dims(str(tiny_llava_next)).image_tokens == 336
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    code = (
+        "import sys; from pdrop_eval.cli import main; code = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules, 'schedule imported torch'; sys.exit(code)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-c", code, "schedule", *args], capture_output=True, text=True, env=env, check=False, timeout=120)
+
+
+def test_schedule_command_prints_exact_schedules_without_torch():
+    completed = run_cli("--model", "llava-1.5-7b", "--tokens", "192,128,64")
+    assert completed.returncode == 0, completed.stderr
+    rows = {line.split("|")[3].strip(): [cell.strip() for cell in line.split("|")[1:-1]]
+            for line in completed.stdout.splitlines() if line.startswith("| ") and "=" in line}
+    for name in ["pdrop-192", "pdrop-128", "pdrop-64", "fastv-192", "fastv-128", "fastv-64"]:
+        config = presets.drop_preset(name)
+        row = rows[config.to_args()]
+        schedule = budgets.Schedule.of(config, LLAVA15)
+        assert row[4] == f"{schedule.avg_image_tokens:g}" and row[5] == str(schedule.kept_after_drop)
+        assert row[6] == f"{schedule.tflops:.4g}"
+    assert "(1/L)·Σ_l n_l" in completed.stdout
+
+
+def test_schedule_command_reports_unreachable_budgets():
+    completed = run_cli("--tokens", "64", "--layer-list", "8,16,24")
+    assert completed.returncode == 1
+    assert "PDrop, 64 avg image tokens/layer: budget 64" in completed.stderr and "reachable: 144 tokens" in completed.stderr
+    assert "fastv_k=2,fastv_r=0.948" in completed.stdout  # FastV still solved
