@@ -65,12 +65,12 @@ def dims_from_config(path: str | Path, image_tokens: int | None = None) -> Model
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
     try:
-        return model_dims(config, image_tokens)
+        return dims_from_config_dict(config, image_tokens)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
 
 
-def model_dims(config: dict, image_tokens: int | None = None) -> ModelDims:
+def dims_from_config_dict(config: dict, image_tokens: int | None = None) -> ModelDims:
     """Dimensions from a HF config as a dict (config.json, or `PretrainedConfig.to_dict()`); N is the
     checkpoint's own (`image_tokens_from_config`) unless given, 576 for a bare decoder."""
     text = config.get("text_config", config)

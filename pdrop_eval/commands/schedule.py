@@ -43,7 +43,7 @@ def add_parser(subparsers) -> None:
         "--same-flops-as", action="append", default=[], metavar="ARGS",
         help="budget = the TFLOPs of this drop config, e.g. 'layer_list=8;16;24,lambda=0.5'; repeatable",
     )
-    parser.add_argument("--layer-list", type=parse_layer_list, default=None, help="PyramidDrop boundaries to solve λ for (default: 2,8,16)")
+    parser.add_argument("--layer-list", default=None, help="PyramidDrop boundaries to solve λ for (default: 2,8,16)")
     parser.add_argument("--search-layers", action="store_true", help="search PyramidDrop layer lists too (as many boundaries as --layer-list)")
     parser.add_argument("--fastv-k", type=int, default=2, help="FastV layer K to solve R for (default: %(default)s)")
     parser.set_defaults(func=run)
@@ -64,7 +64,7 @@ def run(args) -> int:
         raise ValueError("give budgets: --tokens 192,128,64, --tflops 2.0,1.5 or --same-flops-as ARGS")
     image_tokens = args.image_tokens or [None]
     dims = budgets.model_dims(args.model, image_tokens[0])
-    layer_list = args.layer_list or budgets.BUDGET_LAYER_LIST
+    layer_list = parse_layer_list(args.layer_list) if args.layer_list else budgets.BUDGET_LAYER_LIST
     shapes = {"pyramid": {"layer_list": layer_list, "search_layers": args.search_layers}, "fastv": {"fastv_k": args.fastv_k}}
 
     requests = [(budget.describe(), budget) for budget in budget_list]

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from pdrop_eval.engine.config import DropConfig
-from pdrop_eval.flops import ModelDims, layer_flops, paper_tflops, resolve_dims, tflops
+from pdrop_eval.flops import ModelDims, dims_from_config_dict, image_tokens_from_config, layer_flops, paper_tflops, resolve_dims, tflops
 
 CONVENTIONS = ("avg_layer", "after_drop", "tflops")
 CONVENTION_TEXT = {
@@ -204,6 +204,32 @@ def solve(
     if method == "fastv":
         return _solve_family(budget, dims, _fastv_family(fastv_k, position_mode))
     raise ValueError(f"a budget is solved for one of the methods {', '.join(BUDGET_METHODS)}, got {method!r}")
+
+
+def solve_for_checkpoint(
+    budget: Budget | str | float | DropConfig,
+    config: dict,
+    method: str,
+    *,
+    convention: str = "avg_layer",
+    image_tokens: int | None = None,
+    **shape,
+) -> Solution:
+    """`solve` for a checkpoint, given its HF config as a dict (config.json, `PretrainedConfig.to_dict()`).
+
+    N is the checkpoint's own. LLaVA-NeXT's varies per image, so there an absolute budget needs
+    `image_tokens`, the N it counts with; a share of N, or the FLOPs of another config, is solved at the
+    largest N."""
+    largest, varies = image_tokens_from_config(config)
+    dims = dims_from_config_dict(config, image_tokens)
+    solved = as_budget(budget, convention, dims)
+    if varies and image_tokens is None and not solved.relative and not isinstance(budget, DropConfig):
+        share = solved.amount / no_drop_value(solved.convention, dims)
+        raise ValueError(
+            f"budget {solved.describe()}: this checkpoint's number of image tokens varies per image (up to N={largest}); "
+            f"give the budget as a share of N (e.g. {share:.1%} of the largest), or the N it counts with (budget_image_tokens=N)"
+        )
+    return solve(solved, dims, method, **shape)
 
 
 def search_layer_lists(
