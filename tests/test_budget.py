@@ -41,7 +41,8 @@ def all_pyramid_averages(n: int, num_layers: int, layers: tuple) -> np.ndarray:
 @pytest.mark.parametrize(
     "n, layers, target",
     [(576, (2, 8, 16), 192), (576, (2, 8, 16), 128), (576, (2, 8, 16), 64), (576, (8, 16, 24), 200.3),
-     (2880, (2, 8, 16), 640), (64, (2, 8, 16), 17), (336, (4, 12), 100)],
+     (2880, (2, 8, 16), 640), (64, (2, 8, 16), 17), (336, (4, 12), 100),
+     (2880, (2, 8, 16), 304)],  # 2880·0.175 is 503.99… in floats: the shortest λ of the step is 0.1751
 )
 def test_pyramid_lambda_gives_the_closest_exact_average(n, layers, target):
     dims = budgets.model_dims(LLAVA15, n)
@@ -56,7 +57,7 @@ def test_pyramid_lambda_gives_the_closest_exact_average(n, layers, target):
     assert abs(exact - target) < 0.5  # one step of the average is under one token
 
 
-@pytest.mark.parametrize("n, k, target", [(576, 2, 192), (576, 2, 128), (576, 3, 64), (2880, 2, 700), (64, 2, 30.1)])
+@pytest.mark.parametrize("n, k, target", [(576, 2, 192), (576, 2, 128), (576, 3, 64), (2880, 2, 700), (64, 2, 30.1), (2880, 2, 1159)])
 def test_fastv_r_gives_the_closest_exact_average(n, k, target):
     dims = budgets.model_dims(LLAVA15, n)
     solution = budgets.solve(target, dims, "fastv", fastv_k=k)
