@@ -3,6 +3,7 @@ exact counts checked against brute force over the counts' own formula, every con
 across LLaVA-NeXT's image sizes, impossible budgets, and the budget presets. The real-run check (the
 statistics of lmms-eval runs) is in test_lmms_cli.py."""
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from pdrop_eval import presets
 from pdrop_eval.engine import budget as budgets
 from pdrop_eval.engine.config import DropConfig
-from pdrop_eval.flops import PRESETS, layer_flops
+from pdrop_eval.flops import PRESETS, image_tokens_from_config, layer_flops
 
 LLAVA15 = PRESETS["llava-1.5-7b"]
 NEXT = PRESETS["llava-next-7b"]
@@ -155,10 +156,29 @@ def test_budget_presets_average_their_names_and_are_what_the_solver_gives(name):
     assert DropConfig.for_budget(int(tokens), "pyramid" if kind == "pdrop" else "fastv") == config
 
 
+def test_n_of_a_checkpoint_is_what_its_processor_gives(tiny_llava, tiny_llava_next):
+    """LLaVA-1.5: the fixed N; LLaVA-NeXT: the largest N, which an image of the largest grid's shape gets."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    def processor_count(checkpoint, size) -> int:
+        processor = AutoProcessor.from_pretrained(checkpoint)
+        encoded = processor(images=[Image.new("RGB", size)], text=["<image>"], return_tensors="pt")
+        return int((encoded.input_ids == processor.tokenizer.convert_tokens_to_ids("<image>")).sum())
+
+    config = json.loads((tiny_llava / "config.json").read_text())
+    assert image_tokens_from_config(config) == (processor_count(tiny_llava, (64, 64)), False)
+    config = json.loads((tiny_llava_next / "config.json").read_text())
+    sizes = [(128, 128), (64, 128), (128, 64), (64, 64), (300, 300), (500, 120)]
+    assert image_tokens_from_config(config) == (max(processor_count(tiny_llava_next, size) for size in sizes), True)
+
+
 def test_for_budget_reads_n_and_dims_from_a_checkpoint(tiny_llava_next):
     config = DropConfig.for_budget(64, model=str(tiny_llava_next))  # N = 336, the largest anyres grid
     assert budgets.Schedule.of(config, budgets.model_dims(str(tiny_llava_next))).avg_image_tokens == pytest.approx(64, abs=0.5)
     assert budgets.model_dims(str(tiny_llava_next)).image_tokens == 336
+    with pytest.raises(ValueError, match=r"varies per image \(up to N=336\); give the budget as a share of N \(e.g. 19.0% of the largest\)"):
+        budgets.solve_for_checkpoint(64, json.loads((tiny_llava_next / "config.json").read_text()), "pyramid")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
