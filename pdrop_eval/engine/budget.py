@@ -125,7 +125,9 @@ class Schedule:
         return tflops(self.dims.hidden_size, self.dims.intermediate_size, self.dims.num_layers, self.image_tokens_per_layer)
 
     def value(self, convention: str) -> float:
-        return {"avg_layer": self.avg_image_tokens, "after_drop": self.kept_after_drop, "tflops": self.tflops}[convention]
+        if convention == "tflops":
+            return self.tflops
+        return self.kept_after_drop if convention == "after_drop" else self.avg_image_tokens
 
 
 @dataclass(frozen=True)
