@@ -15,7 +15,7 @@ from dataclasses import asdict, replace
 
 import torch
 
-import pdrop_eval.engine.staged as staged
+import pdrop_eval.engine.scoring as scoring
 from pdrop_eval.bench_settings import BenchSettings
 from pdrop_eval.engine.apply import apply_drop
 from pdrop_eval.engine.config import DropConfig
@@ -78,18 +78,18 @@ def _prefill_seconds(model, input_ids, settings: BenchSettings) -> list[float]:
 def _timed_scoring(settings: BenchSettings):
     """Accumulate the wall time of every ranking call made by the staged prefill."""
     spent = []
-    original = staged.query_attention
+    original = scoring.query_attention
 
     def timed(*args, **kwargs):
         result, seconds = _timed(settings.device, original, *args, **kwargs)
         spent.append(seconds)
         return result
 
-    staged.query_attention = timed
+    scoring.query_attention = timed
     try:
         yield spent
     finally:
-        staged.query_attention = original
+        scoring.query_attention = original
 
 
 def run_bench(settings: BenchSettings) -> dict:

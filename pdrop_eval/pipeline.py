@@ -23,7 +23,6 @@ from pdrop_eval.report.plot import write_plot
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO_ROOT / "tasks"
-ADAPTERS = {"none": "llava_next_vanilla", "pyramid": "llava_next_pdrop", "fastv": "llava_fastv"}
 # lmms-eval's own entry point, after pdrop_eval.compat makes torchvision importable on CPU-only torch.
 LMMS_EVAL_MAIN = (
     "import runpy; from pdrop_eval.compat import ensure_torchvision_importable; ensure_torchvision_importable(); "
@@ -72,7 +71,7 @@ def budget_settings(
     """Vanilla (optional) plus one setting per token budget (e.g. "128", "25%" of N), each solved for the
     checkpoint (`pdrop_eval.engine.budget.solve_for_checkpoint`) and printed."""
     from pdrop_eval.engine import budget
-    from pdrop_eval.wrapper import load_config
+    from pdrop_eval.options import load_config
 
     model_config = load_config(pretrained).to_dict()
     shape = {"layer_list": layer_list or budget.BUDGET_LAYER_LIST} if method == "pdrop" else {"fastv_k": fastv_k}
@@ -91,7 +90,7 @@ def budget_settings(
 
 def check_settings_fit(pretrained: str, settings: list[Setting]) -> None:
     """Every setting's drop layers exist in the checkpoint: found before the first (long) run."""
-    from pdrop_eval.wrapper import load_config
+    from pdrop_eval.options import load_config
 
     num_layers = load_config(pretrained).get_text_config().num_hidden_layers
     for setting in settings:
@@ -105,7 +104,7 @@ def lmms_eval_command(pretrained: str, setting: Setting, tasks: list[str], outpu
     """The lmms-eval command line of one setting; `options` are extra flags (limit, batch_size,
     device; True for a flag without value, e.g. force_simple)."""
     model_args = ",".join(filter(None, [f"pretrained={pretrained}", setting.drop.to_args()]))
-    command = [sys.executable, "-c", LMMS_EVAL_MAIN, "--model", ADAPTERS[setting.drop.method], "--model_args", model_args]
+    command = [sys.executable, "-c", LMMS_EVAL_MAIN, "--model", setting.drop.spec.lmms_model, "--model_args", model_args]
     command += ["--tasks", ",".join(tasks), "--include_path", str(TASKS_DIR), "--output_path", str(output_path), "--log_samples"]
     for flag, value in options.items():
         command += [f"--{flag}"] if value is True else [f"--{flag}", str(value)]

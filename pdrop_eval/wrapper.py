@@ -34,8 +34,8 @@ from PIL import Image, ImageFile
 
 from pdrop_eval import flops
 from pdrop_eval.engine import DropConfig, apply_drop
+from pdrop_eval.options import checkpoint_architecture
 
-ARCHITECTURES = ("llava", "llava_next")
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -204,11 +204,7 @@ class LlavaRunner:
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        architecture = load_config(pretrained).model_type
-        if architecture not in ARCHITECTURES:
-            raise ValueError(
-                f"{pretrained} is a {architecture!r} checkpoint; supported: LLaVA-1.5 ('llava') and LLaVA-NeXT ('llava_next')"
-            )
+        architecture = checkpoint_architecture(pretrained)
         model_class = LlavaForConditionalGeneration if architecture == "llava" else LlavaNextForConditionalGeneration
         placement = {"device_map": device_map} if device_map else {}
         model = model_class.from_pretrained(pretrained, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **placement)
@@ -342,11 +338,11 @@ class LlavaRunner:
         size = (self.model_dims["hidden_size"], self.model_dims["intermediate_size"], self.model_dims["num_layers"])
         return [
             SampleStats(
-                num_image_tokens=sample["num_image_tokens"],
-                image_tokens_per_layer=list(sample["image_tokens_per_layer"]),
-                tokens_per_layer=list(sample["tokens_per_layer"]),
-                tflops_paper=flops.tflops(*size, sample["image_tokens_per_layer"]),
-                tflops_actual=flops.tflops(*size, sample["tokens_per_layer"]),
+                num_image_tokens=sample.num_image_tokens,
+                image_tokens_per_layer=list(sample.image_tokens_per_layer),
+                tokens_per_layer=list(sample.tokens_per_layer),
+                tflops_paper=flops.tflops(*size, sample.image_tokens_per_layer),
+                tflops_actual=flops.tflops(*size, sample.tokens_per_layer),
             )
             for sample in self._handle.last_stats
         ]
@@ -382,18 +378,6 @@ def plan_batches(lengths: Sequence, batch_size: int) -> list[list[int]]:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def load_config(pretrained: str):
-    from transformers import AutoConfig
-
-    path = Path(pretrained).expanduser()
-    if str(pretrained).startswith((".", "/", "~")) and not path.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {pretrained} does not exist")
-    try:
-        return AutoConfig.from_pretrained(pretrained)
-    except OSError as error:
-        raise FileNotFoundError(f"cannot load checkpoint {pretrained!r}: {error}") from None
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
