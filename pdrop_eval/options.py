@@ -19,7 +19,7 @@ from pdrop_eval.engine.config import METHODS, OPTION_KEYS, DropConfig
 
 ARCHITECTURES = ("llava", "llava_next")  # HF model_type of LLaVA-1.5 and LLaVA-NeXT
 MODEL_PRESET_KEYS = ("pretrained", "dtype", "device_map", "attn_implementation")  # what a model preset may set
-MODEL_KEYS = (*MODEL_PRESET_KEYS, "model_preset", "device", "max_new_tokens", "drop_preset")
+MODEL_KEYS = (*MODEL_PRESET_KEYS, "model_preset", "device", "max_new_tokens", "drop_preset", "pad_to_square")
 # lmms-eval's LLaVA adapters generate up to this many tokens when a task sets none; VLMEvalKit's
 # allow more, but benchmark answers need far less, so it is the default cap there too.
 DEFAULT_MAX_NEW_TOKENS = 1024
@@ -35,6 +35,7 @@ class ModelOptions:
     device_map: str | None = None  # for from_pretrained (e.g. "auto"); then `device` is not used
     attn_implementation: str | None = None
     max_new_tokens: int | None = None  # cap on generated tokens; None: the task's own
+    pad_to_square: bool = False  # LLaVA-1.5 pictures padded to a square first (see resolve_pad_to_square)
 
 
 def resolve_model_options(
@@ -80,16 +81,47 @@ def resolve_model_options(
     max_new_tokens = options.get("max_new_tokens", default_max_new_tokens)
     if max_new_tokens is not None:
         max_new_tokens = positive_int(f"{owner}: max_new_tokens", max_new_tokens)
+    pad_to_square = options.get("pad_to_square")
+    if pad_to_square is not None:
+        pad_to_square = boolean(f"{owner}: pad_to_square", pad_to_square)
+    architecture = checkpoint_architecture(str(pretrained))  # the last checks: they read the checkpoint
+    try:
+        pad_to_square = resolve_pad_to_square(architecture, pad_to_square)
+    except ValueError as error:
+        raise ValueError(f"{owner}: {error}") from None
     return ModelOptions(
         pretrained=str(pretrained),
-        architecture=checkpoint_architecture(str(pretrained)),  # the last check: it reads the checkpoint
+        architecture=architecture,
         drop=drop,
         dtype=model_args.get("dtype", "auto"),
         device=options.get("device") or default_device(),
         device_map=model_args.get("device_map"),
         attn_implementation=model_args.get("attn_implementation"),
         max_new_tokens=max_new_tokens,
+        pad_to_square=pad_to_square,
     )
+
+
+def resolve_pad_to_square(architecture: str, pad_to_square: bool | None) -> bool:
+    """LLaVA-1.5 as the paper evaluated it pads every image to a square with the mean colour before the
+    CLIP processor (the original repo's image_aspect_ratio="pad"); llava-hf's processors resize and
+    center-crop instead, cutting off the sides of a non-square picture. Default: pad for LLaVA-1.5.
+    LLaVA-NeXT's anyres tiling handles the aspect ratio itself, so padding is refused there."""
+    if pad_to_square is None:
+        return architecture == "llava"
+    if pad_to_square and architecture != "llava":
+        raise ValueError(f"pad_to_square applies to LLaVA-1.5 checkpoints only; this one is {architecture!r} (anyres keeps the aspect ratio)")
+    return bool(pad_to_square)
+
+
+def boolean(name: str, value) -> bool:
+    """`value` (a bool or true/false/1/0 text) as a bool; `name` is the option in the error message."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0"):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return text in ("true", "1")
 
 
 def positive_int(name: str, value) -> int:

@@ -34,7 +34,7 @@ from PIL import Image, ImageFile
 
 from pdrop_eval import flops
 from pdrop_eval.engine import DropConfig, apply_drop
-from pdrop_eval.options import checkpoint_architecture
+from pdrop_eval.options import ModelOptions, checkpoint_architecture, resolve_pad_to_square
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 IMAGE_PLACEHOLDER = "<image>"
@@ -217,6 +217,19 @@ class LlavaRunner:
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
         return cls(str(pretrained), architecture, drop or DropConfig.none(), model, processor, pad_to_square)
 
+    @classmethod
+    def from_options(cls, options: ModelOptions, device=None) -> LlavaRunner:
+        """Load the model that resolved framework options describe (`device` overrides theirs)."""
+        return cls.load(
+            options.pretrained,
+            drop=options.drop,
+            dtype=options.dtype,
+            device=options.device if device is None else device,
+            device_map=options.device_map,
+            attn_implementation=options.attn_implementation,
+            pad_to_square=options.pad_to_square,
+        )
+
     # ----- prompts ---------------------------------------------------------------------------------
     def render(self, query: Query, add_generation_prompt: bool = True) -> str:
         """The prompt text of `query`, image placeholders not yet expanded."""
@@ -346,18 +359,6 @@ class LlavaRunner:
             )
             for sample in self._handle.last_stats
         ]
-
-
-def resolve_pad_to_square(architecture: str, pad_to_square: bool | None) -> bool:
-    """LLaVA-1.5 as the paper evaluated it pads every image to a square with the mean colour before the
-    CLIP processor (the original repo's image_aspect_ratio="pad"); llava-hf's processors resize and
-    center-crop instead, cutting off the sides of a non-square picture. Default: pad for LLaVA-1.5.
-    LLaVA-NeXT's anyres tiling handles the aspect ratio itself, so padding is refused there."""
-    if pad_to_square is None:
-        return architecture == "llava"
-    if pad_to_square and architecture != "llava":
-        raise ValueError(f"pad_to_square applies to LLaVA-1.5 checkpoints only; this one is {architecture!r} (anyres keeps the aspect ratio)")
-    return bool(pad_to_square)
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:

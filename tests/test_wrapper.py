@@ -228,3 +228,17 @@ def test_pad_to_square_is_refused_for_llava_next(tiny_llava_next):
 
     with pytest.raises(ValueError, match="pad_to_square applies to LLaVA-1.5 checkpoints only"):
         LlavaRunner.load(str(tiny_llava_next), pad_to_square=True)
+
+
+def test_pad_to_square_option_in_both_frameworks(tiny_llava, tiny_llava_next):
+    import pytest
+
+    from pdrop_eval.options import resolve_model_options
+
+    assert resolve_model_options("none", {"pretrained": str(tiny_llava)}, owner="m").pad_to_square is True
+    assert resolve_model_options("none", {"pretrained": str(tiny_llava), "pad_to_square": "false"}, owner="m").pad_to_square is False
+    assert resolve_model_options("none", {"pretrained": str(tiny_llava_next)}, owner="m").pad_to_square is False
+    with pytest.raises(ValueError, match="m: pad_to_square must be true or false, got 'maybe'"):
+        resolve_model_options("none", {"pretrained": str(tiny_llava), "pad_to_square": "maybe"}, owner="m")
+    with pytest.raises(ValueError, match="m: pad_to_square applies to LLaVA-1.5 checkpoints only"):
+        resolve_model_options("none", {"pretrained": str(tiny_llava_next), "pad_to_square": True}, owner="m")

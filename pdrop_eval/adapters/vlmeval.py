@@ -58,14 +58,7 @@ class DropVLM(BaseModel):
         super().__init__()
         settings = self.check_options(**options)
         self.max_new_tokens = settings.max_new_tokens
-        self.runner = LlavaRunner.load(
-            settings.pretrained,
-            drop=settings.drop,
-            dtype=settings.dtype,
-            device=settings.device,
-            device_map=settings.device_map,
-            attn_implementation=settings.attn_implementation,
-        )
+        self.runner = LlavaRunner.from_options(settings)
         self.dataset = None  # the VLMEvalKit dataset being inferred (see set_dump_image)
         self.pending_index = None  # index of the row build_prompt prepared for the next generate
         self.samples: list[dict] = []

@@ -71,14 +71,7 @@ class LlavaDropModel(lmms):
         self._rank = self.accelerator.process_index
         self._world_size = self.accelerator.num_processes
         self._device = torch.device(_process_device(resolved.device, self.accelerator.local_process_index))
-        self._runner = LlavaRunner.load(
-            resolved.pretrained,
-            drop=resolved.drop,
-            dtype=resolved.dtype,
-            device=self._device,
-            device_map=resolved.device_map,
-            attn_implementation=resolved.attn_implementation,
-        )
+        self._runner = LlavaRunner.from_options(resolved, device=self._device)
         self._samples: list[dict] = []
         self._seconds = 0.0  # wall-clock time spent answering requests in this process
         self._started = time.time()
