@@ -14,6 +14,7 @@ from pdrop_eval.cli import main as cli_main
 from pdrop_eval.engine import budget as budgets
 from pdrop_eval.engine.config import DropConfig
 from pdrop_eval.flops import PRESETS, image_tokens_from_config, layer_flops
+from pdrop_eval.options import resolve_model_options
 
 LLAVA15 = PRESETS["llava-1.5-7b"]
 NEXT = PRESETS["llava-next-7b"]
@@ -174,8 +175,45 @@ def test_for_budget_reads_n_and_dims_from_a_checkpoint(tiny_llava_next):
     config = DropConfig.for_budget(64, model=str(tiny_llava_next))  # N = 336, the largest anyres grid
     assert budgets.Schedule.of(config, budgets.model_dims(str(tiny_llava_next))).avg_image_tokens == pytest.approx(64, abs=0.5)
     assert budgets.model_dims(str(tiny_llava_next)).image_tokens == 336
-    with pytest.raises(ValueError, match=r"varies per image \(up to N=336\); give the budget as a share of N \(e.g. 19.0% of the largest\)"):
+    with pytest.raises(ValueError, match=r"varies per image \(up to N=336\); give the budget as a share of N \(it is 19.0% at the largest N\)"):
         budgets.solve_for_checkpoint(64, json.loads((tiny_llava_next / "config.json").read_text()), "pyramid")
+
+
+@pytest.mark.parametrize(
+    "method, options, expected",
+    [
+        ("pyramid", {"budget": "16"}, lambda ckpt: DropConfig.for_budget(16, model=ckpt)),
+        ("pyramid", {"budget": "16", "layer_list": "[4,8]", "position_mode": "original"},
+         lambda ckpt: DropConfig.for_budget(16, model=ckpt, layer_list=(4, 8), position_mode="original")),
+        ("fastv", {"budget": "25%", "budget_convention": "after_drop", "fastv_k": "3"},
+         lambda ckpt: DropConfig.for_budget("25%", "fastv", model=ckpt, convention="after_drop", fastv_k=3)),
+        ("fastv", {"budget": "0.00005", "budget_convention": "tflops"},
+         lambda ckpt: DropConfig.for_budget(0.00005, "fastv", model=ckpt, convention="tflops")),
+        ("random", {"budget": "16", "fastv_k": "3", "seed": "4"},
+         lambda ckpt: DropConfig.random(DropConfig.for_budget(16, "fastv", model=ckpt, fastv_k=3), seed=4)),
+    ],
+)
+def test_budget_model_option_is_solved_for_the_checkpoint(method, options, expected, tiny_llava):
+    resolved = resolve_model_options(method, {"pretrained": str(tiny_llava), **options}, owner="model")
+    assert resolved.drop == expected(str(tiny_llava))
+
+
+@pytest.mark.parametrize(
+    "method, options, message",
+    [
+        ("pyramid", {"budget": "128"}, r"model: budget 128 avg image tokens/layer at N=64 is more than the no-drop value \(64 tokens\)"),
+        ("pyramid", {"budget": "16", "lambda": "0.5"}, r"budget=... sets λ / R itself; leave out \['lambda'\]"),
+        ("fastv", {"budget": "16", "drop_preset": "fastv-64"}, r"leave out \['drop_preset'\]"),
+        ("fastv", {"budget": "16", "layer_list": "2;8"}, r"FastV does not take \['layer_list'\]"),
+        ("pyramid", {"budget_convention": "tflops"}, r"\['budget_convention'\] go with budget=..., which is not given"),
+        ("pyramid", {"budget": "16", "budget_convention": "tflop"}, "budget convention must be one of avg_layer, after_drop, tflops"),
+        ("none", {"budget": "16"}, r"unknown option\(s\) \['budget'\]"),
+        ("fastv", {"budget": "16", "budget_image_tokens": "0"}, "budget_image_tokens must be a positive integer"),
+    ],
+)
+def test_bad_budget_model_options_are_clear_errors(method, options, message, tiny_llava):
+    with pytest.raises(ValueError, match=message):
+        resolve_model_options(method, {"pretrained": str(tiny_llava), **options}, owner="model")
 
 
 def test_schedule_command_prints_exact_schedules(capsys):

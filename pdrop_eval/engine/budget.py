@@ -227,9 +227,10 @@ def solve_for_checkpoint(
     solved = as_budget(budget, convention, dims)
     if varies and image_tokens is None and not solved.relative and not isinstance(budget, DropConfig):
         share = solved.amount / no_drop_value(solved.convention, dims)
+        of = "the no-drop TFLOPs" if solved.convention == "tflops" else "N"
         raise ValueError(
             f"budget {solved.describe()}: this checkpoint's number of image tokens varies per image (up to N={largest}); "
-            f"give the budget as a share of N (e.g. {share:.1%} of the largest), or the N it counts with (budget_image_tokens=N)"
+            f"give the budget as a share of {of} (it is {share:.1%} at the largest N), or the N it counts with (budget_image_tokens=N)"
         )
     return solve(solved, dims, method, **shape)
 
