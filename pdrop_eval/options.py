@@ -83,7 +83,7 @@ def resolve_model_options(
     if not pretrained:
         raise ValueError(f"{owner}: give pretrained=<checkpoint folder or HF Hub id> or model_preset=<name>")
     if not isinstance(pretrained, (str, Path)):
-        raise ValueError(f"{owner}: pretrained must be a checkpoint folder or HF Hub id, got {pretrained!r}")
+        raise TypeError(f"{owner}: pretrained must be a checkpoint folder or HF Hub id, got {pretrained!r}")
 
     max_new_tokens = options.get("max_new_tokens", default_max_new_tokens)
     if max_new_tokens is not None:

@@ -165,6 +165,14 @@ def test_random_drop_run_keeps_the_schedules_counts(lmms_env, tiny_llava_next, t
     dims = run_stats["model_dims"]
     for sample in run_stats["samples"]:
         assert sample["image_tokens_per_layer"] == control.image_tokens_per_layer(sample["num_image_tokens"], dims["num_layers"])
+    # the report and the plot show it as its own method
+    from pdrop_eval.report import build_report
+    from pdrop_eval.report.plot import plot_points, write_plot
+
+    report = build_report([run.output])
+    assert [(row.method, row.kind) for row in report.rows] == [("Random (PDrop λ=0.5, seed 3)", "random")]
+    assert {kind for series in plot_points(report.runs).values() for _checkpoint, kind in series} == {"random"}
+    assert write_plot(report.runs, tmp_path / "plot.png").stat().st_size > 0
 
 
 # ----- FastV, simple request path (loglikelihood task), LLaVA-1.5; one and two processes ---------------

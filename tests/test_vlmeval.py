@@ -186,7 +186,7 @@ def test_model_options_are_checked_without_loading(adapter, tiny_llava_next, tin
         adapter.LLaVAFastV.check_options(pretrained=str(tiny_llava), layer_list="8;16")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['temperature'\]"):
         adapter.LLaVAVanilla.check_options(pretrained=str(tiny_llava), temperature=0.2)
-    with pytest.raises(ValueError, match="pretrained must be a checkpoint folder or HF Hub id, got True"):
+    with pytest.raises(TypeError, match="pretrained must be a checkpoint folder or HF Hub id, got True"):
         adapter.LLaVAVanilla.check_options(pretrained=True)  # a JSON `true` in a --config entry
     with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
         adapter.LLaVAVanilla.check_options(pretrained=str(tiny_llava), max_new_tokens="0")

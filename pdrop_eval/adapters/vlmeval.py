@@ -23,14 +23,18 @@ from pdrop_eval.compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()  # before VLMEvalKit imports torchvision
 
-import pandas as pd  # noqa: E402
-from vlmeval.smp import cn_string  # noqa: E402
-from vlmeval.vlm.base import BaseModel  # noqa: E402
+import pandas as pd
+from vlmeval.smp import cn_string
+from vlmeval.vlm.base import BaseModel
 
-from pdrop_eval.engine.config import METHODS, MethodSpec  # noqa: E402
-from pdrop_eval.options import DEFAULT_MAX_NEW_TOKENS, ModelOptions, resolve_model_options  # noqa: E402
-from pdrop_eval.stats import sample_record  # noqa: E402
-from pdrop_eval.wrapper import LlavaRunner, Query  # noqa: E402
+from pdrop_eval.engine.config import METHODS, MethodSpec
+from pdrop_eval.options import (
+    DEFAULT_MAX_NEW_TOKENS,
+    ModelOptions,
+    resolve_model_options,
+)
+from pdrop_eval.stats import sample_record
+from pdrop_eval.wrapper import LlavaRunner, Query
 
 FRAMEWORK = "vlmeval"
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."

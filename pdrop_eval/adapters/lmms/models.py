@@ -40,7 +40,11 @@ from tqdm import tqdm
 from pdrop_eval import stats
 from pdrop_eval.engine.config import METHODS, MethodSpec
 from pdrop_eval.keyvalue import parse_key_values
-from pdrop_eval.options import DEFAULT_MAX_NEW_TOKENS, positive_int, resolve_model_options
+from pdrop_eval.options import (
+    DEFAULT_MAX_NEW_TOKENS,
+    positive_int,
+    resolve_model_options,
+)
 from pdrop_eval.wrapper import LlavaRunner, Query, load_image, plan_batches
 
 # generation_kwargs of lmms-eval tasks. image_aspect_ratio steers the original LLaVA repo's
