@@ -2,6 +2,7 @@
 the offline tasks in tasks/pdrop_local. lmms-eval exits 0 even when an evaluation fails, so every check
 reads the files it writes (or the error it prints), never the exit code."""
 
+import dataclasses
 import importlib.util
 import io
 import json
@@ -18,6 +19,8 @@ import pytest
 from PIL import Image
 
 from conftest import hand_image_tokens_per_layer, hand_tflops
+from pdrop_eval import flops, stats
+from pdrop_eval.engine import budget
 from pdrop_eval.engine.config import DropConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -315,4 +318,36 @@ def test_corrupt_image_ends_with_an_error_naming_the_document(lmms_env, tiny_lla
               "pdrop_local_vqa", include=tasks)
     assert "task 'pdrop_local_vqa' doc 3: reading the document failed: UnidentifiedImageError" in run.log
     assert not run.files("*_results.json")
-    assert not run.files("*_pdrop_stats.json")
+    assert not run.files(f"*{stats.FILE_SUFFIX}")
+
+
+# ----- budgets: solved schedules hold in the statistics of real runs -----------------------------------
+def test_share_of_n_budget_holds_for_every_image_size_in_a_real_run(lmms_env, tiny_llava_next, tmp_path):
+    """LLaVA-NeXT, budget=22% of N on average per layer: three image sizes (N = 136, 200, 208), so three
+    schedules in one run; each sample within one token per layer of its share."""
+    dims = flops.dims_from_config(tiny_llava_next)
+    config = DropConfig.for_budget("22%", "fastv", model=dims)
+    run = Run(lmms_env, tmp_path, "llava_fastv", f"pretrained={tiny_llava_next},dtype=float32,max_new_tokens=2,budget=22%",
+              "pdrop_local_vqa", batch_size=3, extra=("--limit", "3"))
+    run_stats = run.stats()
+    assert run_stats["drop"] == config.to_dict()
+    samples = run_stats["samples"]
+    assert sorted(sample["num_image_tokens"] for sample in samples) == [136, 200, 208]
+    for sample in samples:
+        n, counts = sample["num_image_tokens"], sample["image_tokens_per_layer"]
+        assert abs(sum(counts) / len(counts) - 0.22 * n) < 1
+        assert counts == list(budget.Schedule.of(config, dataclasses.replace(dims, image_tokens=n)).image_tokens_per_layer)
+
+
+def test_tflops_budget_holds_in_a_real_run(lmms_env, tiny_llava, tmp_path):
+    """LLaVA-1.5 (N = 64): PyramidDrop given the TFLOPs of FastV K=2 R=0.5 (the paper's equal-FLOPs
+    comparison) as budget=...,budget_convention=tflops."""
+    target = flops.paper_tflops(flops.dims_from_config(tiny_llava), DropConfig.fastv())
+    run = Run(lmms_env, tmp_path, "llava_next_pdrop",
+              f"pretrained={tiny_llava},dtype=float32,max_new_tokens=2,budget={target!r},budget_convention=tflops",
+              "pdrop_local_vqa", batch_size=2, extra=("--limit", "2"))
+    samples = run.stats()["samples"]
+    assert len(samples) == 2
+    for sample in samples:
+        assert sample["num_image_tokens"] == 64
+        assert abs(sample["tflops_paper"] - target) / target < 0.01

@@ -253,6 +253,14 @@ def test_model_options_are_checked_without_loading(adapter, tiny_llava_next, tin
         adapter.LLaVAVanilla.check_options(pretrained=str(tiny_llava), max_new_tokens="0")
 
 
+def test_budget_model_args_resolve_for_the_checkpoint(adapter, tiny_llava_next):
+    from pdrop_eval.adapters.vlmeval_run import parse_model_args
+
+    options = parse_model_args(f"pretrained={tiny_llava_next},budget=22%,budget_convention=after_drop")
+    expected = DropConfig.for_budget("22%", "fastv", model=str(tiny_llava_next), convention="after_drop")
+    assert adapter.LLaVAFastV.check_options(**options).drop == expected
+
+
 def test_model_args_with_brackets_and_repeated_keys(adapter, tiny_llava_next):
     from pdrop_eval.adapters.vlmeval_run import LaunchError, parse_model_args
 
