@@ -64,14 +64,44 @@ def dims_from_config(path: str | Path, image_tokens: int | None = None) -> Model
         raise FileNotFoundError(f"no model config at {path}") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
+    try:
+        return dims_from_config_dict(config, image_tokens)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def dims_from_config_dict(config: dict, image_tokens: int | None = None) -> ModelDims:
+    """Dimensions from a HF config as a dict (config.json, or `PretrainedConfig.to_dict()`); N is the
+    checkpoint's own (`image_tokens_from_config`) unless given, 576 for a bare decoder."""
     text = config.get("text_config", config)
     try:
         dims = (text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"])
     except KeyError as error:
-        raise ValueError(f"{path} lacks the language-model field {error.args[0]!r}") from None
+        raise ValueError(f"the config lacks the language-model field {error.args[0]!r}") from None
     if image_tokens is None:
-        image_tokens = 2880 if config.get("model_type") == "llava_next" else 576
+        image_tokens = image_tokens_from_config(config)[0] if "vision_config" in config else 576
     return ModelDims(*dims, image_tokens)
+
+
+def image_tokens_from_config(config: dict) -> tuple[int, bool]:
+    """(N, varies) of a LLaVA config dict. LLaVA-1.5: its fixed N (patches of the vision tower's image,
+    plus the CLS token under vision_feature_select_strategy "full"), varies=False. LLaVA-NeXT: the most
+    any image gets (base tile, plus the largest anyres grid with one newline token per row, which an
+    image of the grid's own aspect ratio gets unpadded; 2928 for 336-pixel tiles and a 2x2 grid, where
+    the paper's FLOPs column uses 2880), varies=True."""
+    vision = config.get("vision_config") or {}
+    try:
+        side = vision["image_size"] // vision["patch_size"]
+    except KeyError as error:
+        raise ValueError(f"the config's vision_config lacks {error.args[0]!r}, so its number of image tokens is unknown") from None
+    base = side * side + (config.get("vision_feature_select_strategy", "default") == "full")
+    if config.get("model_type") != "llava_next":
+        return base, False
+    tile = vision["image_size"]
+    grids = [(height // tile * side, width // tile * side) for height, width in config.get("image_grid_pinpoints") or []]
+    if not grids:
+        raise ValueError("a llava_next config needs image_grid_pinpoints to know its number of image tokens")
+    return base + max(rows * columns + rows for rows, columns in grids), True
 
 
 def resolve_dims(model: str, image_tokens: int | None = None) -> ModelDims:

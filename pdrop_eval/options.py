@@ -3,7 +3,7 @@
 lmms-eval (``--model_args``) and VLMEvalKit (``--model-args``, a ``--config`` entry) hand a model flat
 ``key=value`` options; `resolve_model_options` turns them into `ModelOptions`: the checkpoint (given,
 or from a model preset) and its architecture, the drop config (the method's keys over an optional
-drop preset), dtype, device, placement, attention backend and the cap on generated tokens. Every
+drop preset, or a token / TFLOPs budget solved for the checkpoint), dtype, device, placement, attention backend and the cap on generated tokens. Every
 bad option is a ValueError naming it (a missing checkpoint: FileNotFoundError), before any weights
 load. No framework is imported here; torch only for the default device, transformers only to read
 the checkpoint's config.json.
@@ -11,7 +11,7 @@ the checkpoint's config.json.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from pdrop_eval import presets
@@ -20,9 +20,14 @@ from pdrop_eval.engine.config import METHODS, OPTION_KEYS, DropConfig
 ARCHITECTURES = ("llava", "llava_next")  # HF model_type of LLaVA-1.5 and LLaVA-NeXT
 MODEL_PRESET_KEYS = ("pretrained", "dtype", "device_map", "attn_implementation")  # what a model preset may set
 MODEL_KEYS = (*MODEL_PRESET_KEYS, "model_preset", "device", "max_new_tokens", "drop_preset", "pad_to_square", "save_kept")
+# budget=128 (or 25%, of N) instead of λ / R: `pdrop_eval.engine.budget` solves it for the checkpoint
+BUDGET_KEYS = ("budget", "budget_convention", "budget_image_tokens")
+BUDGET_METHODS = ("pyramid", "fastv", "random")
 # lmms-eval's LLaVA adapters generate up to this many tokens when a task sets none; VLMEvalKit's
 # allow more, but benchmark answers need far less, so it is the default cap there too.
 DEFAULT_MAX_NEW_TOKENS = 1024
+PLACEMENT_FIELDS = ("device", "device_map")  # where the model runs, not what it predicts
+RECORDING_FIELDS = ("save_kept",)  # what the statistics file stores, not what the model predicts
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,17 @@ class ModelOptions:
     pad_to_square: bool = False  # LLaVA-1.5 pictures padded to a square first (see resolve_pad_to_square)
     save_kept: bool = False  # store each document's kept image-token indices in the statistics file (large)
 
+    def prediction_settings(self) -> dict:
+        """Every option that decides the predictions, as JSON values: all but where the model runs
+        (PLACEMENT_FIELDS) and what is recorded (RECORDING_FIELDS). A work folder's predictions are
+        reusable only under equal settings."""
+        return {
+            field.name: value.to_dict() if isinstance(value, DropConfig) else value
+            for field in fields(self)
+            if field.name not in PLACEMENT_FIELDS + RECORDING_FIELDS
+            for value in [getattr(self, field.name)]
+        }
+
 
 def resolve_model_options(
     method: str,
@@ -49,22 +65,25 @@ def resolve_model_options(
 ) -> ModelOptions:
     """`options` of a model of drop method `method`; `owner` names the model in error messages.
 
-    Keys: MODEL_KEYS and the method's drop options (`METHODS[method].keys`). Explicit keys override
-    the model preset's and the drop preset's.
+    Keys: MODEL_KEYS, the method's drop options (`METHODS[method].keys`) and, for the methods that
+    drop, BUDGET_KEYS (`budget_drop`). Explicit keys override the model preset's and the drop preset's.
     """
     spec = METHODS[method]
-    unknown = sorted(set(options) - set(MODEL_KEYS) - set(OPTION_KEYS))
+    budget_keys = BUDGET_KEYS if method in BUDGET_METHODS else ()
+    unknown = sorted(set(options) - set(MODEL_KEYS) - set(OPTION_KEYS) - set(budget_keys))
     if unknown:
-        raise ValueError(f"{owner}: unknown option(s) {unknown}; accepted: {sorted({*MODEL_KEYS, *spec.keys})}")
-    drop_preset = options.get("drop_preset")
-    try:
-        drop = DropConfig.from_args(
-            {key: value for key, value in options.items() if key in OPTION_KEYS},
-            method=method,
-            preset=presets.drop_preset_args(drop_preset) if drop_preset else None,
-        )
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{owner}: bad drop settings: {error}") from None
+        raise ValueError(f"{owner}: unknown option(s) {unknown}; accepted: {sorted({*MODEL_KEYS, *spec.keys, *budget_keys})}")
+    if "budget" in options:
+        try:
+            drop_options = {key: value for key, value in options.items() if key in OPTION_KEYS}
+            check_budget_options(method, drop_options, options.get("drop_preset"))
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{owner}: bad drop settings: {error}") from None
+    else:
+        stray = sorted(set(options) & set(budget_keys))
+        if stray:
+            raise ValueError(f"{owner}: bad drop settings: {stray} go with budget=..., which is not given")
+        drop = resolve_drop(method, options, owner=owner)
 
     model_preset = options.get("model_preset")
     if model_preset is None and options.get("pretrained") is None:
@@ -88,6 +107,8 @@ def resolve_model_options(
     architecture = checkpoint_architecture(str(pretrained))  # the last checks: they read the checkpoint
     try:
         pad_to_square = resolve_pad_to_square(architecture, pad_to_square)
+        if "budget" in options:
+            drop = budget_drop(method, options, load_config(str(pretrained)).to_dict())
     except ValueError as error:
         raise ValueError(f"{owner}: {error}") from None
     return ModelOptions(
@@ -102,6 +123,59 @@ def resolve_model_options(
         pad_to_square=pad_to_square,
         save_kept=boolean(f"{owner}: save_kept", options.get("save_kept", False)),
     )
+
+
+def resolve_drop(method: str, options: dict, *, owner: str) -> DropConfig:
+    """The drop config of a model of drop method `method`: its drop options in `options` (other keys
+    are ignored) over the optional ``drop_preset``. Also how the report reads lmms-eval's model_args."""
+    drop_preset = options.get("drop_preset")
+    try:
+        return DropConfig.from_args(
+            {key: value for key, value in options.items() if key in OPTION_KEYS},
+            method=method,
+            preset=presets.drop_preset_args(drop_preset) if drop_preset else None,
+        )
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{owner}: bad drop settings: {error}") from None
+
+
+def check_budget_options(method: str, drop_options: dict, drop_preset: str | None) -> None:
+    """What a budget may come with: the schedule's shape (layer_list, fastv_k, position_mode, seed), not
+    the λ / R it solves for, nor a drop preset."""
+    if method not in BUDGET_METHODS:
+        raise ValueError(f"budget applies to the methods that drop ({', '.join(BUDGET_METHODS)}), not {METHODS[method].title}")
+    solved = sorted(set(drop_options) & {"lambda", "ratio", "image_token_ratio_list", "fastv_r"})
+    if solved or drop_preset:
+        given = solved + (["drop_preset"] if drop_preset else [])
+        raise ValueError(f"budget=... sets λ / R itself; leave out {given} (layer_list, fastv_k and position_mode shape it)")
+    stray = sorted(set(drop_options) - set(METHODS[method].keys))
+    if stray:
+        raise ValueError(f"{METHODS[method].title} does not take {stray} (its options: {list(METHODS[method].keys)})")
+
+
+def budget_drop(method: str, options: dict, model_config: dict) -> DropConfig:
+    """The drop config for ``budget=...`` (`check_budget_options` passed): the method's schedule closest
+    to the budget for this checkpoint (`pdrop_eval.engine.budget.solve_for_checkpoint`), in the
+    convention ``budget_convention`` (avg_layer, the default; after_drop; tflops), at the checkpoint's
+    N or ``budget_image_tokens``. The random control takes a FastV schedule's counts when fastv_k is
+    given, else a PyramidDrop one's."""
+    from pdrop_eval.engine import budget
+
+    values = {OPTION_KEYS[key][0]: OPTION_KEYS[key][1](value) for key, value in options.items() if key in OPTION_KEYS}
+    schedule_method = method if method != "random" else ("fastv" if "fastv_k" in values else "pyramid")
+    shape = {name: values[name] for name in ("layer_list", "fastv_k", "position_mode") if name in values}
+    image_tokens = options.get("budget_image_tokens")
+    solution = budget.solve_for_checkpoint(
+        options["budget"],
+        model_config,
+        schedule_method,
+        convention=options.get("budget_convention", "avg_layer"),
+        image_tokens=None if image_tokens is None else positive_int("budget_image_tokens", image_tokens),
+        **shape,
+    )
+    if method != "random":
+        return solution.config
+    return DropConfig.random(solution.config, seed=values.get("seed", 0))
 
 
 def resolve_pad_to_square(architecture: str, pad_to_square: bool | None) -> bool:

@@ -2,8 +2,8 @@
 
 `pdrop-eval sweep` and `pdrop-eval demo` both come here. Each setting is one `python -m lmms_eval`
 command with its own `--output_path` (our adapters write their statistics file beside the results
-file found under the command line's `--output_path`, so one process per setting). lmms-eval exits 0
-even when an evaluation fails, so each setting's results file is checked afterwards.
+file lmms-eval saved for the run). lmms-eval exits 0 even when an evaluation fails, so each setting's
+results file is checked afterwards.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ class Setting:
     drop: DropConfig
 
 
+SWEEP_METHODS = {"pdrop": "pyramid", "fastv": "fastv"}
+
+
 def sweep_settings(method: str, values: list[float], with_vanilla: bool, layer_list=(8, 16, 24), fastv_k: int = 2) -> list[Setting]:
     """Vanilla (optional) plus one setting per λ (pdrop) or R (fastv)."""
     settings = [Setting("vanilla", DropConfig.none())] if with_vanilla else []
@@ -52,6 +55,36 @@ def sweep_settings(method: str, values: list[float], with_vanilla: bool, layer_l
             settings.append(Setting(f"fastv-k{fastv_k}-r{value:g}", DropConfig.fastv(k=fastv_k, r=value)))
         else:
             raise ValueError(f"method must be pdrop or fastv, got {method!r}")
+    return settings
+
+
+def budget_settings(
+    pretrained: str,
+    method: str,
+    budgets: list[str],
+    with_vanilla: bool,
+    convention: str = "avg_layer",
+    layer_list=None,
+    fastv_k: int = 2,
+    image_tokens: int | None = None,
+) -> list[Setting]:
+    """Vanilla (optional) plus one setting per token budget (e.g. "128", "25%" of N), each solved for the
+    checkpoint (`pdrop_eval.engine.budget.solve_for_checkpoint`) and printed."""
+    from pdrop_eval.engine import budget
+    from pdrop_eval.options import load_config
+
+    model_config = load_config(pretrained).to_dict()
+    shape = {"layer_list": layer_list or budget.BUDGET_LAYER_LIST} if method == "pdrop" else {"fastv_k": fastv_k}
+    settings = [Setting("vanilla", DropConfig.none())] if with_vanilla else []
+    for text in budgets:
+        solution = budget.solve_for_checkpoint(
+            text, model_config, SWEEP_METHODS[method], convention=convention, image_tokens=image_tokens, **shape
+        )
+        schedule = solution.schedule
+        print(f"budget {solution.budget.describe()}: {schedule.config.describe()}; at N={schedule.num_image_tokens} "
+              f"{schedule.avg_image_tokens:g} image tokens per layer on average, {schedule.kept_after_drop} after the "
+              f"drop, {schedule.tflops:.4g} TFLOPs", flush=True)
+        settings.append(Setting(f"{method}-{convention}-{text.replace('%', 'pct')}", schedule.config))
     return settings
 
 

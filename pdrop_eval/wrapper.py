@@ -32,9 +32,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageFile
 
-from pdrop_eval import flops
 from pdrop_eval.engine import DropConfig, apply_drop
+from pdrop_eval.engine.stats import SampleDropStats
 from pdrop_eval.options import ModelOptions, checkpoint_architecture, resolve_pad_to_square
+from pdrop_eval.stats import SampleStats
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 IMAGE_PLACEHOLDER = "<image>"
@@ -117,33 +118,6 @@ def load_image(image: Image.Image | Path, label: str = "query") -> Image.Image:
         raise ValueError(f"{label}: cannot decode image: {type(error).__name__}: {error}") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = lenient
-
-
-@dataclass(frozen=True)
-class SampleStats:
-    """What one sample cost: image tokens and all tokens at every decoder layer, and TFLOPs.
-
-    tflops_paper counts image tokens only (the paper's convention); tflops_actual counts every token the
-    layers really processed (text included), both with `pdrop_eval.flops.tflops`. kept: the image tokens
-    left after each drop stage (indices into the sample's image-token block, see `pdrop_eval.token_map`);
-    not part of `to_dict`, the statistics file stores them only when asked.
-    """
-
-    num_image_tokens: int
-    image_tokens_per_layer: list[int]
-    tokens_per_layer: list[int]
-    tflops_paper: float
-    tflops_actual: float
-    kept: tuple[tuple[int, ...], ...] = ()
-
-    def to_dict(self) -> dict:
-        return {
-            "num_image_tokens": self.num_image_tokens,
-            "image_tokens_per_layer": list(self.image_tokens_per_layer),
-            "tokens_per_layer": list(self.tokens_per_layer),
-            "tflops_paper": self.tflops_paper,
-            "tflops_actual": self.tflops_actual,
-        }
 
 
 @dataclass(frozen=True)
@@ -351,18 +325,19 @@ class LlavaRunner:
         return inputs.to(self.device, self.model.dtype)
 
     def _last_stats(self) -> list[SampleStats]:
-        size = (self.model_dims["hidden_size"], self.model_dims["intermediate_size"], self.model_dims["num_layers"])
-        return [
-            SampleStats(
-                num_image_tokens=sample.num_image_tokens,
-                image_tokens_per_layer=list(sample.image_tokens_per_layer),
-                tokens_per_layer=list(sample.tokens_per_layer),
-                tflops_paper=flops.tflops(*size, sample.image_tokens_per_layer),
-                tflops_actual=flops.tflops(*size, sample.tokens_per_layer),
-                kept=sample.kept,
-            )
-            for sample in self._handle.last_stats
-        ]
+        return [sample_stats(sample, self.model_dims) for sample in self._handle.last_stats]
+
+
+def sample_stats(engine_sample: SampleDropStats, model_dims: dict) -> SampleStats:
+    """The statistics record of one entry of the engine's `handle.last_stats` (the one place that reads
+    the engine's per-sample numbers)."""
+    return SampleStats.measure(
+        num_image_tokens=engine_sample.num_image_tokens,
+        image_tokens_per_layer=engine_sample.image_tokens_per_layer,
+        tokens_per_layer=engine_sample.tokens_per_layer,
+        model_dims=model_dims,
+        kept=engine_sample.kept,
+    )
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:

@@ -39,3 +39,18 @@ def demo_run(tmp_path_factory):
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return out_dir, completed.stdout
+
+
+def hand_tflops(tokens_per_layer, hidden_size: int, intermediate_size: int) -> float:
+    """The paper's per-layer count 4·n·d² + 2·n²·d + 3·n·d·m summed over layers, written out here on
+    purpose: expected statistics must not come from the helper the code uses (pdrop_eval.flops)."""
+    d, m = hidden_size, intermediate_size
+    return sum(4 * n * d * d + 2 * n * n * d + 3 * n * d * m for n in tokens_per_layer) / 1e12
+
+
+def hand_image_tokens_per_layer(method: str, n: int) -> tuple[int, ...]:
+    """Image tokens per layer of the 32-layer tiny models, by hand: PyramidDrop at 8/16/24 with λ=0.5,
+    FastV K=2 R=0.5."""
+    if method == "pyramid":
+        return (n,) * 8 + (n // 2,) * 8 + (n // 4,) * 8 + (n // 8,) * 8
+    return (n,) * 2 + (n - n // 2,) * 30

@@ -21,14 +21,16 @@ def _heavy_modules_after(code: str) -> list[str]:
     "module",
     [
         "pdrop_eval", "pdrop_eval.adapters.lmms", "pdrop_eval.report", "pdrop_eval.flops", "pdrop_eval.options", "pdrop_eval.pipeline",
-        "pdrop_eval.token_map", "pdrop_eval.show", "pdrop_eval.study",
+        "pdrop_eval.engine.budget", "pdrop_eval.token_map", "pdrop_eval.show", "pdrop_eval.study",
     ],
 )
 def test_importing_loads_no_torch_or_transformers(module):
     assert _heavy_modules_after(f"import {module}") == []
 
 
-@pytest.mark.parametrize("argv", [["flops"], ["report", "--help"], ["report", "--layout", "paper-table5"]])
+@pytest.mark.parametrize(
+    "argv", [["flops"], ["report", "--help"], ["report", "--layout", "paper-table5"], ["schedule", "--tokens", "192,128,64", "--tflops", "50%"]]
+)
 def test_file_and_arithmetic_commands_load_no_torch_or_transformers(argv):
     code = f"from pdrop_eval.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
     assert _heavy_modules_after(code) == []

@@ -2,6 +2,8 @@
 the offline tasks in tasks/pdrop_local. lmms-eval exits 0 even when an evaluation fails, so every check
 reads the files it writes (or the error it prints), never the exit code."""
 
+import dataclasses
+import importlib.util
 import io
 import json
 import os
@@ -9,13 +11,16 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import hand_image_tokens_per_layer, hand_tflops
 from pdrop_eval import flops, stats
+from pdrop_eval.engine import budget
 from pdrop_eval.engine.config import DropConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,8 +31,8 @@ GENERATION_TASKS = {"pdrop_local_vqa": "vqa", "pdrop_local_yesno": "yesno", "pdr
 PDROP_ARGS = "layer_list=8;16;24,lambda=0.5"
 FASTV_ARGS = "fastv_k=2,fastv_r=0.5"
 STATS_KEYS = {
-    "schema", "framework", "model", "pretrained", "architecture", "drop", "model_dims", "world_size", "wall_time_s",
-    "num_samples", "mean_image_tokens", "mean_tflops_paper", "mean_tflops_actual", "samples",
+    "schema", "framework", "model", "results_file", "model_args", "pretrained", "architecture", "drop", "model_dims",
+    "world_size", "wall_time_s", "num_samples", "mean_image_tokens", "mean_tflops_paper", "mean_tflops_actual", "samples",
 }
 
 
@@ -49,10 +54,10 @@ class Run:
     """One lmms-eval invocation and the files it left under its --output_path."""
 
     def __init__(self, env, output: Path, model: str, model_args: str, tasks: str, batch_size: int = 2,
-                 processes: int = 1, include: Path = TASKS, extra: tuple = ()):
+                 processes: int = 1, include: Path = TASKS, extra: tuple = (), output_flag: str = "--output_path"):
         lmms_args = [
             "--model", model, "--model_args", model_args, "--tasks", tasks, "--include_path", str(include),
-            "--batch_size", str(batch_size), "--device", "cpu", "--output_path", str(output), "--log_samples", *extra,
+            "--batch_size", str(batch_size), "--device", "cpu", output_flag, str(output), "--log_samples", *extra,
         ]
         if processes == 1:
             command = ["lmms-eval", *lmms_args]
@@ -84,7 +89,7 @@ class Run:
 
     def stats_file(self) -> Path:
         results = self.results_file()
-        return results.with_name(results.name.removesuffix("_results.json") + stats.FILE_SUFFIX)
+        return results.with_name(results.name.removesuffix("_results.json") + "_pdrop_stats.json")
 
     def stats(self) -> dict:
         return json.loads(self.stats_file().read_text())
@@ -110,22 +115,26 @@ def expected_image_tokens(checkpoint) -> dict:
     return counts
 
 
-def check_stats_follow_config(run: Run, checkpoint, config: DropConfig, tasks) -> dict:
+def check_stats_follow_config(run: Run, checkpoint, method: str, tasks) -> dict:
+    """The statistics file names this run's results file and model_args, and holds one sample per
+    document with the image tokens the processor makes and the hand-computed drop schedule and FLOPs."""
     run_stats = run.stats()
     assert set(run_stats) == STATS_KEYS
+    assert run_stats["results_file"] == run.results_file().name
+    assert run_stats["model_args"] == run.results()["config"]["model_args"]
     expected_n = {key: n for key, n in expected_image_tokens(checkpoint).items() if key[0] in tasks}
     assert {(s["task"], s["doc_id"]) for s in run_stats["samples"]} == set(expected_n)
     dims = run_stats["model_dims"]
-    size = (dims["hidden_size"], dims["intermediate_size"], dims["num_layers"])
     for sample in run_stats["samples"]:
         n = expected_n[sample["task"], sample["doc_id"]]
+        per_layer = hand_image_tokens_per_layer(method, n)
         assert sample["num_image_tokens"] == n
-        assert sample["image_tokens_per_layer"] == config.image_tokens_per_layer(n, dims["num_layers"])
-        assert sample["tflops_paper"] == pytest.approx(flops.tflops(*size, sample["image_tokens_per_layer"]))
+        assert sample["image_tokens_per_layer"] == list(per_layer)
+        assert sample["tflops_paper"] == pytest.approx(hand_tflops(per_layer, dims["hidden_size"], dims["intermediate_size"]))
         assert sample["tflops_actual"] > sample["tflops_paper"]  # text tokens count too
     assert run_stats["num_samples"] == len(expected_n)
     assert run_stats["mean_image_tokens"] == pytest.approx(sum(expected_n.values()) / len(expected_n))
-    assert run_stats["drop"] == config.to_dict()
+    assert run_stats["drop"]["method"] == method
     assert run_stats["wall_time_s"] > 0
     return run_stats
 
@@ -133,8 +142,10 @@ def check_stats_follow_config(run: Run, checkpoint, config: DropConfig, tasks) -
 # ----- PyramidDrop, chat request path, LLaVA-NeXT -----------------------------------------------------
 @pytest.fixture(scope="module")
 def pdrop_run(lmms_env, tiny_llava_next, tmp_path_factory):
+    # "--output": lmms-eval's argparse takes the abbreviation for --output_path; statistics must follow.
     return Run(lmms_env, tmp_path_factory.mktemp("pdrop_run"), "llava_next_pdrop",
-               f"pretrained={tiny_llava_next},dtype=float32,max_new_tokens=4,{PDROP_ARGS}", "pdrop_local", batch_size=4)
+               f"pretrained={tiny_llava_next},dtype=float32,max_new_tokens=4,{PDROP_ARGS}", "pdrop_local", batch_size=4,
+               output_flag="--output")
 
 
 def test_pdrop_run_writes_results_samples_and_stats(pdrop_run, tiny_llava_next):
@@ -144,7 +155,8 @@ def test_pdrop_run_writes_results_samples_and_stats(pdrop_run, tiny_llava_next):
     for task in GENERATION_TASKS:
         assert task in results["results"]
         assert sorted(pdrop_run.samples(task)) == list(range(6))
-    run_stats = check_stats_follow_config(pdrop_run, tiny_llava_next, DropConfig.from_args(PDROP_ARGS, method="pyramid"), GENERATION_TASKS)
+    run_stats = check_stats_follow_config(pdrop_run, tiny_llava_next, "pyramid", GENERATION_TASKS)
+    assert run_stats["drop"] == DropConfig.from_args(PDROP_ARGS, method="pyramid").to_dict()
     assert (run_stats["model"], run_stats["architecture"], run_stats["world_size"]) == ("llava_next_pdrop", "llava_next", 1)
     assert len({s["num_image_tokens"] for s in run_stats["samples"]}) == 3  # anyres: one N per aspect ratio
 
@@ -183,28 +195,61 @@ def fastv_args(tiny_llava):
     return f"pretrained={tiny_llava},dtype=float32,max_new_tokens=4,{FASTV_ARGS}"
 
 
-@pytest.fixture(scope="module")
-def fastv_run(lmms_env, fastv_args, tmp_path_factory):
-    return Run(lmms_env, tmp_path_factory.mktemp("fastv_run"), "llava_fastv", fastv_args, FASTV_TASKS, extra=("--force_simple",))
+def _task_utils():
+    spec = importlib.util.spec_from_file_location("pdrop_local_utils", LOCAL_TASK_DIR / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    return utils
 
 
 @pytest.fixture(scope="module")
-def fastv_two_process_run(lmms_env, fastv_args, tmp_path_factory):
+def most_likely_tasks(tiny_llava, tmp_path_factory):
+    """The local tasks with each multiple-choice answer set to the option FastV's tiny LLaVA finds most
+    likely, computed here with the wrapper (not through lmms-eval or the adapter): lmms-eval's accuracy
+    on pdrop_local_mcq_ll must then be 1 for every document."""
+    from pdrop_eval.wrapper import LlavaRunner, Query
+
+    tasks = tmp_path_factory.mktemp("tasks") / "tasks"
+    shutil.copytree(TASKS, tasks)
+    data_path = tasks / "pdrop_local" / "data" / "mcq.parquet"
+    data = pd.read_parquet(data_path)
+    post_prompt = "\nAnswer with the option's letter from the given choices directly."  # pdrop_local_mcq_ll.yaml
+    utils = _task_utils()
+    runner = LlavaRunner.load(str(tiny_llava), drop=DropConfig.from_args(FASTV_ARGS, method="fastv"), dtype="float32")
+    answers = []
+    for doc in data.to_dict("records"):
+        query = Query.from_text(utils.mcq_doc_to_text(doc, {"post_prompt": post_prompt}), [Image.open(io.BytesIO(doc["image"]))])
+        logprobs = [score.logprob for score in runner.loglikelihood([query] * 4, [f" {letter}" for letter in "ABCD"])]
+        best, second = sorted(logprobs, reverse=True)[:2]
+        assert best - second > 1e-3, "no clear most likely option; the check below would be fragile"
+        answers.append("ABCD"[logprobs.index(best)])
+    runner.close()
+    data["answer"] = answers
+    data.to_parquet(data_path, index=False)
+    return tasks
+
+
+@pytest.fixture(scope="module")
+def fastv_run(lmms_env, fastv_args, most_likely_tasks, tmp_path_factory):
+    return Run(lmms_env, tmp_path_factory.mktemp("fastv_run"), "llava_fastv", fastv_args, FASTV_TASKS,
+               include=most_likely_tasks, extra=("--force_simple",))
+
+
+@pytest.fixture(scope="module")
+def fastv_two_process_run(lmms_env, fastv_args, most_likely_tasks, tmp_path_factory):
     return Run(lmms_env, tmp_path_factory.mktemp("fastv_2proc"), "llava_fastv", fastv_args, FASTV_TASKS, processes=2,
-               extra=("--force_simple",))
+               include=most_likely_tasks, extra=("--force_simple",))
 
 
 def test_fastv_run_answers_and_scores_multiple_choice(fastv_run, tiny_llava):
     results = fastv_run.results()
     assert results["config"]["model_backend"].endswith("(simple)")
-    assert "acc,none" in results["results"]["pdrop_local_mcq_ll"]
-    for doc in fastv_run.samples("pdrop_local_mcq_ll").values():
-        assert len(doc["filtered_resps"]) == 4  # one (loss, is_greedy) per option
-        # lmms-eval's verdict is the most likely option (lowest loss, compared as numbers)
-        losses = [float(loss) for loss, _is_greedy in doc["filtered_resps"]]
-        most_likely = "ABCD"[losses.index(min(losses))]
-        assert doc["acc"] == float(most_likely == doc["target"])
-    run_stats = check_stats_follow_config(fastv_run, tiny_llava, DropConfig.from_args(FASTV_ARGS, method="fastv"), ALL_TASKS)
+    docs = fastv_run.samples("pdrop_local_mcq_ll")
+    assert len(docs) == 6 and all(len(doc["filtered_resps"]) == 4 for doc in docs.values())  # one per option
+    # Every answer is the model's most likely option by construction: lmms-eval's own verdict must agree.
+    assert {doc_id: doc["acc"] for doc_id, doc in docs.items()} == dict.fromkeys(docs, 1.0)
+    assert results["results"]["pdrop_local_mcq_ll"]["acc,none"] == 1.0
+    run_stats = check_stats_follow_config(fastv_run, tiny_llava, "fastv", ALL_TASKS)
     assert run_stats["architecture"] == "llava"
 
 
@@ -238,6 +283,31 @@ def test_bad_model_args_end_with_a_clear_error(model_args, message, lmms_env, ti
     assert not run.files("*_results.json")
 
 
+def test_a_run_failing_while_scoring_writes_no_statistics_beside_another_runs_results(lmms_env, pdrop_run, tiny_llava_next, tmp_path):
+    """Two runs of one model into one --output_path: the second fails while scoring, after the first saved
+    its results (simulated by a copy of a finished run's results file, dated later than the failing run's
+    start). The failing run must not write its statistics beside the other run's results."""
+    tasks = tmp_path / "tasks"
+    shutil.copytree(LOCAL_TASK_DIR, tasks)
+    (tasks / "scoring_fails.py").write_text("def process_results(doc, results):\n    raise RuntimeError('scoring fails on purpose')\n")
+    (tasks / "pdrop_local_scoring_fails.yaml").write_text(
+        "task: pdrop_local_scoring_fails\ninclude: _default_template_yaml\ndataset_kwargs:\n  data_files:\n    test: data/vqa.parquet\n"
+        "process_results: !function scoring_fails.process_results\nmetric_list:\n  - metric: exact_match\n    aggregation: mean\n"
+        "    higher_is_better: true\n"
+    )
+    finished = pdrop_run.results_file()
+    other_results = tmp_path / "out" / finished.parent.name / finished.name
+    other_results.parent.mkdir(parents=True)
+    shutil.copy(finished, other_results)
+    later = time.time() + 3600
+    os.utime(other_results, (later, later))
+    run = Run(lmms_env, tmp_path / "out", "llava_next_pdrop", f"pretrained={tiny_llava_next},dtype=float32,max_new_tokens=2,lambda=0.3",
+              "pdrop_local_scoring_fails", include=tasks, extra=("--limit", "2"))
+    assert "scoring fails on purpose" in run.log
+    assert run.files("*_results.json") == [other_results]
+    assert not run.files("*_pdrop_stats.json"), run.log[-3000:]
+
+
 def test_corrupt_image_ends_with_an_error_naming_the_document(lmms_env, tiny_llava, tmp_path):
     tasks = tmp_path / "tasks"
     shutil.copytree(LOCAL_TASK_DIR, tasks)
@@ -249,3 +319,35 @@ def test_corrupt_image_ends_with_an_error_naming_the_document(lmms_env, tiny_lla
     assert "task 'pdrop_local_vqa' doc 3: reading the document failed: UnidentifiedImageError" in run.log
     assert not run.files("*_results.json")
     assert not run.files(f"*{stats.FILE_SUFFIX}")
+
+
+# ----- budgets: solved schedules hold in the statistics of real runs -----------------------------------
+def test_share_of_n_budget_holds_for_every_image_size_in_a_real_run(lmms_env, tiny_llava_next, tmp_path):
+    """LLaVA-NeXT, budget=22% of N on average per layer: three image sizes (N = 136, 200, 208), so three
+    schedules in one run; each sample within one token per layer of its share."""
+    dims = flops.dims_from_config(tiny_llava_next)
+    config = DropConfig.for_budget("22%", "fastv", model=dims)
+    run = Run(lmms_env, tmp_path, "llava_fastv", f"pretrained={tiny_llava_next},dtype=float32,max_new_tokens=2,budget=22%",
+              "pdrop_local_vqa", batch_size=3, extra=("--limit", "3"))
+    run_stats = run.stats()
+    assert run_stats["drop"] == config.to_dict()
+    samples = run_stats["samples"]
+    assert sorted(sample["num_image_tokens"] for sample in samples) == [136, 200, 208]
+    for sample in samples:
+        n, counts = sample["num_image_tokens"], sample["image_tokens_per_layer"]
+        assert abs(sum(counts) / len(counts) - 0.22 * n) < 1
+        assert counts == list(budget.Schedule.of(config, dataclasses.replace(dims, image_tokens=n)).image_tokens_per_layer)
+
+
+def test_tflops_budget_holds_in_a_real_run(lmms_env, tiny_llava, tmp_path):
+    """LLaVA-1.5 (N = 64): PyramidDrop given the TFLOPs of FastV K=2 R=0.5 (the paper's equal-FLOPs
+    comparison) as budget=...,budget_convention=tflops."""
+    target = flops.paper_tflops(flops.dims_from_config(tiny_llava), DropConfig.fastv())
+    run = Run(lmms_env, tmp_path, "llava_next_pdrop",
+              f"pretrained={tiny_llava},dtype=float32,max_new_tokens=2,budget={target!r},budget_convention=tflops",
+              "pdrop_local_vqa", batch_size=2, extra=("--limit", "2"))
+    samples = run.stats()["samples"]
+    assert len(samples) == 2
+    for sample in samples:
+        assert sample["num_image_tokens"] == 64
+        assert abs(sample["tflops_paper"] - target) / target < 0.01

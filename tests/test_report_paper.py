@@ -2,14 +2,18 @@
 FLOPs accountant; the CLI's overwrite rule."""
 
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from pdrop_eval.cli import main
 from pdrop_eval.flops import paper_tflops, resolve_dims
 from pdrop_eval.report import render_paper_table
+from pdrop_eval.report.benchmarks import LMMS_TASKS
 from pdrop_eval.report.paper import PRESET_OF_MODEL, TABLES, load_table, model_name
 
+TASKS = Path(__file__).resolve().parents[1] / "tasks"
 ROUNDING = 0.05 + 1e-9  # the paper prints one decimal
 
 
@@ -99,3 +103,29 @@ def test_cli_renders_the_paper_table_and_never_overwrites_without_force(tmp_path
 def test_leaderboard_needs_run_folders(capsys):
     assert main(["report"]) == 2
     assert "run folders" in capsys.readouterr().err
+
+
+class _TaskYamlLoader(yaml.SafeLoader):
+    """lmms-eval task YAMLs with their `!function module.name` tags read as plain strings."""
+
+
+_TaskYamlLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+def _task_yaml(path: Path) -> dict:
+    return yaml.load(path.read_text(), Loader=_TaskYamlLoader)
+
+
+def test_every_task_of_the_paper_groups_reaches_its_paper_column():
+    """tasks/pdrop_paper: every task is scored, on the benchmark of its group's paper table; the
+    project's own OCR-VQA task too, with the metric its YAML reports."""
+    groups = {path.stem: _task_yaml(path)["task"] for path in (TASKS / "pdrop_paper").glob("*.yaml")}
+    assert set(groups) == {"pdrop_paper", "pdrop_paper_llava15", "pdrop_paper_next"}
+    assert set(groups["pdrop_paper_llava15"]) | set(groups["pdrop_paper_next"]) <= set(groups["pdrop_paper"])
+    unmapped = [task for task in groups["pdrop_paper"] if task not in LMMS_TASKS]
+    assert not unmapped, f"tasks the report cannot put in a paper column: {unmapped}"
+    for group, table_number in (("pdrop_paper_llava15", 1), ("pdrop_paper_next", 2)):
+        columns = {benchmark.key for benchmark in load_table(table_number).benchmarks}
+        assert {LMMS_TASKS[task][0] for task in groups[group]} <= columns, group
+    ocrvqa = _task_yaml(TASKS / "pdrop_ocrvqa" / "pdrop_ocrvqa.yaml")
+    assert LMMS_TASKS[ocrvqa["task"]] == ("ocrvqa", ocrvqa["metric_list"][0]["metric"])

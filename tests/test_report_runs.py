@@ -3,14 +3,15 @@ right numbers in the right cells, and bad inputs named in the error."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
 import pandas as pd
 import pytest
 
+from conftest import hand_tflops
 from pdrop_eval.cli import main
-from pdrop_eval.flops import tflops
 from pdrop_eval.report import ReportInputError, build_report
 
 # The metric each bundled task reports (tasks/pdrop_local/*.yaml), all fractions of 1.
@@ -52,10 +53,9 @@ def test_lmms_eval_runs_land_in_the_right_cells(demo_run):
         measured = sum(s["tflops_actual"] for s in samples) / len(samples)
         assert (row["TFLOPs (paper conv.)"], row["TFLOPs (measured)"]) == (f"{paper:.3g}", f"{measured:.3g}")
         paper_flops[folder] = paper
-    # Independent check of the paper convention: the tiny LLaVA has 64 image tokens per image.
+    # Independent check of the paper convention: the tiny LLaVA has 64 image tokens per image, 32 layers.
     dims = stats["model_dims"]
-    full = tflops(dims["hidden_size"], dims["intermediate_size"], dims["num_layers"], 64)
-    assert paper_flops["vanilla"] == pytest.approx(full)
+    assert paper_flops["vanilla"] == pytest.approx(hand_tflops([64] * 32, dims["hidden_size"], dims["intermediate_size"]))
     assert paper_flops["pdrop"] < paper_flops["fastv"] < paper_flops["vanilla"]
 
 
@@ -105,6 +105,98 @@ def test_conflicting_duplicate_runs_are_reported(demo_run, tmp_path):
     assert str(results_b) in markdown and "conflicting duplicate runs" in markdown
 
 
+def edit_json(path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))  # NaN / Infinity are written as Python writes them
+
+
+def stats_of(results_path):
+    return results_path.with_name(results_path.name.replace("_results.json", "_pdrop_stats.json"))
+
+
+def copy_run(demo_dir, folder, destination):
+    """A demo run's folder copied to `destination`; its (results file, statistics file)."""
+    shutil.copytree(demo_dir / "runs" / folder, destination)
+    (results,) = destination.glob("*/*_results.json")
+    return results, stats_of(results)
+
+
+def set_lambda(value):
+    def change(data):
+        holder = data["config"] if "config" in data else data
+        holder["model_args"] = holder["model_args"].replace("lambda=0.5", f"lambda={value}")
+    return change
+
+
+def test_results_without_their_statistics_never_get_another_runs(demo_run, tmp_path):
+    """A run killed after lmms-eval saved its results has no statistics file; another run's file in the
+    same folder (another λ) must not be pinned on it, and its own row stays apart."""
+    demo_dir, _ = demo_run
+    results, _stats = copy_run(demo_dir, "pdrop", tmp_path / "runs")
+    killed = results.with_name("29990101_000000_results.json")
+    shutil.copy(results, killed)
+    edit_json(killed, set_lambda(0.3))
+    report = build_report([tmp_path / "runs"])
+    cells = table(report.markdown)
+    assert cells[("tiny-llava", "PDrop λ=0.5")]["TFLOPs (paper conv.)"] != "-"
+    assert cells[("tiny-llava", "PDrop λ=0.3")]["TFLOPs (paper conv.)"] == "-"
+    assert f"{killed}: no statistics file for this run" in report.markdown
+
+
+def drop_ratio(value):
+    return lambda data: data["drop"].update(ratio=value)
+
+
+@pytest.mark.parametrize("damage, target, message", [
+    (drop_ratio(0.3), "stats", "records drop setting PyramidDrop(layers=[8, 16, 24], lambda=0.3"),
+    (set_lambda(0.4), "stats", "records model_args"),
+    (set_lambda(0.4), "results", "records model_args"),
+    (lambda data: data.update(results_file="20000101_000000_results.json"), "stats", "belongs to llava_next_pdrop's results file '20000101_000000_results.json'"),
+])
+def test_statistics_that_disagree_with_their_results_are_refused(demo_run, tmp_path, damage, target, message):
+    demo_dir, _ = demo_run
+    results, stats = copy_run(demo_dir, "pdrop", tmp_path / "run")
+    edit_json(stats if target == "stats" else results, damage)
+    with pytest.raises(ReportInputError, match=re.escape(message)) as error:
+        build_report([tmp_path / "run"])
+    assert str(stats) in str(error.value)
+
+
+def set_checkpoint(path):
+    def change(data):
+        holder = data["config"] if "config" in data else data
+        old = holder["model_args"].split(",")[0].removeprefix("pretrained=")
+        holder["model_args"] = holder["model_args"].replace(old, path)
+        if "pretrained" in data:
+            data["pretrained"] = path
+    return change
+
+
+def test_rows_are_keyed_by_the_full_checkpoint(demo_run, tmp_path):
+    """Two checkpoints that share a folder name (two `final`s) are two rows, shown by unique names."""
+    demo_dir, _ = demo_run
+    for run in ("runA", "runB"):
+        results, stats = copy_run(demo_dir, "pdrop", tmp_path / run)
+        for path in (results, stats):
+            edit_json(path, set_checkpoint(f"/ckpt/{run}/final"))
+    cells = table(build_report([tmp_path]).markdown)
+    rows = {model for model, method in cells if method == "PDrop λ=0.5"}
+    assert rows == {"runA/final", "runB/final"}
+
+
+def test_a_task_the_report_cannot_score_keeps_the_runs_statistics(demo_run, tmp_path):
+    demo_dir, _ = demo_run
+    results, stats = copy_run(demo_dir, "pdrop", tmp_path / "run")
+    edit_json(results, lambda data: data["results"].update(mmmu_val={"alias": "mmmu_val", "mmmu_acc,none": 0.3}))
+    edit_json(stats, lambda data: data["samples"].append({**data["samples"][0], "task": "mmmu_val"}))
+    report = build_report([tmp_path / "run"])
+    row = table(report.markdown)[("tiny-llava", "PDrop λ=0.5")]
+    samples = json.loads(stats.read_text())["samples"]
+    assert row["TFLOPs (paper conv.)"] == f"{sum(s['tflops_paper'] for s in samples) / len(samples):.3g}"
+    assert "task 'mmmu_val' reports no metric the report knows (mmmu_acc); not scored" in report.markdown
+
+
 def corrupt(path):
     path.write_text(path.read_text()[: len(path.read_text()) // 2])
 
@@ -125,14 +217,26 @@ def wrong_stats_schema(path):
     return stats
 
 
+def nan_score(path):
+    edit_json(path, lambda data: data["results"]["pdrop_local_vqa"].update({"exact_match,none": float("nan")}))
+
+
+def infinite_tflops(path):
+    stats = stats_of(path)
+    edit_json(stats, lambda data: data["samples"][1].update(tflops_paper=float("inf")))
+    return stats
+
+
 @pytest.mark.parametrize("damage, expected", [(corrupt, "corrupt JSON"), (drop_config, "missing 'config'"),
-                                               (foreign, "holds a JSON list"), (wrong_stats_schema, "schema is")])
+                                               (foreign, "holds a JSON list"), (wrong_stats_schema, "schema is"),
+                                               (nan_score, "results.pdrop_local_vqa.exact_match,none is nan, not a finite number"),
+                                               (infinite_tflops, "samples[1].tflops_paper should be a finite number, got inf")])
 def test_bad_files_are_named_in_the_error(demo_run, tmp_path, capsys, damage, expected):
     demo_dir, _ = demo_run
     shutil.copytree(demo_dir / "runs" / "pdrop", tmp_path / "run")
     (results,) = (tmp_path / "run").glob("*/*_results.json")
     named = damage(results) or results
-    with pytest.raises(ReportInputError, match=expected) as error:
+    with pytest.raises(ReportInputError, match=re.escape(expected)) as error:
         build_report([tmp_path / "run"])
     assert str(named) in str(error.value)
     assert main(["report", str(tmp_path / "run")]) == 2

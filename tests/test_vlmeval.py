@@ -1,6 +1,7 @@
 """VLMEvalKit integration: `pdrop-vlmeval` runs VLMEvalKit's own run.py on the tiny LLaVA-NeXT
 checkpoint and two local datasets (multiple choice and Yes/No), offline, with exact-matching judges."""
 
+import base64
 import json
 import os
 import shutil
@@ -81,7 +82,10 @@ def test_run_writes_predictions_scores_and_statistics(one_process_run, tiny_llav
     assert all("metrics" in status[dataset] and "error_message" not in status[dataset] for dataset in DATASETS)
 
     stats = _stats(work_dir, model)
-    assert stats["schema"] == "pdrop-eval/stats/v1"
+    assert stats["schema"] == "pdrop-eval/stats/v2"
+    assert stats["results_file"] == "status.json"
+    assert stats["model_args"] == json.loads((work_dir / model / f"{model}_pdrop_setting.json").read_text())["settings"]
+    assert stats["model_args"]["max_new_tokens"] == MAX_NEW_TOKENS
     assert (stats["framework"], stats["model"], stats["pretrained"]) == ("vlmeval", model, str(tiny_llava_next))
     assert stats["architecture"] == "llava_next"
     assert stats["world_size"] == 1
@@ -147,6 +151,63 @@ def test_bad_models_stop_with_a_clear_error(lmu_data, tmp_path, extra, message):
     assert not (tmp_path / "out").exists()  # stopped before VLMEvalKit started
 
 
+INTERRUPTED = "PDropInterruptedYN"
+SHORT_CELL = "PDropShortCellYN"
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tiny_llava, lmu_data, tmp_path_factory):
+    """A run that stops part-way: row 11 of 12 has an undecodable image, so VLMEvalKit has saved the
+    first 10 predictions in its partial `01_<dataset>.pkl` when inference fails, as after a Ctrl-C.
+    A second dataset has a 1-character image cell, which VLMEvalKit refuses with a bare assert."""
+    rows = toy_yn_rows(12)
+    write_tsv(lmu_data / f"{INTERRUPTED}.tsv", rows)
+    data = pd.read_csv(lmu_data / f"{INTERRUPTED}.tsv", sep="\t")
+    data.loc[10, "image"] = base64.b64encode(b"not an image " * 8).decode("ascii")
+    data.to_csv(lmu_data / f"{INTERRUPTED}.tsv", sep="\t", index=False)
+    data = pd.read_csv(lmu_data / f"{INTERRUPTED}.tsv", sep="\t").head(3)
+    data.loc[1, "image"] = "x"
+    data.to_csv(lmu_data / f"{SHORT_CELL}.tsv", sep="\t", index=False)
+    work_dir = tmp_path_factory.mktemp("vlmeval_interrupted")
+    result = _run(_interrupted_command(tiny_llava, work_dir, f"max_new_tokens={MAX_NEW_TOKENS},lambda=0.5", INTERRUPTED, SHORT_CELL),
+                  lmu_data, cwd=work_dir)
+    return work_dir, result
+
+
+def _interrupted_command(checkpoint, work_dir, options: str, *datasets) -> list[str]:
+    return [_launcher(), "--model", "llava_next_pdrop", "--data", *datasets, "--judge", "exact_matching",
+            "--work-dir", str(work_dir), "--model-args", f"pretrained={checkpoint},{options}"]
+
+
+def test_a_failed_model_x_dataset_fails_the_run_whatever_its_message(interrupted_run):
+    work_dir, result = interrupted_run
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"failed: llava_next_pdrop x {INTERRUPTED}: " in result.stderr
+    assert f"failed: llava_next_pdrop x {SHORT_CELL}: failed without an error message" in result.stderr
+    status = json.loads((work_dir / "llava_next_pdrop" / "status.json").read_text())["datasets"]
+    assert status[SHORT_CELL]["error_message"] == ""  # what VLMEvalKit's bare assert leaves
+    from pdrop_eval.report import build_report
+
+    markdown = build_report([work_dir]).markdown
+    assert f"{SHORT_CELL} was not scored" in markdown and f"{INTERRUPTED} was not scored" in markdown
+
+
+@pytest.mark.parametrize("options, change", [
+    (f"max_new_tokens={MAX_NEW_TOKENS},lambda=0.3", "'ratio': 0.3"),
+    (f"max_new_tokens={MAX_NEW_TOKENS + 1},lambda=0.5", f"max_new_tokens {MAX_NEW_TOKENS} -> {MAX_NEW_TOKENS + 1}"),
+], ids=["other-lambda", "other-max_new_tokens"])
+def test_interrupted_predictions_are_not_reused_by_another_setting(interrupted_run, tiny_llava, lmu_data, options, change):
+    work_dir, _ = interrupted_run
+    partial = work_dir / "llava_next_pdrop" / f"01_{INTERRUPTED}.pkl"
+    assert len(pd.read_pickle(partial)) == 10  # VLMEvalKit's own checkpoint of the first 10 answers
+    before = sorted(path.name for path in (work_dir / "llava_next_pdrop").iterdir())
+    result = _run(_interrupted_command(tiny_llava, work_dir, options, INTERRUPTED), lmu_data, cwd=work_dir)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"holds llava_next_pdrop predictions (01_{INTERRUPTED}.pkl" in result.stderr
+    assert change in result.stderr and "VLMEvalKit would reuse them" in result.stderr
+    assert sorted(path.name for path in (work_dir / "llava_next_pdrop").iterdir()) == before
+
+
 # ----- in-process checks of the pieces -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def adapter():
@@ -190,6 +251,14 @@ def test_model_options_are_checked_without_loading(adapter, tiny_llava_next, tin
         adapter.LLaVAVanilla.check_options(pretrained=True)  # a JSON `true` in a --config entry
     with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
         adapter.LLaVAVanilla.check_options(pretrained=str(tiny_llava), max_new_tokens="0")
+
+
+def test_budget_model_args_resolve_for_the_checkpoint(adapter, tiny_llava_next):
+    from pdrop_eval.adapters.vlmeval_run import parse_model_args
+
+    options = parse_model_args(f"pretrained={tiny_llava_next},budget=22%,budget_convention=after_drop")
+    expected = DropConfig.for_budget("22%", "fastv", model=str(tiny_llava_next), convention="after_drop")
+    assert adapter.LLaVAFastV.check_options(**options).drop == expected
 
 
 def test_model_args_with_brackets_and_repeated_keys(adapter, tiny_llava_next):
@@ -243,13 +312,19 @@ def test_local_yes_no_sets_are_typed_and_bad_spellings_refused(adapter, tmp_path
 
 
 def test_work_dir_of_another_configuration_is_refused(one_process_run, tiny_llava_next, adapter):
-    from pdrop_eval.adapters.vlmeval_run import LaunchError, _check_work_dir_fits
+    from pdrop_eval.adapters.vlmeval_run import LaunchError, _claim_work_dir
 
-    same = adapter.LLaVAPyramidDrop.check_options(pretrained=str(tiny_llava_next))
-    _check_work_dir_fits(one_process_run / "llava_next_pdrop", "llava_next_pdrop", same)
-    other = adapter.LLaVAPyramidDrop.check_options(pretrained=str(tiny_llava_next), **{"lambda": 0.4})
-    with pytest.raises(LaunchError, match="would reuse those predictions"):
-        _check_work_dir_fits(one_process_run / "llava_next_pdrop", "llava_next_pdrop", other)
+    def settings(**options):
+        return adapter.LLaVAPyramidDrop.check_options(pretrained=str(tiny_llava_next), **options).prediction_settings()
+
+    folder = one_process_run / "llava_next_pdrop"
+    _claim_work_dir(folder, "llava_next_pdrop", settings(max_new_tokens=MAX_NEW_TOKENS, device="cpu"))  # placement may change
+    with pytest.raises(LaunchError, match="would reuse them"):
+        _claim_work_dir(folder, "llava_next_pdrop", settings(max_new_tokens=MAX_NEW_TOKENS, **{"lambda": 0.4}))
+    with pytest.raises(LaunchError, match=f"max_new_tokens {MAX_NEW_TOKENS} -> {MAX_NEW_TOKENS + 1}"):
+        _claim_work_dir(folder, "llava_next_pdrop", settings(max_new_tokens=MAX_NEW_TOKENS + 1))
+    with pytest.raises(LaunchError, match="dtype 'auto' -> 'float32'"):
+        _claim_work_dir(folder, "llava_next_pdrop", settings(max_new_tokens=MAX_NEW_TOKENS, dtype="float32"))
 
 
 def test_write_tsv_refuses_incomplete_rows(tmp_path):
@@ -282,9 +357,9 @@ def test_model_builds_prompts_and_records_each_row(adapter, tiny_llava_next, lmu
     assert message == yes_no.build_prompt(line)  # non-MCQ datasets keep their own prompt
     model.generate(message, dataset=TOY_YN)
 
-    report = model.take_statistics()
-    assert [(s["task"], s["doc_id"]) for s in report["samples"]] == [(TOY_MCQ, 1), (TOY_YN, 100)]
-    assert report["drop"]["method"] == "pyramid" and report["generate_seconds"] > 0
-    assert model.take_statistics()["samples"] == []
+    report = model.take_statistics("llava_next_pdrop")
+    assert [(s.task, s.doc_id) for s in report.samples] == [(TOY_MCQ, 1), (TOY_YN, 100)]
+    assert (report.model, report.drop.method) == ("llava_next_pdrop", "pyramid") and report.wall_time_s > 0
+    assert model.take_statistics("llava_next_pdrop").samples == ()
     with pytest.raises(RuntimeError, match="did not build"):
         model.generate(message, dataset=TOY_YN)  # a prompt that skipped build_prompt has no known index

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
+from conftest import hand_image_tokens_per_layer, hand_tflops
 from pdrop_eval import flops, local_tasks, presets, stats
 from pdrop_eval.engine.config import DropConfig
 from pdrop_eval.wrapper import LlavaRunner, Query, plan_batches
@@ -52,7 +53,7 @@ def test_batch_size_does_not_change_answers_or_scores(runner_name, request):
 def test_statistics_follow_the_drop_config(pdrop_next):
     queries = local_queries("mcq")[:3]  # three aspect ratios: three different N on LLaVA-NeXT
     answers = pdrop_next.generate(queries, max_new_tokens=2, batch_size=3)
-    dims = pdrop_next.model_dims
+    d, m = pdrop_next.model.config.text_config.hidden_size, pdrop_next.model.config.text_config.intermediate_size
     image_token_id = pdrop_next.model.config.image_token_id
     seen_counts = set()
     for query, answer in zip(queries, answers):
@@ -60,13 +61,40 @@ def test_statistics_follow_the_drop_config(pdrop_next):
         n = int((encoded.input_ids == image_token_id).sum())
         text_tokens = encoded.input_ids.shape[1] - n
         seen_counts.add(n)
+        per_layer = hand_image_tokens_per_layer("pyramid", n)
         assert answer.stats.num_image_tokens == n
-        assert answer.stats.image_tokens_per_layer == DropConfig.pyramid().image_tokens_per_layer(n, dims["num_layers"])
-        assert answer.stats.tokens_per_layer == [k + text_tokens for k in answer.stats.image_tokens_per_layer]
-        size = (dims["hidden_size"], dims["intermediate_size"], dims["num_layers"])
-        assert answer.stats.tflops_paper == pytest.approx(flops.tflops(*size, answer.stats.image_tokens_per_layer))
-        assert answer.stats.tflops_actual == pytest.approx(flops.tflops(*size, answer.stats.tokens_per_layer))
+        assert answer.stats.image_tokens_per_layer == per_layer
+        assert answer.stats.tokens_per_layer == tuple(k + text_tokens for k in per_layer)
+        assert answer.stats.tflops_paper == pytest.approx(hand_tflops(per_layer, d, m))
+        assert answer.stats.tflops_actual == pytest.approx(hand_tflops([k + text_tokens for k in per_layer], d, m))
     assert len(seen_counts) == 3
+
+
+def test_loglikelihood_equals_generation_prefill_then_teacher_forced_decoding(pdrop_next):
+    """A continuation's score in one forward equals what generation computes: prefill of the prompt
+    alone (ranked by its last token), then the continuation fed through the pruned KV cache."""
+    queries = local_queries("vqa")[:3]
+    continuations = [" red circle", " a blue square", " yes it is"]
+    scores = pdrop_next.loglikelihood(queries, continuations, batch_size=3)
+    for query, continuation, score in zip(queries, continuations, scores):
+        prompt = pdrop_next.render(query)
+        inputs = pdrop_next.processor(images=list(query.images), text=[prompt], return_tensors="pt")
+        targets = pdrop_next.tokenizer(prompt + continuation, return_tensors="pt").input_ids[:, len(pdrop_next.tokenizer(prompt).input_ids):]
+        assert targets.shape[1] > 1  # at least one teacher-forced decode step
+        with torch.inference_mode():
+            prefill = pdrop_next.model(**inputs, use_cache=True)
+            total = inputs.input_ids.shape[1] + targets.shape[1]
+            decode = pdrop_next.model(
+                input_ids=targets[:, :-1],
+                attention_mask=torch.ones(1, total - 1, dtype=torch.long),
+                position_ids=torch.arange(inputs.input_ids.shape[1], total - 1)[None],
+                past_key_values=prefill.past_key_values,
+                use_cache=True,
+            )
+        logits = torch.cat([prefill.logits[:, -1:], decode.logits], dim=1).float()  # (1, len, vocab)
+        expected = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).sum().item()
+        assert score.logprob == pytest.approx(expected, abs=1e-4)
+        assert score.is_greedy == bool((logits.argmax(-1) == targets).all())
 
 
 def test_no_drop_baseline_answers_like_the_stock_model(tiny_llava):
@@ -75,7 +103,7 @@ def test_no_drop_baseline_answers_like_the_stock_model(tiny_llava):
     queries = local_queries("vqa")[:2]
     runner = LlavaRunner.load(str(tiny_llava), dtype="float32", pad_to_square=False)  # as the stock processor sees images
     answers = runner.generate(queries, max_new_tokens=5, batch_size=2)
-    assert all(a.stats.image_tokens_per_layer == [64] * 32 for a in answers)
+    assert all(a.stats.image_tokens_per_layer == (64,) * 32 for a in answers)
 
     stock = LlavaForConditionalGeneration.from_pretrained(tiny_llava, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(tiny_llava)
@@ -139,21 +167,60 @@ def test_plan_batches_sorts_longest_first_and_keeps_every_index():
 
 
 # ----- statistics file -----------------------------------------------------------------------------
-def test_run_stats_deduplicate_sort_and_average(tmp_path):
-    sample = {"num_image_tokens": 4, "image_tokens_per_layer": [4, 2], "tokens_per_layer": [6, 4], "tflops_paper": 1.0, "tflops_actual": 2.0}
-    other = {**sample, "num_image_tokens": 8, "tflops_paper": 3.0, "tflops_actual": 4.0}
-    records = [stats.sample_record("b", 0, sample), stats.sample_record("a", 1, other), stats.sample_record("b", 0, other)]
-    run = stats.build_run_stats(
-        framework="lmms-eval", model="m", pretrained="p", architecture="llava", drop=DropConfig.none().to_dict(),
-        model_dims={"hidden_size": 1, "intermediate_size": 1, "num_layers": 2}, world_size=1, wall_time_s=1.5, samples=records,
+DIMS = {"hidden_size": 4, "intermediate_size": 8, "num_layers": 2}
+
+
+def test_sample_tflops_are_the_papers_count():
+    # 3 then 1 token, d=4, m=8: (4·3·16 + 2·9·4 + 3·3·4·8) + (4·1·16 + 2·1·4 + 3·1·4·8) = 552 + 168 = 720 FLOPs
+    cost = stats.SampleStats.measure(3, [3, 1], [5, 3], DIMS)
+    assert cost.tflops_paper == pytest.approx(720e-12)
+    # 5 then 3 tokens: (320 + 200 + 480) + (192 + 72 + 288) = 1000 + 552
+    assert cost.tflops_actual == pytest.approx(1552e-12)
+
+
+def _run(samples, **fields) -> stats.RunStats:
+    return stats.RunStats(
+        framework="lmms-eval", model="llava_next_pdrop", pretrained="p", architecture="llava", drop=DropConfig.pyramid(layer_list=[1], ratio=0.5),
+        model_dims=DIMS, wall_time_s=fields.pop("wall_time_s", 1.0), samples=tuple(samples), **fields,
     )
-    assert [(s["task"], s["doc_id"]) for s in run["samples"]] == [("a", 1), ("b", 0)]
-    assert run["samples"][1]["num_image_tokens"] == 4  # the first record of a document wins
-    assert (run["num_samples"], run["mean_image_tokens"], run["mean_tflops_paper"], run["mean_tflops_actual"]) == (2, 6.0, 2.0, 3.0)
-    path = stats.write_run_stats(tmp_path / "x_pdrop_stats.json", run)
-    assert json.loads(path.read_text()) == run
+
+
+def test_run_stats_merge_deduplicate_link_and_round_trip(tmp_path):
+    small = stats.SampleStats.measure(4, [4, 2], [6, 4], DIMS)
+    large = stats.SampleStats.measure(8, [8, 4], [10, 6], DIMS)
+    first = _run([stats.SampleRecord("b", 0, small), stats.SampleRecord("b", 0, large)], wall_time_s=1.5)
+    second = _run([stats.SampleRecord("a", 1, large)], wall_time_s=2.5)
+    run = stats.merge_processes([first, second])
+    assert [(s.task, s.doc_id) for s in run.samples] == [("a", 1), ("b", 0)]
+    assert run.samples[1].stats is small  # the first record of a document wins
+    assert (run.world_size, run.wall_time_s, run.num_samples, run.mean("num_image_tokens")) == (2, 2.5, 2, 6.0)
+    with pytest.raises(ValueError, match="not linked"):
+        stats.write_run_stats(tmp_path / "x_pdrop_stats.json", run)  # no results file named: never written
+    linked = run.linked("x_results.json", "pretrained=p,layer_list=1,lambda=0.5")
+    path = stats.write_run_stats(stats.lmms_stats_path(tmp_path / "x_results.json"), linked)
+    assert path.name == "x_pdrop_stats.json"
+    assert stats.read_run_stats(path) == linked
+    written = json.loads(path.read_text())
+    assert (written["schema"], written["results_file"], written["mean_tflops_paper"]) == ("pdrop-eval/stats/v2", "x_results.json", pytest.approx((small.tflops_paper + large.tflops_paper) / 2))
     with pytest.raises(ValueError, match="must end in"):
-        stats.write_run_stats(tmp_path / "x.json", run)
+        stats.write_run_stats(tmp_path / "x.json", linked)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: data["samples"][0].update(tflops_paper=float("nan")), "samples\\[0\\].tflops_paper should be a finite number, got nan"),
+    (lambda data: data["samples"][0].update(tflops_actual=float("inf")), "samples\\[0\\].tflops_actual should be a finite number, got inf"),
+    (lambda data: data.update(schema="pdrop-eval/stats/v1"), "an older pdrop-eval's file"),
+    (lambda data: data.pop("results_file"), "missing 'results_file'"),
+])
+def test_unusable_statistics_files_name_the_file_and_key(tmp_path, damage, message):
+    run = _run([stats.SampleRecord("a", 0, stats.SampleStats.measure(4, [4, 2], [6, 4], DIMS))]).linked("x_results.json", "")
+    path = stats.write_run_stats(tmp_path / "x_pdrop_stats.json", run)
+    data = json.loads(path.read_text())
+    damage(data)
+    path.write_text(json.dumps(data))  # Python writes NaN / Infinity, as a careless tool would
+    with pytest.raises(stats.StatsFileError, match=message) as error:
+        stats.read_run_stats(path)
+    assert str(path) in str(error.value)
 
 
 # ----- presets and task data --------------------------------------------------------------------------

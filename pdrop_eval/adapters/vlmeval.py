@@ -4,7 +4,7 @@
 Thin translations from VLMEvalKit's model interface to the shared `pdrop_eval.wrapper.LlavaRunner`:
 a VLMEvalKit message (a list of ``{'type': 'text'|'image', 'value': ...}``) becomes a `Query`, the
 runner generates, and each answer's drop statistics are kept per (dataset, index) until the
-launcher (`pdrop_eval.adapters.vlmeval_run`) collects them with `take_statistics()`.
+launcher (`pdrop_eval.adapters.vlmeval_run`) collects them with `take_statistics(model_name)`.
 
 VLMEvalKit's local inference loop hands a model one message at a time, so each query is a batch of
 one. Multiple-choice datasets get VLMEvalKit's LLaVA prompt (hint, question, lettered options,
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import string
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from pdrop_eval.options import (
     ModelOptions,
     resolve_model_options,
 )
-from pdrop_eval.stats import sample_record
+from pdrop_eval.stats import RunStats, SampleRecord
 from pdrop_eval.wrapper import LlavaRunner, Query
 
 FRAMEWORK = "vlmeval"
@@ -66,7 +67,7 @@ class DropVLM(BaseModel):
         self.runner = LlavaRunner.from_options(settings)
         self.dataset = None  # the VLMEvalKit dataset being inferred (see set_dump_image)
         self.pending_index = None  # index of the row build_prompt prepared for the next generate
-        self.samples: list[dict] = []
+        self.samples: list[SampleRecord] = []
         self.generate_seconds = 0.0
 
     @classmethod
@@ -113,23 +114,26 @@ class DropVLM(BaseModel):
         started = time.perf_counter()
         (answer,) = self.runner.generate([query], max_new_tokens=self.max_new_tokens)
         self.generate_seconds += time.perf_counter() - started
-        kept = answer.stats.kept if self.save_kept else None
-        self.samples.append(sample_record(dataset, self.pending_index, answer.stats.to_dict(), kept))
+        recorded = answer.stats if self.save_kept else replace(answer.stats, kept=None)  # kept lists are large
+        self.samples.append(SampleRecord(dataset, self.pending_index, recorded))
         self.pending_index = None
         return answer.text.strip()
 
-    def take_statistics(self) -> dict:
-        """This process's statistics since the last call (samples and generation time are reset)."""
+    def take_statistics(self, model_name: str) -> RunStats:
+        """This process's statistics since the last call, as run `model_name` (samples and generation
+        time are reset; the launcher links the merged record to its results)."""
         samples, self.samples = self.samples, []
         seconds, self.generate_seconds = self.generate_seconds, 0.0
-        return {
-            "generate_seconds": seconds,
-            "pretrained": self.runner.pretrained,
-            "architecture": self.runner.architecture,
-            "drop": self.runner.drop.to_dict(),
-            "model_dims": dict(self.runner.model_dims),
-            "samples": samples,
-        }
+        return RunStats(
+            framework=FRAMEWORK,
+            model=model_name,
+            pretrained=self.runner.pretrained,
+            architecture=self.runner.architecture,
+            drop=self.runner.drop,
+            model_dims=dict(self.runner.model_dims),
+            wall_time_s=seconds,
+            samples=tuple(samples),
+        )
 
 
 def _model_class(spec: MethodSpec) -> type:

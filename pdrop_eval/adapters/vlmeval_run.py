@@ -10,11 +10,14 @@ plus `--model-args key=value,...` for the pdrop-eval models named by `--model`. 
    TSVs as VLMEvalKit Y/N datasets;
 3. checks model names, model options, checkpoints and datasets, so bad input stops here with a
    clear message instead of being logged and skipped inside VLMEvalKit;
-4. lets `run.py`'s hard-coded NCCL process group fall back to gloo where NCCL cannot work (CPU);
-5. wraps VLMEvalKit's inference job to gather the per-sample drop statistics of all processes and
+4. claims each pdrop-eval model's folder `<work_dir>/<model>/` for this run's prediction settings
+   before any prediction is written (`<model>_pdrop_setting.json`), refusing a folder whose
+   predictions were made with other settings (VLMEvalKit would reuse them);
+5. lets `run.py`'s hard-coded NCCL process group fall back to gloo where NCCL cannot work (CPU);
+6. wraps VLMEvalKit's inference job to gather the per-sample drop statistics of all processes and
    write the statistics file next to VLMEvalKit's outputs (`<work_dir>/<model>/`);
-6. runs VLMEvalKit's `main()`, then exits non-zero if any model x dataset failed (VLMEvalKit itself
-   logs such failures and still exits 0).
+7. runs VLMEvalKit's `main()`, then exits non-zero if any model x dataset has no predictions or no
+   scores (VLMEvalKit itself logs such failures and still exits 0).
 """
 
 from __future__ import annotations
@@ -23,14 +26,19 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from pdrop_eval.compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()  # must precede every vlmeval import
 
+from pdrop_eval.stats import vlmeval_stats_path, write_json_atomically  # noqa: E402
+
 PROG = "pdrop-vlmeval"
 YES_NO_ANSWERS = {"Yes", "No"}
+SETTING_SUFFIX = "_pdrop_setting.json"
+SETTING_SCHEMA = "pdrop-eval/vlmeval-setting/v1"
 
 
 class LaunchError(Exception):
@@ -62,6 +70,7 @@ def _vlmeval_view(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config")
     parser.add_argument("--work-dir", default="./outputs")
     parser.add_argument("--base-url")
+    parser.add_argument("--mode", default="all")
     parser.add_argument("-h", "--help", action="store_true")
     return parser.parse_known_args(argv)[0]
 
@@ -91,29 +100,33 @@ def main(argv: list[str] | None = None) -> int:
         model_args = parse_model_args(own_args.model_args)
         adapter.register_models(model_args)
         if view.help:
-            models, datasets = [], []
+            models, datasets, settings = [], [], {}
         elif view.config:
-            models, datasets = _check_config(view, model_args, adapter)
+            models, datasets, settings = _check_config(view, model_args, adapter)
         else:
-            models, datasets = _check_models(view, model_args, adapter), _check_datasets(view)
+            models, settings = _check_models(view, model_args, adapter)
+            datasets = _check_datasets(view)
+        for name, model_settings in settings.items():
+            _claim_work_dir(_work_dir(view) / name, name, model_settings)
     except (LaunchError, ValueError, TypeError, FileNotFoundError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
 
     _fall_back_to_gloo_without_nccl()
     _keep_world_size_when_building_from_config(vlmeval_run)
-    vlmeval_run.infer_data_job = _recording_statistics(vlmeval_run.infer_data_job, adapter)
+    vlmeval_run.infer_data_job = _recording_statistics(vlmeval_run.infer_data_job, adapter, settings)
 
     sys.argv = [PROG, *vlmeval_argv]
     vlmeval_run.main()
     if _rank() != 0:
         return 0
-    return _report_failures(_work_dir(view), models, datasets)
+    return _report_failures(_work_dir(view), models, datasets, scored=view.mode != "infer")
 
 
 # ----- checks before VLMEvalKit starts -------------------------------------------------------------
-def _check_models(view: argparse.Namespace, model_args: dict, adapter) -> list[str]:
-    """The --model names; pdrop-eval models get their options, checkpoint and work dir checked."""
+def _check_models(view: argparse.Namespace, model_args: dict, adapter) -> tuple[list[str], dict[str, dict]]:
+    """The --model names, and the prediction settings of the pdrop-eval models among them (their
+    options and checkpoint checked)."""
     from vlmeval.config import supported_VLM
 
     if not view.model:
@@ -126,18 +139,19 @@ def _check_models(view: argparse.Namespace, model_args: dict, adapter) -> list[s
             f"unknown model(s) {unknown}: pdrop-eval provides {sorted(adapter.MODELS)}; "
             "other names must be in vlmeval.config.supported_VLM"
         )
+    settings = {}
     for name in view.model:
         if name in adapter.MODELS:
             try:
-                settings = adapter.MODELS[name].check_options(**model_args)
+                settings[name] = adapter.MODELS[name].check_options(**model_args).prediction_settings()
             except (ValueError, TypeError, FileNotFoundError) as error:
                 raise LaunchError(f"model {name!r}: {error}") from None
-            _check_work_dir_fits(_work_dir(view) / name, name, settings)
-    return list(view.model)
+    return list(view.model), settings
 
 
-def _check_config(view: argparse.Namespace, model_args: dict, adapter) -> tuple[list[str], list[str]]:
-    """The --config file's model and dataset names, checked like --model and --data."""
+def _check_config(view: argparse.Namespace, model_args: dict, adapter) -> tuple[list[str], list[str], dict[str, dict]]:
+    """The --config file's model and dataset names, checked like --model and --data, and the
+    prediction settings of its pdrop-eval models."""
     import vlmeval.vlm
     from vlmeval.config import supported_VLM
 
@@ -154,6 +168,7 @@ def _check_config(view: argparse.Namespace, model_args: dict, adapter) -> tuple[
     for section in ("model", "data"):
         if not isinstance(config.get(section), dict) or not config[section]:
             raise LaunchError(f"--config file {view.config} needs a non-empty {section!r} object")
+    settings = {}
     for name, entry in config["model"].items():
         options = dict(entry)
         class_name = options.pop("class", None)
@@ -165,10 +180,9 @@ def _check_config(view: argparse.Namespace, model_args: dict, adapter) -> tuple[
             model_class = getattr(vlmeval.vlm, class_name, None)
         if isinstance(model_class, type) and issubclass(model_class, adapter.DropVLM):
             try:
-                settings = model_class.check_options(**options)
+                settings[name] = model_class.check_options(**options).prediction_settings()
             except (ValueError, TypeError, FileNotFoundError) as error:
                 raise LaunchError(f"--config model {name!r}: {error}") from None
-            _check_work_dir_fits(_work_dir(view) / name, name, settings)
     for name, entry in config["data"].items():
         if entry != {} and "class" not in entry:
             raise LaunchError(f"--config dataset {name!r} needs a 'class' (e.g. ImageMCQDataset, ImageYORNDataset)")
@@ -177,26 +191,58 @@ def _check_config(view: argparse.Namespace, model_args: dict, adapter) -> tuple[
             path = _check_local_tsv(dataset_name)
             if entry["class"] == "ImageYORNDataset" and path.is_file() and not _has_yes_no_answers(dataset_name, path):
                 raise LaunchError(f"--config dataset {name!r} is declared ImageYORNDataset but {path} has no Yes/No answers")
-    return list(config["model"]), list(config["data"])
+    return list(config["model"]), list(config["data"]), settings
 
 
-def _check_work_dir_fits(model_dir: Path, model_name: str, settings) -> None:
-    """VLMEvalKit reuses any prediction file already in `<work_dir>/<model>/`, even without --reuse.
-    Predictions made with another checkpoint or drop config under the same name would be scored as
-    this run's, so such a folder is refused (its statistics file records what produced it)."""
-    from pdrop_eval.stats import FILE_SUFFIX
+def _claim_work_dir(model_dir: Path, model_name: str, settings: dict) -> None:
+    """Record `settings` in `<model_dir>/<model>_pdrop_setting.json` before VLMEvalKit starts, or
+    refuse the folder when it holds predictions made with other settings (or of unknown settings).
 
-    stats_path = model_dir / f"{model_name}{FILE_SUFFIX}"
-    if not stats_path.is_file():
+    VLMEvalKit reuses any prediction in `<work_dir>/<model>/`, even without --reuse, including the
+    partial `<rank><world>_<dataset>.pkl` an interrupted run leaves every 10 rows: predictions of
+    another checkpoint, drop config, dtype or max_new_tokens would be scored as this run's."""
+    record_path = model_dir / f"{model_name}{SETTING_SUFFIX}"
+    recorded = _recorded_settings(record_path)
+    if recorded == settings:
         return
-    previous = json.loads(stats_path.read_text())
-    now = {"pretrained": settings.pretrained, "drop": settings.drop.to_dict()}
-    before = {key: previous.get(key) for key in now}
-    if before != now:
+    holding = _prediction_files(model_dir, model_name)
+    if holding:
+        if recorded is None:
+            made_with = "settings it does not record (no pdrop-eval setting record)"
+        else:
+            changed = sorted(key for key in {*recorded, *settings} if recorded.get(key) != settings.get(key))
+            made_with = "other settings: " + "; ".join(f"{key} {recorded.get(key)!r} -> {settings.get(key)!r}" for key in changed)
         raise LaunchError(
-            f"{model_dir} holds {model_name} results made with {before}, but this run uses {now}; "
-            "VLMEvalKit would reuse those predictions. Use another --work-dir or model name."
+            f"{model_dir} holds {model_name} predictions ({', '.join(path.name for path in holding[:3])}"
+            f"{', ...' if len(holding) > 3 else ''}) made with {made_with}; VLMEvalKit would reuse them. "
+            "Use another --work-dir or model name."
         )
+    if _rank() == 0:
+        write_json_atomically(record_path, {"schema": SETTING_SCHEMA, "model": model_name, "settings": settings})
+
+
+def _recorded_settings(record_path: Path) -> dict | None:
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+    except json.JSONDecodeError as error:
+        raise LaunchError(f"{record_path} is corrupt ({error}); remove it together with the predictions beside it") from None
+    if not isinstance(record, dict) or record.get("schema") != SETTING_SCHEMA or not isinstance(record.get("settings"), dict):
+        raise LaunchError(f"{record_path} is not a pdrop-eval setting record ({SETTING_SCHEMA})")
+    return record["settings"]
+
+
+def _prediction_files(model_dir: Path, model_name: str) -> list[Path]:
+    """VLMEvalKit's files in a model folder that hold predictions: `<model>_<dataset>.*` (and what
+    is derived from them), the partial `*.pkl`, and their copies in per-run `T<date>...` folders."""
+    ours = {f"{model_name}{SETTING_SUFFIX}", vlmeval_stats_path(model_dir, model_name).name}
+    if not model_dir.is_dir():
+        return []
+    return sorted(
+        path for path in model_dir.rglob("*")
+        if path.is_file() and path.name not in ours and (path.suffix == ".pkl" or path.name.startswith(f"{model_name}_"))
+    )
 
 
 def _known_datasets() -> set[str]:
@@ -299,41 +345,36 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
 
 
-def _recording_statistics(infer_data_job, adapter):
+def _recording_statistics(infer_data_job, adapter, settings: dict[str, dict]):
     """Wrap VLMEvalKit's per-dataset inference job: afterwards gather every process's per-sample
-    statistics on rank 0 and rewrite `<work_dir>/<model>/<model>_pdrop_stats.json`.
+    statistics on rank 0 and rewrite `<work_dir>/<model>/<model>_pdrop_stats.json`, linked to the
+    folder's status.json and the model's prediction `settings`.
 
     Like VLMEvalKit's folder, the file accumulates: samples of datasets inferred by earlier runs
-    (same checkpoint and drop config, see `_check_work_dir_fits`) stay, those inferred now replace
-    theirs, and wall_time_s adds up the generation time of the runs."""
+    (same settings, see `_claim_work_dir`) stay, those inferred now replace theirs, and wall_time_s
+    adds up the generation time of the runs."""
 
-    from pdrop_eval.stats import FILE_SUFFIX, build_run_stats, gather_from_all_processes, write_run_stats
+    from pdrop_eval import stats
 
     def infer_and_record(model, *, work_dir, model_name, dataset, **kwargs):
         model = infer_data_job(model, work_dir=work_dir, model_name=model_name, dataset=dataset, **kwargs)
         # VLMEvalKit hands back the bare model name when every prediction was reused (nothing inferred).
-        local = model.take_statistics() if isinstance(model, adapter.DropVLM) else None
-        gathered = gather_from_all_processes(local)  # a collective: every rank gets here for every dataset
-        world_size = len(gathered)
-        reports = [report for report in gathered if report is not None]
-        if _rank() != 0 or not reports:
+        local = model.take_statistics(model_name) if isinstance(model, adapter.DropVLM) else None
+        gathered = stats.gather_from_all_processes(local)  # a collective: every rank gets here for every dataset
+        parts = [part for part in gathered if part is not None]
+        if _rank() != 0 or not parts:
             return model
-        path = Path(work_dir) / f"{model_name}{FILE_SUFFIX}"
-        previous = json.loads(path.read_text()) if path.is_file() else {"samples": [], "wall_time_s": 0.0}
-        kept = [sample for sample in previous["samples"] if sample["task"] != dataset.dataset_name]
-        content = build_run_stats(
-            framework=adapter.FRAMEWORK,
-            model=model_name,
-            pretrained=reports[0]["pretrained"],
-            architecture=reports[0]["architecture"],
-            drop=reports[0]["drop"],
-            model_dims=reports[0]["model_dims"],
-            world_size=world_size,
-            # the slowest process sets the pace
-            wall_time_s=previous["wall_time_s"] + max(report["generate_seconds"] for report in reports),
-            samples=kept + [sample for report in reports for sample in report["samples"]],
-        )
-        write_run_stats(path, content)
+        current = stats.merge_processes(parts, world_size=len(gathered))
+        path = stats.vlmeval_stats_path(work_dir, model_name)
+        if path.is_file():
+            previous = stats.read_run_stats(path)
+            earlier = [sample for sample in previous.samples if sample.task != dataset.dataset_name]
+            current = replace(
+                current,
+                samples=stats.unique_samples([*earlier, *current.samples]),
+                wall_time_s=previous.wall_time_s + current.wall_time_s,
+            )
+        stats.write_run_stats(path, current.linked(stats.VLMEVAL_RESULTS_FILE, settings[model_name]))
         return model
 
     return infer_and_record
@@ -344,20 +385,27 @@ def _work_dir(view: argparse.Namespace) -> Path:
     return Path(os.environ.get("MMEVAL_ROOT", view.work_dir))  # run.py lets MMEVAL_ROOT win
 
 
-def _report_failures(work_dir: Path, models: list[str], datasets: list[str]) -> int:
-    """VLMEvalKit logs a failed model x dataset, records it in status.json and exits 0; we don't."""
+def _report_failures(work_dir: Path, models: list[str], datasets: list[str], scored: bool) -> int:
+    """VLMEvalKit logs a failed model x dataset, records it in status.json and exits 0; we don't.
+    A combination failed when it has no prediction file, or no scores (`scored`: not --mode infer),
+    or an error recorded, whatever the message (VLMEvalKit's bare asserts record an empty one)."""
+    from vlmeval.smp import get_pred_file_path
+
     failures = []
     for model in models:
         status_file = work_dir / model / "status.json"
         recorded = json.loads(status_file.read_text()).get("datasets", {}) if status_file.is_file() else {}
         for dataset in datasets:
             status = recorded.get(dataset)
+            predictions = Path(get_pred_file_path(str(work_dir / model), model, dataset, use_env_format=True))
             if status is None:
                 failures.append(f"{model} x {dataset}: VLMEvalKit recorded no result in {status_file}")
-            elif status.get("error_message"):
-                failures.append(f"{model} x {dataset}: {status['error_message']}")
-            elif status.get("skip_reason") in ("invalid_dataset", "No infer result found", "Incomplete infer result"):
-                failures.append(f"{model} x {dataset}: skipped ({status['skip_reason']})")
+            elif "error_message" in status:
+                failures.append(f"{model} x {dataset}: {status['error_message'] or 'failed without an error message'}")
+            elif not predictions.is_file():
+                failures.append(f"{model} x {dataset}: no predictions ({predictions.name} missing; {status.get('skip_reason') or 'no reason recorded'})")
+            elif scored and not status.get("metrics"):
+                failures.append(f"{model} x {dataset}: no scores ({status.get('skip_reason') or 'no reason recorded'})")
     for failure in failures:
         print(f"{PROG}: failed: {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -1,7 +1,6 @@
 """`pdrop-eval show`: run a prompt under a drop config and draw which image regions each stage keeps;
 or draw them for a document of an evaluation run that stored its kept tokens (``save_kept=true``)."""
 
-STATS_SUFFIX = "_pdrop_stats.json"
 
 
 def add_parser(subparsers) -> None:
@@ -93,64 +92,61 @@ def run_evaluated(args) -> int:
     ensure_torchvision_importable()  # the image processor imports torchvision
     from transformers import AutoProcessor
 
-    from pdrop_eval.engine.config import DropConfig
+    from pdrop_eval.keyvalue import parse_key_values
     from pdrop_eval.report.files import check_writable
     from pdrop_eval.show import caption, drop_stages, write_pictures
     from pdrop_eval.token_map import image_token_regions
 
     stats_path, run_stats, sample = _find_sample(Path(args.run), args.doc, args.task)
-    task, doc_id = sample["task"], sample["doc_id"]
-    if "kept" not in sample:
-        raise ValueError(f"{stats_path}: {task} doc {doc_id} has no kept tokens; evaluate with the model arg save_kept=true")
-    outputs_prefix = Path(args.out) / f"{task}_doc{doc_id}"
-    if run_stats["framework"] == "lmms-eval":
-        from pdrop_eval.adapters.lmms.logged import lmms_document, lmms_model_args
+    where = f"{stats_path}: {sample.task} doc {sample.doc_id}"
+    if sample.stats.kept is None:
+        raise ValueError(f"{where} has no kept tokens; evaluate with the model arg save_kept=true")
+    if run_stats.framework == "lmms-eval":
+        from pdrop_eval.adapters.lmms.logged import lmms_document
 
-        results_file = stats_path.with_name(stats_path.name.removesuffix(STATS_SUFFIX) + "_results.json")
-        document = lmms_document(results_file, task, doc_id)
-        model_args = lmms_model_args(results_file)
+        document = lmms_document(stats_path.parent / run_stats.results_file, sample.task, sample.doc_id)
     else:
         from pdrop_eval.adapters.vlmeval_logged import vlmeval_document
 
-        document = vlmeval_document(stats_path.parent, run_stats["model"], task, doc_id)
-        model_args = run_stats.get("model_args") or {}
-    outputs = [outputs_prefix.with_name(f"{outputs_prefix.name}_image{number}.png") for number in range(1, len(document.images) + 1)]
+        document = vlmeval_document(stats_path.parent, run_stats.model, sample.task, sample.doc_id)
+    prefix = f"{sample.task}_doc{sample.doc_id}"
+    outputs = [Path(args.out) / f"{prefix}_image{number}.png" for number in range(1, len(document.images) + 1)]
     for output in outputs:
         check_writable(output, args.force)
-    drop = DropConfig.from_dict(run_stats["drop"])
-    processor = AutoProcessor.from_pretrained(run_stats["pretrained"])
+    model_args = run_stats.model_args if isinstance(run_stats.model_args, dict) else parse_key_values(run_stats.model_args, "model_args key")
+    processor = AutoProcessor.from_pretrained(run_stats.pretrained)
     sizes = [image.size for image in document.images]
-    regions = image_token_regions(processor, sizes, _pad_to_square(run_stats["architecture"], model_args))
-    if len(regions) != sample["num_image_tokens"]:
-        raise ValueError(f"{stats_path}: {task} doc {doc_id} had {sample['num_image_tokens']} image tokens, its pictures now map to {len(regions)}")
-    stages = drop_stages(drop, run_stats["model_dims"]["num_layers"], sample["kept"])
-    print(f"{task} doc {doc_id}: {document.answer!r}")
-    text = caption(document.question, document.answer, drop, run_stats["pretrained"])
+    regions = image_token_regions(processor, sizes, _pad_to_square(run_stats.architecture, model_args))
+    if len(regions) != sample.stats.num_image_tokens:
+        raise ValueError(f"{where} had {sample.stats.num_image_tokens} image tokens, its pictures now map to {len(regions)}")
+    stages = drop_stages(run_stats.drop, run_stats.model_dims["num_layers"], sample.stats.kept)
+    print(f"{sample.task} doc {sample.doc_id}: {document.answer!r}")
+    text = caption(document.question, document.answer, run_stats.drop, run_stats.pretrained)
     for path in write_pictures(document.images, regions, stages, text, outputs, args.force):
         print(f"wrote {path}")
     return 0
 
 
 def _find_sample(run_dir, doc: str, task: str | None):
-    """(statistics file, its content, the sample) of the document `doc` (of `task`) under `run_dir`."""
-    import json
+    """(statistics file, its RunStats, the SampleRecord) of the document `doc` (of `task`) under `run_dir`."""
+    from pdrop_eval.stats import FILE_SUFFIX, read_run_stats
 
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    files = sorted(run_dir.rglob(f"*{STATS_SUFFIX}"))
+    files = sorted(run_dir.rglob(f"*{FILE_SUFFIX}"))
     if not files:
-        raise FileNotFoundError(f"no pdrop-eval statistics file (*{STATS_SUFFIX}) under {run_dir}")
+        raise FileNotFoundError(f"no pdrop-eval statistics file (*{FILE_SUFFIX}) under {run_dir}")
     found, tasks = [], set()
     for path in files:
-        run_stats = json.loads(path.read_text())
-        for sample in run_stats["samples"]:
-            tasks.add(sample["task"])
-            if str(sample["doc_id"]) == str(doc) and task in (None, sample["task"]):
+        run_stats = read_run_stats(path)
+        for sample in run_stats.samples:
+            tasks.add(sample.task)
+            if str(sample.doc_id) == str(doc) and task in (None, sample.task):
                 found.append((path, run_stats, sample))
     if not found:
         raise ValueError(f"no document {doc}{f' of task {task}' if task else ''} in the statistics under {run_dir} (tasks: {', '.join(sorted(tasks))})")
     if len(found) > 1:
-        places = ", ".join(f"{sample['task']} in {path}" for path, _, sample in found)
+        places = ", ".join(f"{sample.task} in {path}" for path, _, sample in found)
         raise ValueError(f"document {doc} is in several runs or tasks ({places}); pick one with --task or a narrower --run")
     return found[0]
 

@@ -9,7 +9,7 @@ def _floats(text: str) -> list[float]:
         raise ValueError(f"--values must be numbers separated by commas, got {text!r}") from None
 
 
-def _layer_list(text: str) -> tuple[int, ...]:
+def parse_layer_list(text: str) -> tuple[int, ...]:
     """Boundaries as the drop options write them: 8,16,24 or 8;16;24 or [8,16,24]."""
     from pdrop_eval.engine.config import DropConfig
 
@@ -26,10 +26,23 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--pretrained", required=True, help="HF checkpoint (path or hub id)")
     parser.add_argument("--method", choices=("pdrop", "fastv"), required=True)
-    parser.add_argument("--values", required=True, type=_floats, help="λ values (pdrop) or R values (fastv), e.g. 0.3,0.4,0.5,0.6")
+    values = parser.add_mutually_exclusive_group(required=True)
+    values.add_argument("--values", type=_floats, help="λ values (pdrop) or R values (fastv), e.g. 0.3,0.4,0.5,0.6")
+    values.add_argument(
+        "--tokens", type=lambda text: [part.strip() for part in text.split(",") if part.strip()], metavar="LIST",
+        help="token budgets instead, e.g. 192,128,64 or 33%%,22%% of N, each solved for the checkpoint (see pdrop-eval schedule)",
+    )
     parser.add_argument("--tasks", required=True, help="lmms-eval task names, comma-separated")
     parser.add_argument("--out-dir", required=True, help="folder for the runs, the report (sweep.md) and the plot (sweep.png)")
-    parser.add_argument("--layer-list", default="8,16,24", help="PyramidDrop stage boundaries, e.g. 8,16,24 or 8;16;24 (default: %(default)s)")
+    parser.add_argument(
+        "--layer-list", default=None,
+        help="PyramidDrop stage boundaries, e.g. 8,16,24 or 8;16;24 (default: 8,16,24 with --values, 2,8,16 with --tokens)",
+    )
+    parser.add_argument(
+        "--convention", choices=("avg_layer", "after_drop"), default="avg_layer",
+        help="what --tokens counts: the average over all decoder layers (default) or the tokens kept after the drop layer",
+    )
+    parser.add_argument("--image-tokens", type=int, default=None, metavar="N", help="the N absolute --tokens count with (needed for LLaVA-NeXT, whose N varies)")
     parser.add_argument("--fastv-k", type=int, default=2, help="FastV layer K (default: %(default)s)")
     parser.add_argument("--no-vanilla", action="store_true", help="skip the no-drop reference run")
     add_eval_options(parser)
@@ -52,10 +65,14 @@ def eval_options(args) -> dict:
 def run(args) -> int:
     import sys
 
-    from pdrop_eval.pipeline import PipelineError, evaluate_and_report, sweep_settings
+    from pdrop_eval.pipeline import PipelineError, budget_settings, evaluate_and_report, sweep_settings
 
-    layer_list = _layer_list(args.layer_list)
-    settings = sweep_settings(args.method, args.values, not args.no_vanilla, layer_list, args.fastv_k)
+    layer_list = parse_layer_list(args.layer_list) if args.layer_list else None
+    if args.tokens:
+        settings = budget_settings(args.pretrained, args.method, args.tokens, not args.no_vanilla, args.convention,
+                                   layer_list, args.fastv_k, args.image_tokens)
+    else:
+        settings = sweep_settings(args.method, args.values, not args.no_vanilla, layer_list or (8, 16, 24), args.fastv_k)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:
         print(evaluate_and_report(args.pretrained, settings, tasks, args.out_dir, eval_options(args), "sweep", args.force))

@@ -396,6 +396,19 @@ class DropConfig:
         return cls()
 
     @classmethod
+    def for_budget(
+        cls, budget, method: str = "pyramid", *, model="llava-1.5-7b", image_tokens: int | None = None, convention: str = "avg_layer", **shape
+    ) -> DropConfig:
+        """The `method` ("pyramid" or "fastv") config closest to `budget`: 128 image tokens, "25%" of N,
+        a TFLOPs figure (convention="tflops") or another DropConfig (the same FLOPs); see
+        `pdrop_eval.engine.budget`. `model` is a FLOPs preset name, a checkpoint folder or a `ModelDims`;
+        `image_tokens` overrides its N. `shape`: layer_list or search_layers=True (PyramidDrop),
+        fastv_k (FastV), position_mode."""
+        from pdrop_eval.engine import budget as budgets  # imports this module
+
+        return budgets.solve(budget, budgets.model_dims(model, image_tokens), method, convention=convention, **shape).config
+
+    @classmethod
     def _build(cls, method: str, **given) -> DropConfig:
         values = {name: value for name, value in given.items() if value is not None}
         return cls(method=method, **_as_field_types(METHODS[method].complete(values)))

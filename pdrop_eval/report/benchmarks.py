@@ -70,6 +70,7 @@ LMMS_TASKS = {
     "infovqa_val": ("infovqa", "anls"),
     "vqav2_val": ("vqav2", "exact_match"),
     "vizwiz_vqa_val": ("vizwiz", "exact_match"),
+    "pdrop_ocrvqa": ("ocrvqa", "exact_match"),  # tasks/pdrop_ocrvqa (lmms-eval has no OCR-VQA task)
 }
 
 # Factor from lmms-eval's aggregate to the printed scale (read from the task utils of 0.7.3:

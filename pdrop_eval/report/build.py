@@ -41,7 +41,7 @@ def with_references(rows: list[Row], paper_model: str | None, prefer: int | None
     result, notes = [], []
     for row in rows:
         result.append(row)
-        model = paper_model or paper_model_for(row.model)
+        model = paper_model or paper_model_for(row.checkpoint or row.model)
         reference = reference_row(row.model, model, row.drop, tables) if model and row.drop else None
         if reference is None:
             notes.append(f"no paper numbers for {row.model} / {row.method} (paper models: vanilla-trained "

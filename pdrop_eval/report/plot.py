@@ -12,7 +12,7 @@ from pathlib import Path
 from pdrop_eval.engine.config import METHODS
 from pdrop_eval.report.benchmarks import Benchmark, order
 from pdrop_eval.report.files import OutputPathError, check_writable
-from pdrop_eval.report.runs import Run, checkpoint_name
+from pdrop_eval.report.runs import Run, short_names
 from pdrop_eval.report.table import method_kind
 
 SPECS_BY_KIND = {spec.kind: spec for spec in METHODS.values()}  # series name and marker per method kind
@@ -22,11 +22,12 @@ def plot_points(runs: list[Run]) -> dict[str, dict[tuple[str, str], list[tuple[f
     """benchmark key -> (checkpoint, method kind) -> sorted (TFLOPs, score) points; runs without
     TFLOPs are skipped."""
     points: dict[str, dict[str, list]] = {}
+    names = short_names(run.checkpoint for run in runs)
     for run in runs:
         kind = method_kind(run.drop)
         if kind is None:
             continue
-        series = (checkpoint_name(run.pretrained), kind)
+        series = (names.get(run.checkpoint, run.adapter), kind)
         for score in run.scores:
             flops = run.flops_for(score.task)
             if flops is not None:

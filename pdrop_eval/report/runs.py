@@ -1,28 +1,31 @@
 """Reading evaluation runs: lmms-eval results JSON, VLMEvalKit work dirs, our statistics file.
 
 A `Run` is one framework invocation for one checkpoint and one drop setting: its scores on the
-paper's scales (see `benchmarks`) and, when our statistics file sits beside it, the drop config and
-the mean TFLOPs of its samples. Only files are read here; no model is loaded.
+paper's scales (see `benchmarks`) and, when the run wrote our statistics file, the mean TFLOPs of its
+samples. A statistics file belongs to a run only by its explicit link (`pdrop_eval.stats`): the
+results file it names, and for lmms-eval the same model_args, whose drop setting must be the one the
+file records; nothing is matched by name, date or task set. Only files are read; no model is loaded.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pdrop_eval.engine.config import DropConfig
+from pdrop_eval import presets, stats
+from pdrop_eval.engine.config import METHODS, DropConfig
 from pdrop_eval.keyvalue import parse_key_values
-from pdrop_eval.report.benchmarks import Benchmark, LMMS_METRIC_FACTORS, KNOWN, lmms_task_metric, vlmeval_benchmark
+from pdrop_eval.options import resolve_drop
+from pdrop_eval.report.benchmarks import KNOWN, LMMS_METRIC_FACTORS, Benchmark, lmms_task_metric, vlmeval_benchmark
 from pdrop_eval.report.files import ReportInputError, read_json_object, require
 
-STATS_SCHEMA = "pdrop-eval/stats/v1"
-STATS_GLOB = "*pdrop_stats*.json"
-LMMS_RESULTS_SUFFIX = "_results.json"
 VLMEVAL_SCORE_FILE = re.compile(r"^(?P<dataset>.+)_(?P<kind>acc|score)\.csv$")
 VLMEVAL_EVAL_ID = re.compile(r"^T\d{8}-\d{6}")  # VLMEvalKit's per-invocation subfolders (copies)
+LMMS_METHODS = {spec.lmms_model: spec.name for spec in METHODS.values()}  # pdrop-eval's lmms-eval models
 
 
 @dataclass(frozen=True)
@@ -55,16 +58,11 @@ def mean_flops(parts) -> Flops | None:
     )
 
 
-@dataclass
-class Stats:
-    """Our statistics file (`*pdrop_stats*.json`), as far as the report needs it."""
-
-    path: Path
-    model: str
-    pretrained: str
-    drop: DropConfig
-    flops: Flops | None  # None when the run recorded no samples
-    flops_by_task: dict[str, Flops]
+def flops_by_task(run_stats: stats.RunStats) -> dict[str, Flops]:
+    by_task: dict[str, list[Flops]] = {}
+    for sample in run_stats.samples:
+        by_task.setdefault(sample.task, []).append(Flops(sample.stats.tflops_paper, sample.stats.tflops_actual, 1))
+    return {task: mean_flops(parts) for task, parts in by_task.items()}
 
 
 @dataclass
@@ -72,69 +70,63 @@ class Run:
     framework: str  # "lmms-eval" | "vlmeval"
     source: Path  # the results JSON, or the VLMEvalKit model folder
     adapter: str  # the framework's model name, e.g. llava_next_pdrop
-    pretrained: str  # checkpoint path or hub id
+    pretrained: str  # checkpoint path or hub id ("" when unknown)
     scores: list[Score]
-    stats: Stats | None = None
+    drop: DropConfig | None = None  # from the statistics file, or lmms-eval's model_args
+    stats: stats.RunStats | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
-    def drop(self) -> DropConfig | None:
-        return self.stats.drop if self.stats else None
+    def checkpoint(self) -> str:
+        """The checkpoint's identity: its full path or hub id ("" when unknown)."""
+        return self.pretrained.rstrip("/")
+
+    @property
+    def flops(self) -> Flops | None:
+        """Mean TFLOPs over all of the run's samples (None without a statistics file or samples)."""
+        return mean_flops(flops_by_task(self.stats).values()) if self.stats else None
 
     def flops_for(self, task: str) -> Flops | None:
         """Mean TFLOPs of this run's samples of `task` (all samples if the file has no split)."""
         if self.stats is None:
             return None
-        return self.stats.flops_by_task.get(task, self.stats.flops)
+        return flops_by_task(self.stats).get(task, self.flops)
 
 
 def checkpoint_name(pretrained: str) -> str:
-    """What tables call a checkpoint: the last part of its path or hub id."""
+    """The last part of a checkpoint's path or hub id."""
     return Path(pretrained.rstrip("/")).name
 
 
+def short_names(checkpoints) -> dict[str, str]:
+    """A short, unique display name per checkpoint: the last path part, with as many parent parts as
+    it takes to tell checkpoints apart (``/ckpt/runA/final``, ``/ckpt/runB/final`` -> ``runA/final``,
+    ``runB/final``). Empty names are left out."""
+    parts = {checkpoint: Path(checkpoint).parts for checkpoint in set(checkpoints) if checkpoint}
+    depth = dict.fromkeys(parts, 1)
+    while True:
+        names = {checkpoint: str(Path(*path[-depth[checkpoint]:])) for checkpoint, path in parts.items()}
+        taken = list(names.values())
+        clashing = [checkpoint for checkpoint, name in names.items() if taken.count(name) > 1 and depth[checkpoint] < len(parts[checkpoint])]
+        if not clashing:
+            return names
+        for checkpoint in clashing:
+            depth[checkpoint] += 1
+
+
 # ----- our statistics file -----------------------------------------------------------------------
-def _number(value, path: Path, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ReportInputError(f"{path}: {name} should be a number, got {value!r}")
-    return float(value)
-
-
-def drop_config_from_stats(drop: dict, path: Path) -> DropConfig:
+def read_stats(path: Path) -> stats.RunStats:
     try:
-        return DropConfig.from_dict(drop)
-    except (TypeError, ValueError) as error:
-        raise ReportInputError(f"{path}: invalid drop config {drop!r}: {error}") from None
+        return stats.read_run_stats(path)
+    except stats.StatsFileError as error:
+        raise ReportInputError(str(error)) from None
 
 
-def read_stats(path: Path) -> Stats:
-    what = f"a pdrop-eval statistics file (schema {STATS_SCHEMA})"
-    data = read_json_object(path, what)
-    if data.get("schema") != STATS_SCHEMA:
-        raise ReportInputError(f"{path}: schema is {data.get('schema')!r}, expected {STATS_SCHEMA!r}")
-    require(data, path, "statistics file", "model", "pretrained", "drop", "samples")
-    samples = data["samples"]
-    if not isinstance(samples, list):
-        raise ReportInputError(f"{path}: 'samples' should be a list")
-    by_task: dict[str, list[Flops]] = {}
-    for index, sample in enumerate(samples):
-        if not isinstance(sample, dict):
-            raise ReportInputError(f"{path}: samples[{index}] should be an object")
-        require(sample, path, f"statistics sample (samples[{index}])", "task", "tflops_paper", "tflops_actual")
-        flops = Flops(
-            _number(sample["tflops_paper"], path, f"samples[{index}].tflops_paper"),
-            _number(sample["tflops_actual"], path, f"samples[{index}].tflops_actual"),
-            1,
-        )
-        by_task.setdefault(str(sample["task"]), []).append(flops)
-    return Stats(
-        path=path,
-        model=str(data["model"]),
-        pretrained=str(data["pretrained"]),
-        drop=drop_config_from_stats(data["drop"], path),
-        flops=mean_flops(flops for parts in by_task.values() for flops in parts),
-        flops_by_task={task: mean_flops(parts) for task, parts in by_task.items()},
-    )
+def finite(value, path: Path, key: str) -> float:
+    """A score read from `path` at `key`: a finite number, else an error naming both."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ReportInputError(f"{path}: {key} is {value!r}, not a finite number")
+    return float(value)
 
 
 # ----- lmms-eval ---------------------------------------------------------------------------------
@@ -157,6 +149,15 @@ def _lmms_metrics(task_results: dict) -> dict[str, float]:
     return metrics
 
 
+def lmms_setting(model: str, model_args: dict[str, str]) -> tuple[str, DropConfig | None]:
+    """The checkpoint and drop config a pdrop-eval lmms-eval model ran with, from its model_args as the
+    results file records them ("" and None for other models). Raises ValueError on bad arguments."""
+    if model not in LMMS_METHODS:
+        return model_args.get("pretrained", ""), None
+    checkpoint = presets.resolve_model_args(model_args.get("model_preset"), {"pretrained": model_args.get("pretrained")})
+    return checkpoint.get("pretrained", ""), resolve_drop(LMMS_METHODS[model], model_args, owner=model)
+
+
 def read_lmms_results(path: Path) -> Run:
     what = "an lmms-eval results file (<date>_results.json)"
     data = read_json_object(path, what)
@@ -165,7 +166,11 @@ def read_lmms_results(path: Path) -> Run:
     if not isinstance(results, dict) or not isinstance(config, dict) or "model" not in config:
         raise ReportInputError(f"{path}: not {what}: 'results' and 'config.model' are missing or malformed")
     model_args = _model_args_dict(config.get("model_args"), path)
-    run = Run("lmms-eval", path, str(config["model"]), model_args.get("pretrained", ""), scores=[])
+    try:
+        pretrained, drop = lmms_setting(str(config["model"]), model_args)
+    except (TypeError, ValueError) as error:
+        raise ReportInputError(f"{path}: config.model_args {config.get('model_args')!r}: {error}") from None
+    run = Run("lmms-eval", path, str(config["model"]), pretrained, scores=[], drop=drop)
     groups = {name for name, subtasks in (data.get("group_subtasks") or {}).items() if subtasks}
     for task, task_results in results.items():
         if task in groups:  # a group's entry repeats its subtasks (or nothing); the subtasks are read
@@ -175,14 +180,40 @@ def read_lmms_results(path: Path) -> Run:
         metrics = _lmms_metrics(task_results)
         chosen = lmms_task_metric(task, metrics)
         if chosen is None:
-            run.notes.append(f"{path}: task {task!r} reports no metric the report knows ({', '.join(sorted(metrics)) or 'none'})")
+            run.notes.append(f"{path}: task {task!r} reports no metric the report knows ({', '.join(sorted(metrics)) or 'none'}); not scored")
             continue
         benchmark, metric = chosen
-        value = metrics[metric]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ReportInputError(f"{path}: results.{task}.{metric} is {value!r}, not a number")
-        run.scores.append(Score(benchmark, float(value) * LMMS_METRIC_FACTORS[metric], task, path))
+        value = finite(metrics[metric], path, f"results.{task}.{metric},none")
+        run.scores.append(Score(benchmark, value * LMMS_METRIC_FACTORS[metric], task, path))
+    _attach_lmms_stats(run, config.get("model_args"))
     return run
+
+
+def _attach_lmms_stats(run: Run, model_args) -> None:
+    """Give `run` the statistics file written for it, `<date>_pdrop_stats.json`, after checking its
+    link: it names this results file, records the same model_args and the drop setting they give."""
+    path = stats.lmms_stats_path(run.source)
+    if not path.is_file():
+        run.notes.append(f"{run.source}: no statistics file for this run ({path.name}), so no TFLOPs")
+        return
+    run_stats = read_stats(path)
+    if run_stats.results_file != run.source.name or run_stats.model != run.adapter:
+        raise ReportInputError(
+            f"{path}: belongs to {run_stats.model}'s results file {run_stats.results_file!r}, not to "
+            f"{run.source} ({run.adapter}); rename or remove it"
+        )
+    if run_stats.model_args != model_args:
+        raise ReportInputError(
+            f"{path}: records model_args {run_stats.model_args!r}, but {run.source} was run with {model_args!r}; "
+            "these statistics are not this run's"
+        )
+    if run.drop is not None and run_stats.drop != run.drop:
+        raise ReportInputError(
+            f"{path}: records drop setting {run_stats.drop.describe()}, but the model_args of {run.source} "
+            f"give {run.drop.describe()}"
+        )
+    run.stats, run.drop = run_stats, run_stats.drop
+    run.pretrained = run.pretrained or run_stats.pretrained
 
 
 # ----- VLMEvalKit --------------------------------------------------------------------------------
@@ -199,9 +230,10 @@ def _read_score_csv(path: Path) -> list[dict[str, str]]:
 
 def _csv_number(row: dict, column: str, path: Path) -> float:
     try:
-        return float(row[column])
+        value = float(row[column])
     except (KeyError, TypeError, ValueError):
         raise ReportInputError(f"{path}: no numeric {column!r} column in {list(row)}") from None
+    return finite(value, path, f"column {column!r}")
 
 
 def _overall_row(rows: list[dict], path: Path) -> dict:
@@ -233,60 +265,51 @@ def read_vlmeval_score(path: Path, dataset: str) -> Score:
 
 
 def read_vlmeval_model_dir(folder: Path) -> Run:
-    """`<work_dir>/<model>/`: `<model>_<dataset>_acc.csv` / `_score.csv`, `status.json`."""
-    status_path = folder / "status.json"
+    """`<work_dir>/<model>/`: `<model>_<dataset>_acc.csv` / `_score.csv`, `status.json`, and our
+    `<model>_pdrop_stats.json` (linked to that status.json)."""
+    status_path = folder / stats.VLMEVAL_RESULTS_FILE
     status = read_json_object(status_path, "VLMEvalKit's status.json") if status_path.exists() else {}
     model = str(status.get("model_name") or folder.name)
     run = Run("vlmeval", folder, model, "", scores=[])
     prefix = f"{model}_"
+    recorded = status.get("datasets", {})
     for path in sorted(folder.glob("*.csv")):
         match = VLMEVAL_SCORE_FILE.match(path.name)
         if not match or not path.name.startswith(prefix):
             continue
         dataset = match["dataset"][len(prefix):]
-        if dataset in status.get("datasets", {}) or not status:
+        if dataset in recorded or not status:
             run.scores.append(read_vlmeval_score(path, dataset))
-    for dataset, entry in status.get("datasets", {}).items():
-        if isinstance(entry, dict) and (entry.get("error_message") or entry.get("skip_reason")):
-            reason = entry.get("error_message") or entry.get("skip_reason")
-            run.notes.append(f"{status_path}: {dataset} was not scored ({str(reason)[:160]})")
+    scored = {score.task for score in run.scores}
+    for dataset, entry in recorded.items():
+        if dataset not in scored:
+            entry = entry if isinstance(entry, dict) else {}
+            reason = entry.get("error_message") or entry.get("skip_reason") or "no score file; no reason recorded"
+            run.notes.append(f"{status_path}: {dataset} was not scored ({str(reason)[:160]}); left out")
+    _attach_vlmeval_stats(run)
     return run
 
 
-# ----- finding runs and their statistics files ----------------------------------------------------
-def _fits(stats: Stats, run: Run) -> bool:
-    """Could `stats` have been written by `run`? Same model name, checkpoint and tasks."""
-    tasks = {score.task for score in run.scores}
-    same_checkpoint = not run.pretrained or checkpoint_name(stats.pretrained) == checkpoint_name(run.pretrained)
-    return stats.model == run.adapter and same_checkpoint and set(stats.flops_by_task) <= tasks
-
-
-def attach_stats(run: Run, candidates: list[Stats]) -> None:
-    """Give `run` the one statistics file in its folder that fits it (preferring one whose name
-    starts like the results file's `<date>_`); a run without one keeps dashes for TFLOPs."""
-    fitting = [stats for stats in candidates if _fits(stats, run)]
-    date = run.source.name[: -len(LMMS_RESULTS_SUFFIX)] if run.source.name.endswith(LMMS_RESULTS_SUFFIX) else None
-    same_date = [stats for stats in fitting if date and stats.path.name.startswith(date)]
-    chosen = same_date or fitting
-    if len(chosen) > 1:
-        names = ", ".join(str(stats.path) for stats in chosen)
-        raise ReportInputError(f"{run.source}: several statistics files fit this run ({names}); keep one run per folder")
-    if not chosen:
-        run.notes.append(f"{run.source}: no pdrop-eval statistics file ({STATS_GLOB}) beside it, so no TFLOPs")
+def _attach_vlmeval_stats(run: Run) -> None:
+    path = stats.vlmeval_stats_path(run.source, run.adapter)
+    if not path.is_file():
+        run.notes.append(f"{run.source}: no statistics file for this run ({path.name}), so no TFLOPs")
         return
-    run.stats = chosen[0]
-    run.pretrained = run.pretrained or chosen[0].pretrained
+    run_stats = read_stats(path)
+    if (run_stats.framework, run_stats.model, run_stats.results_file) != ("vlmeval", run.adapter, stats.VLMEVAL_RESULTS_FILE):
+        raise ReportInputError(
+            f"{path}: belongs to {run_stats.framework} model {run_stats.model!r} ({run_stats.results_file}), "
+            f"not to the VLMEvalKit model folder {run.source} ({run.adapter})"
+        )
+    run.stats, run.drop, run.pretrained = run_stats, run_stats.drop, run_stats.pretrained
 
 
+# ----- finding runs --------------------------------------------------------------------------------
 def _runs_in_folder(folder: Path, names: list[str]) -> list[Run]:
-    runs = [read_lmms_results(folder / name) for name in sorted(names) if name.endswith(LMMS_RESULTS_SUFFIX)]
-    has_vlmeval = "status.json" in names or any(VLMEVAL_SCORE_FILE.match(name) for name in names)
+    runs = [read_lmms_results(folder / name) for name in sorted(names) if name.endswith(stats.LMMS_RESULTS_SUFFIX)]
+    has_vlmeval = stats.VLMEVAL_RESULTS_FILE in names or any(VLMEVAL_SCORE_FILE.match(name) for name in names)
     if has_vlmeval:
         runs.append(read_vlmeval_model_dir(folder))
-    if runs:
-        candidates = [read_stats(path) for path in sorted(folder.glob(STATS_GLOB))]
-        for run in runs:
-            attach_stats(run, candidates)
     return runs
 
 
@@ -295,9 +318,9 @@ def find_runs(paths) -> list[Run]:
     runs = []
     for path in map(Path, paths):
         if path.is_file():
-            if not path.name.endswith(LMMS_RESULTS_SUFFIX):
-                raise ReportInputError(f"{path}: not an lmms-eval results file (*{LMMS_RESULTS_SUFFIX}) nor a run folder")
-            runs.extend(_runs_in_folder_for_file(path))
+            if not path.name.endswith(stats.LMMS_RESULTS_SUFFIX):
+                raise ReportInputError(f"{path}: not an lmms-eval results file (*{stats.LMMS_RESULTS_SUFFIX}) nor a run folder")
+            runs.append(read_lmms_results(path))
             continue
         if not path.is_dir():
             raise FileNotFoundError(f"no such run folder or results file: {path}")
@@ -307,13 +330,7 @@ def find_runs(paths) -> list[Run]:
             found.extend(_runs_in_folder(Path(folder), names))
         if not found:
             raise ReportInputError(
-                f"{path}: no lmms-eval results (*{LMMS_RESULTS_SUFFIX}) or VLMEvalKit scores (status.json, *_acc.csv, *_score.csv) in it"
+                f"{path}: no lmms-eval results (*{stats.LMMS_RESULTS_SUFFIX}) or VLMEvalKit scores (status.json, *_acc.csv, *_score.csv) in it"
             )
         runs.extend(found)
     return runs
-
-
-def _runs_in_folder_for_file(path: Path) -> list[Run]:
-    run = read_lmms_results(path)
-    attach_stats(run, [read_stats(stats) for stats in sorted(path.parent.glob(STATS_GLOB))])
-    return [run]

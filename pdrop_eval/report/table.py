@@ -1,8 +1,9 @@
 """Rows of a report (one per checkpoint and drop setting), averages, deltas, markdown.
 
-Runs of the same checkpoint and drop config are merged into one row, whichever framework they came
-from; two different values for one benchmark in one row are a conflict: the cell shows both, the
-benchmark leaves that row's average, and the notes name the files.
+Runs of the same checkpoint (its full path or hub id) and drop config are merged into one row,
+whichever framework they came from; the row shows the checkpoint by its shortest unique name. Two
+different values for one benchmark in one row are a conflict: the cell shows both, the benchmark
+leaves that row's average, and the notes name the files.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from tabulate import tabulate
 
 from pdrop_eval.engine.config import METHODS, DropConfig
 from pdrop_eval.report.benchmarks import Benchmark
-from pdrop_eval.report.runs import Run, Score, checkpoint_name, mean_flops
+from pdrop_eval.report.runs import Run, Score, mean_flops, short_names
 
 DASH = "-"
 KIND_ORDER = tuple(spec.kind for spec in METHODS.values())  # the registry's order: vanilla, FastV, PDrop, ...
@@ -31,14 +32,15 @@ def method_label(drop: DropConfig) -> str:
 
 @dataclass
 class Row:
-    model: str
+    model: str  # the checkpoint's display name (unique within a report)
     method: str
-    drop: DropConfig | None  # None when the run had no statistics file
+    drop: DropConfig | None  # None when the run's drop setting is unknown
     scores: dict[str, list[Score]] = field(default_factory=dict)
     tflops_paper: float | None = None
     tflops_measured: float | None = None
     sources: list[Path] = field(default_factory=list)
     reference: bool = False  # a paper row shown beside ours (--compare-paper): never in a delta
+    checkpoint: str = ""  # the full checkpoint path or hub id the row stands for
 
     @property
     def kind(self) -> str | None:
@@ -65,21 +67,23 @@ class Row:
 
 
 def rows_from_runs(runs: list[Run]) -> list[Row]:
-    """One row per (checkpoint, drop config); runs without our statistics file stay separate by
-    their framework model name, since their drop setting is unknown."""
+    """One row per (checkpoint, drop config); runs whose drop setting is unknown stay separate by
+    their framework model name."""
+    names = short_names(run.checkpoint for run in runs)
     rows: dict[tuple, Row] = {}
     flops: dict[tuple, list] = {}
     for run in runs:
-        model = checkpoint_name(run.pretrained) if run.pretrained else run.adapter
-        key = (model, run.drop) if run.drop else (model, run.adapter)
+        identity = ("checkpoint", run.checkpoint) if run.checkpoint else ("model", run.adapter)
+        key = (identity, run.drop) if run.drop else (identity, run.adapter)
         if key not in rows:
-            rows[key] = Row(model, method_label(run.drop) if run.drop else run.adapter, run.drop)
+            model = names.get(run.checkpoint, run.adapter)
+            rows[key] = Row(model, method_label(run.drop) if run.drop else run.adapter, run.drop, checkpoint=run.checkpoint)
             flops[key] = []
         row = rows[key]
         for score in run.scores:
             row.add(score)
         row.sources.append(run.source)
-        flops[key].append(run.stats.flops if run.stats else None)
+        flops[key].append(run.flops)
     for key, row in rows.items():
         mean = mean_flops(flops[key])
         if mean:

@@ -29,13 +29,6 @@ def lmms_document(results_file: Path, task: str, doc_id: int) -> EvaluatedDocume
     return EvaluatedDocument(images=images, question=str(logged.get("input", "")), answer=answer if isinstance(answer, str) else json.dumps(answer))
 
 
-def lmms_model_args(results_file: Path) -> dict:
-    """The run's ``--model_args`` as lmms-eval recorded them in the results file."""
-    from pdrop_eval.keyvalue import parse_key_values
-
-    return parse_key_values(str(json.loads(Path(results_file).read_text()).get("config", {}).get("model_args") or ""), "model_args key")
-
-
 def _logged_sample(samples_file: Path, doc_id: int) -> dict:
     with samples_file.open(encoding="utf-8") as lines:
         for line in lines:

@@ -13,20 +13,19 @@ device_map, attn_implementation, max_new_tokens, drop_preset, and the method's o
 `keys`). A key given twice is an error. The batch size and device are lmms-eval's own
 ``--batch_size`` and ``--device``.
 
-Statistics (schema in `pdrop_eval.stats`): every process records one entry per document it answered.
-When the evaluator calls `clean()` after the last request (on every process), the entries are gathered
-on rank 0. When that process exits, it finds the ``<date>_results.json`` lmms-eval wrote during this
-run under ``--output_path`` (config.model equal to this model's name) and writes
-``<date>_pdrop_stats.json`` beside it. Without ``--output_path`` on the command line nothing is written.
+Statistics (`pdrop_eval.stats`): every process records one entry per document it answered. When the
+evaluator calls `clean()` after the last request (on every process), the entries are gathered on rank
+0, which then waits for lmms-eval to save this run's results: its `EvaluationTracker` knows the exact
+``<date>_results.json`` it wrote, so right after saving it this process writes ``<date>_pdrop_stats.json``
+beside it, naming that file and the run's model_args as lmms-eval recorded them. A run that fails
+before its results are saved, or saves none (no ``--output_path``), writes no statistics.
 """
 
 from __future__ import annotations
 
-import argparse
-import atexit
 import json
-import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,6 +46,7 @@ from pdrop_eval.options import (
 )
 from pdrop_eval.wrapper import LlavaRunner, Query, load_image, plan_batches
 
+FRAMEWORK = "lmms-eval"
 # generation_kwargs of lmms-eval tasks. image_aspect_ratio steers the original LLaVA repo's
 # preprocessing; the HF processors fix it per architecture, so it is accepted and ignored.
 GENERATION_KEYS = ("until", "max_new_tokens", "temperature", "top_p", "num_beams", "do_sample", "image_aspect_ratio")
@@ -77,10 +77,9 @@ class LlavaDropModel(lmms):
         self._world_size = self.accelerator.num_processes
         self._device = torch.device(_process_device(resolved.device, self.accelerator.local_process_index))
         self._runner = LlavaRunner.from_options(resolved, device=self._device)
-        self._samples: list[dict] = []
+        self._samples: list[stats.SampleRecord] = []
         self._seconds = 0.0  # wall-clock time spent answering requests in this process
-        self._started = time.time()
-        self._run_stats: dict | None = None
+        self._model_args: str | None = None  # as lmms-eval passed them (create_from_arg_string)
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
@@ -97,7 +96,9 @@ class LlavaDropModel(lmms):
                 f"{cls.model_id}: {duplicated} given in --model_args and by lmms-eval's own options "
                 f"(--batch_size, --max_batch_size, --device); set them with those options only"
             )
-        return cls(**model_args, **cli_settings)
+        model = cls(**model_args, **cli_settings)
+        model._model_args = arg_string
+        return model
 
     @property
     def device(self) -> torch.device:
@@ -206,42 +207,29 @@ class LlavaDropModel(lmms):
         return len(self._runner.tokenizer(text).input_ids)
 
     # ----- statistics ------------------------------------------------------------------------------
-    def _record(self, request, sample_stats) -> None:
+    def _record(self, request, sample_stats: stats.SampleStats) -> None:
         if request.metadata.get("__padding_only__"):  # filler the evaluator adds to even out processes
             return
-        kept = sample_stats.kept if self._save_kept else None
-        self._samples.append(stats.sample_record(request.task_name, request.doc_id, sample_stats.to_dict(), kept))
+        recorded = sample_stats if self._save_kept else replace(sample_stats, kept=None)  # kept lists are large
+        self._samples.append(stats.SampleRecord(request.task_name, request.doc_id, recorded))
 
     def clean(self) -> None:
-        """Called by the evaluator on every process after the last request: gather statistics on rank 0."""
-        gathered = stats.gather_from_all_processes((self._samples, self._seconds))
+        """Called by the evaluator on every process after the last request: gather statistics on rank 0,
+        to be written when lmms-eval saves this run's results (`_statistics_awaiting_results`)."""
+        local = stats.RunStats(
+            framework=FRAMEWORK,
+            model=self.model_id,
+            pretrained=self._runner.pretrained,
+            architecture=self._runner.architecture,
+            drop=self._drop,
+            model_dims=self._runner.model_dims,
+            wall_time_s=self._seconds,
+            samples=tuple(self._samples),
+        )
+        gathered = stats.gather_from_all_processes(local)
         if self.rank == 0:
-            self._run_stats = stats.build_run_stats(
-                framework="lmms-eval",
-                model=self.model_id,
-                pretrained=self._runner.pretrained,
-                architecture=self._runner.architecture,
-                drop=self._drop.to_dict(),
-                model_dims=self._runner.model_dims,
-                world_size=self.world_size,
-                wall_time_s=max(seconds for _samples, seconds in gathered),
-                samples=[sample for samples, _seconds in gathered for sample in samples],
-            )
-            atexit.register(self._write_stats_beside_results)
+            _await_results_file(stats.merge_processes(gathered), self._model_args)
         super().clean()
-
-    def _write_stats_beside_results(self) -> None:
-        output_path = _cli_output_path()
-        if output_path is None:
-            logger.warning(f"{self.model_id}: no --output_path on the command line, so no pdrop statistics file is written")
-            return
-        results_file = _results_file_of_this_run(Path(output_path), self.model_id, self._started)
-        if results_file is None:
-            logger.warning(f"{self.model_id}: found no results file of this run under {output_path}; pdrop statistics not written")
-            return
-        path = results_file.with_name(results_file.name.removesuffix("_results.json") + stats.FILE_SUFFIX)
-        stats.write_run_stats(path, self._run_stats)
-        logger.info(f"{self.model_id}: wrote {path}")
 
 
 class ChatRequests:
@@ -314,24 +302,69 @@ def _process_device(device: str, local_index: int) -> str:
     return f"cuda:{local_index}" if device == "cuda" else device
 
 
-def _cli_output_path() -> str | None:
-    """lmms-eval's --output_path, read from this process's command line."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--output_path")
-    known, _rest = parser.parse_known_args(sys.argv[1:])
-    return known.output_path
+# ----- statistics beside this run's own results file ------------------------------------------------
+# Set on rank 0 by `clean()`: (this run's statistics, its model_args), until lmms-eval saves the results.
+_statistics_awaiting_results: tuple[stats.RunStats, str | None] | None = None
 
 
-def _results_file_of_this_run(output_path: Path, model_id: str, since: float) -> Path | None:
-    """The newest ``*_results.json`` under `output_path` written after `since` for `model_id`."""
-    candidates = []
-    for path in output_path.glob("**/*_results.json"):
-        if path.stat().st_mtime < since:
-            continue
-        try:
-            model = json.loads(path.read_text()).get("config", {}).get("model")
-        except (OSError, json.JSONDecodeError):
-            continue
-        if model == model_id:
-            candidates.append(path)
-    return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
+def _await_results_file(run_stats: stats.RunStats, model_args: str | None) -> None:
+    global _statistics_awaiting_results
+    _statistics_awaiting_results = (run_stats, model_args)
+    _write_statistics_after_results_are_saved()
+
+
+def _write_statistics_after_results_are_saved() -> None:
+    """Make lmms-eval's `EvaluationTracker.save_results_aggregated` write the awaiting statistics right
+    after it saved the results: only the tracker knows the exact name of the file it wrote."""
+    from lmms_eval.loggers.evaluation_tracker import EvaluationTracker
+
+    save_results = EvaluationTracker.save_results_aggregated
+    if getattr(save_results, "writes_pdrop_statistics", False):
+        return
+
+    def save_results_then_statistics(tracker, results, samples, datetime_str):
+        save_results(tracker, results, samples, datetime_str)
+        _write_awaiting_statistics(tracker, results, datetime_str)
+
+    save_results_then_statistics.writes_pdrop_statistics = True
+    EvaluationTracker.save_results_aggregated = save_results_then_statistics
+
+
+def _write_awaiting_statistics(tracker, results: dict, datetime_str: str) -> None:
+    """Write the awaiting statistics beside the results file `tracker` just saved, if these results are
+    that run's (same model and model_args); otherwise, or when the file cannot be found for sure,
+    write nothing rather than guess."""
+    global _statistics_awaiting_results
+    awaiting, _statistics_awaiting_results = _statistics_awaiting_results, None
+    if awaiting is None:
+        return
+    run_stats, model_args = awaiting
+    config = results.get("config") or {}
+    if config.get("model") != run_stats.model or model_args is None or config.get("model_args") != model_args:
+        logger.warning(
+            f"{run_stats.model}: the results being saved are not this run's (model {config.get('model')!r}, "
+            f"model_args {config.get('model_args')!r}); pdrop statistics not written"
+        )
+        return
+    results_file = _saved_results_file(tracker, datetime_str, model_args)
+    if results_file is None:
+        logger.warning(f"{run_stats.model}: lmms-eval saved no results file for this run (no --output_path?); pdrop statistics not written")
+        return
+    path = stats.write_run_stats(stats.lmms_stats_path(results_file), run_stats.linked(results_file.name, model_args))
+    logger.info(f"{run_stats.model}: wrote {path}")
+
+
+def _saved_results_file(tracker, datetime_str: str, model_args: str) -> Path | None:
+    """The ``<date>_results.json`` `tracker` wrote for the run of `datetime_str` (lmms-eval 0.7.3:
+    ``<output_path>/<model_name_sanitized>/<date_id>_results.json``), checked by reading it back."""
+    date_id = getattr(tracker, "date_id", None)  # set by save_results_aggregated just before writing
+    if not tracker.output_path or date_id != datetime_str.replace(":", "-"):
+        return None
+    path = Path(tracker.output_path) / tracker.general_config_tracker.model_name_sanitized / f"{date_id}{stats.LMMS_RESULTS_SUFFIX}"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if saved.get("date") != datetime_str or (saved.get("config") or {}).get("model_args") != model_args:
+        return None
+    return path
