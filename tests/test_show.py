@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from transformers import AutoProcessor
 
@@ -179,4 +180,5 @@ def test_show_run_draws_an_evaluated_vlmeval_row(vlmeval_kept_run, tmp_path, cap
     out = tmp_path / "pictures"
     assert main(["show", "--run", str(work_dir), "--doc", "2", "--task", TOY_MCQ, "--out", str(out)]) == 0
     assert f"{TOY_MCQ} doc 2: " in capsys.readouterr().out
+    assert torch.is_grad_enabled()  # VLMEvalKit's import turns autograd off; reading a row must not
     assert [path.name for path in out.iterdir()] == [f"{TOY_MCQ}_doc2_image1.png"]

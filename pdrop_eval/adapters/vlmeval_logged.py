@@ -13,7 +13,12 @@ from pdrop_eval.show import EvaluatedDocument
 def vlmeval_document(model_dir: Path, model: str, dataset: str, index) -> EvaluatedDocument:
     ensure_torchvision_importable()  # before VLMEvalKit imports torchvision
     import pandas as pd
+    import torch
+
+    grad_enabled = torch.is_grad_enabled()
     from vlmeval.dataset import build_dataset
+
+    torch.set_grad_enabled(grad_enabled)  # importing VLMEvalKit's models turns autograd off process-wide
 
     from pdrop_eval.wrapper import load_image
 
