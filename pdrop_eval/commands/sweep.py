@@ -67,7 +67,12 @@ def eval_options(args) -> dict:
 def run(args) -> int:
     import sys
 
-    from pdrop_eval.pipeline import PipelineError, budget_settings, evaluate_and_report, sweep_settings
+    from pdrop_eval.pipeline import (
+        PipelineError,
+        budget_settings,
+        evaluate_and_report,
+        sweep_settings,
+    )
 
     layer_list = parse_layer_list(args.layer_list) if args.layer_list else None
     if args.tokens:
