@@ -146,8 +146,10 @@ def evaluate_and_report(
     options: dict,
     report_name: str,
     force: bool = False,
+    plot_x: str = "tflops",
 ) -> str:
-    """Run every setting, then write `<report_name>.md` and `.png` into `out_dir`; returns the markdown."""
+    """Run every setting, then write `<report_name>.md` and `.png` (x axis `plot_x`: TFLOPs or tokens)
+    into `out_dir`; returns the markdown."""
     out_dir = Path(out_dir)
     check_settings_fit(pretrained, settings)
     markdown_path, plot_path = out_dir / f"{report_name}.md", out_dir / f"{report_name}.png"
@@ -158,5 +160,5 @@ def evaluate_and_report(
         run_lmms_eval(lmms_eval_command(pretrained, setting, tasks, output_path, options), output_path)
     report = build_report([runs_dir])
     write_text(markdown_path, report.markdown, force=False)
-    write_plot(report.runs, plot_path)
+    write_plot(report.runs, plot_path, x=plot_x)
     return report.markdown + f"\nReport: {markdown_path}\nPlot: {plot_path}\n"

@@ -15,6 +15,7 @@ from pdrop_eval.engine import budget as budgets
 from pdrop_eval.engine.config import DropConfig
 from pdrop_eval.flops import PRESETS, image_tokens_from_config, layer_flops
 from pdrop_eval.options import resolve_model_options
+from pdrop_eval.pipeline import budget_settings
 
 LLAVA15 = PRESETS["llava-1.5-7b"]
 NEXT = PRESETS["llava-next-7b"]
@@ -214,6 +215,19 @@ def test_budget_model_option_is_solved_for_the_checkpoint(method, options, expec
 def test_bad_budget_model_options_are_clear_errors(method, options, message, tiny_llava):
     with pytest.raises(ValueError, match=message):
         resolve_model_options(method, {"pretrained": str(tiny_llava), **options}, owner="model")
+
+
+def test_sweep_budgets_are_solved_for_the_checkpoint(tiny_llava, tiny_llava_next, tmp_path, capsys):
+    settings = budget_settings(str(tiny_llava), "pdrop", ["16", "25%"], True)
+    assert [setting.name for setting in settings] == ["vanilla", "pdrop-avg_layer-16", "pdrop-avg_layer-25pct"]
+    assert [setting.drop for setting in settings[1:]] == [DropConfig.for_budget(16, model=str(tiny_llava)),
+                                                          DropConfig.for_budget("25%", model=str(tiny_llava))]
+    (fastv,) = budget_settings(str(tiny_llava_next), "fastv", ["22%"], False, convention="after_drop", fastv_k=3)
+    assert fastv.drop == DropConfig.for_budget("22%", "fastv", model=str(tiny_llava_next), convention="after_drop", fastv_k=3)
+    argv = ["sweep", "--pretrained", str(tiny_llava_next), "--method", "pdrop", "--tokens", "64", "--tasks", "pdrop_local_vqa",
+            "--out-dir", str(tmp_path / "sweep")]
+    assert cli_main(argv) == 2  # an absolute budget on LLaVA-NeXT, refused before any run
+    assert "varies per image (up to N=336)" in capsys.readouterr().err and not (tmp_path / "sweep").exists()
 
 
 def test_schedule_command_prints_exact_schedules(capsys):

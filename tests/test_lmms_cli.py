@@ -22,6 +22,8 @@ from conftest import hand_image_tokens_per_layer, hand_tflops
 from pdrop_eval import flops, stats
 from pdrop_eval.engine import budget
 from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.report import build_report
+from pdrop_eval.report.plot import plot_points
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "tasks"
@@ -346,8 +348,18 @@ def test_tflops_budget_holds_in_a_real_run(lmms_env, tiny_llava, tmp_path):
     run = Run(lmms_env, tmp_path, "llava_next_pdrop",
               f"pretrained={tiny_llava},dtype=float32,max_new_tokens=2,budget={target!r},budget_convention=tflops",
               "pdrop_local_vqa", batch_size=2, extra=("--limit", "2"))
-    samples = run.stats()["samples"]
+    run_stats = run.stats()
+    samples = run_stats["samples"]
     assert len(samples) == 2
     for sample in samples:
         assert sample["num_image_tokens"] == 64
         assert abs(sample["tflops_paper"] - target) / target < 0.01
+    # The report takes the solved setting from the statistics file (the model_args hold only the budget),
+    # with the samples' average image tokens per layer in its column and on the plot's token axis.
+    report = build_report([tmp_path])
+    (row,) = report.rows
+    average = sum(sum(s["image_tokens_per_layer"]) / 32 for s in samples) / len(samples)
+    assert row.drop == DropConfig.from_dict(run_stats["drop"]) and row.avg_image_tokens == pytest.approx(average)
+    assert f"| {average:.1f} " in report.markdown and "(1/L)·Σ_l n_l" in report.markdown
+    (series,) = plot_points(report.runs, x="tokens")["pdrop_local_vqa"].values()
+    assert [x for x, _score in series] == [pytest.approx(average)]

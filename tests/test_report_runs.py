@@ -22,6 +22,8 @@ LOCAL_TASK_METRICS = {
     "pdrop_local_mcq_ll": "acc",
 }
 METHOD_OF_FOLDER = {"vanilla": "vanilla", "pdrop": "PDrop λ=0.5", "fastv": "FastV K=2 R=0.5"}
+# (1/L)·Σ_l n_l by hand for N=64, 32 layers: PDrop 8/16/24 λ=0.5 keeps 32/16/8; FastV K=2 R=0.5 keeps 32.
+HAND_AVG_IMAGE_TOKENS = {"vanilla": "64.0", "pdrop": f"{(8 * 64 + 8 * 32 + 8 * 16 + 8 * 8) / 32:.1f}", "fastv": f"{(2 * 64 + 30 * 32) / 32:.1f}"}
 
 
 def table(markdown: str) -> dict[tuple[str, str], dict[str, str]]:
@@ -52,6 +54,8 @@ def test_lmms_eval_runs_land_in_the_right_cells(demo_run):
         paper = sum(s["tflops_paper"] for s in samples) / len(samples)
         measured = sum(s["tflops_actual"] for s in samples) / len(samples)
         assert (row["TFLOPs (paper conv.)"], row["TFLOPs (measured)"]) == (f"{paper:.3g}", f"{measured:.3g}")
+        average = sum(sum(s["image_tokens_per_layer"]) / len(s["image_tokens_per_layer"]) for s in samples) / len(samples)
+        assert row["avg image tokens"] == f"{average:.1f}" == HAND_AVG_IMAGE_TOKENS[folder]
         paper_flops[folder] = paper
     # Independent check of the paper convention: the tiny LLaVA has 64 image tokens per image, 32 layers.
     dims = stats["model_dims"]

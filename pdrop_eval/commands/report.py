@@ -20,6 +20,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--delta", default=DEFAULT_DELTA, metavar="A:B", help=f"Δ row per model: A minus B, each a method kind ({'/'.join(KIND_ORDER)}) or an exact method label (default: %(default)s)")
     parser.add_argument("--out", metavar="FILE.md", help="also write the markdown here")
     parser.add_argument("--plot", metavar="FILE.png", help="also write score-vs-TFLOPs panels (one per benchmark) here")
+    parser.add_argument("--x", choices=("tflops", "tokens"), default="tflops", help="the plot's x axis: TFLOPs or avg image tokens per layer (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="overwrite --out / --plot files")
     parser.set_defaults(func=run)
 
@@ -38,5 +39,5 @@ def run(args) -> int:
     if args.out:
         write_text(Path(args.out), report.markdown, args.force)
     if args.plot:
-        write_plot(report.runs, Path(args.plot), args.force)
+        write_plot(report.runs, Path(args.plot), args.force, args.x)
     return 0

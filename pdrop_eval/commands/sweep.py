@@ -1,5 +1,6 @@
-"""`pdrop-eval sweep`: one method over several λ (PyramidDrop) or R (FastV) values through lmms-eval,
-ending in the score-vs-TFLOPs table and plot."""
+"""`pdrop-eval sweep`: one method over several λ (PyramidDrop) or R (FastV) values, or token budgets,
+through lmms-eval, ending in the table (TFLOPs and avg image tokens) and the score-vs-TFLOPs (or
+-tokens) plot."""
 
 
 def _floats(text: str) -> list[float]:
@@ -45,6 +46,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--image-tokens", type=int, default=None, metavar="N", help="the N absolute --tokens count with (needed for LLaVA-NeXT, whose N varies)")
     parser.add_argument("--fastv-k", type=int, default=2, help="FastV layer K (default: %(default)s)")
     parser.add_argument("--no-vanilla", action="store_true", help="skip the no-drop reference run")
+    parser.add_argument("--x", choices=("tflops", "tokens"), default="tflops", help="the plot's x axis: TFLOPs or avg image tokens per layer (default: %(default)s)")
     add_eval_options(parser)
     parser.set_defaults(func=run)
 
@@ -65,7 +67,12 @@ def eval_options(args) -> dict:
 def run(args) -> int:
     import sys
 
-    from pdrop_eval.pipeline import PipelineError, budget_settings, evaluate_and_report, sweep_settings
+    from pdrop_eval.pipeline import (
+        PipelineError,
+        budget_settings,
+        evaluate_and_report,
+        sweep_settings,
+    )
 
     layer_list = parse_layer_list(args.layer_list) if args.layer_list else None
     if args.tokens:
@@ -75,7 +82,7 @@ def run(args) -> int:
         settings = sweep_settings(args.method, args.values, not args.no_vanilla, layer_list or (8, 16, 24), args.fastv_k)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:
-        print(evaluate_and_report(args.pretrained, settings, tasks, args.out_dir, eval_options(args), "sweep", args.force))
+        print(evaluate_and_report(args.pretrained, settings, tasks, args.out_dir, eval_options(args), "sweep", args.force, args.x))
     except PipelineError as error:
         print(f"pdrop-eval sweep: {error}", file=sys.stderr)
         return 1

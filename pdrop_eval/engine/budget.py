@@ -30,7 +30,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from pdrop_eval.engine.config import DropConfig
-from pdrop_eval.flops import ModelDims, dims_from_config_dict, image_tokens_from_config, layer_flops, paper_tflops, resolve_dims, tflops
+from pdrop_eval.flops import (
+    ModelDims,
+    dims_from_config_dict,
+    image_tokens_from_config,
+    layer_flops,
+    paper_tflops,
+    resolve_dims,
+    tflops,
+)
 
 CONVENTIONS = ("avg_layer", "after_drop", "tflops")
 CONVENTION_TEXT = {

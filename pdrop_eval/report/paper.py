@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pdrop_eval.engine.budget import average_image_tokens
 from pdrop_eval.engine.config import DropConfig
 from pdrop_eval.flops import PRESETS
 from pdrop_eval.report.benchmarks import KNOWN, Benchmark
@@ -92,8 +93,16 @@ def method_name(row: PaperRow) -> str:
     return method_label(row.infer) + (" (PDrop-trained)" if row.train == "pdrop" else "")
 
 
+def paper_avg_image_tokens(row: PaperRow) -> float | None:
+    """(1/L)·Σ_l n_l of the row's setting on the paper's model (None where the table gives no N)."""
+    if row.image_tokens is None:
+        return None
+    num_layers = PRESETS[PRESET_OF_MODEL[row.model]].num_layers
+    return average_image_tokens(row.infer.image_tokens_per_layer(row.image_tokens, num_layers))
+
+
 def report_row(row: PaperRow, path: Path) -> Row:
-    result = Row(model_name(row), method_name(row), row.infer, tflops_paper=row.tflops, sources=[path])
+    result = Row(model_name(row), method_name(row), row.infer, tflops_paper=row.tflops, avg_image_tokens=paper_avg_image_tokens(row), sources=[path])
     for key, value in row.scores.items():
         result.add(Score(KNOWN[key], float(value), f"paper Table {row.table}", path))
     return result
@@ -141,6 +150,8 @@ def reference_row(shown_as: str, paper_model: str, drop: DropConfig, tables: lis
     for table, row in matches:
         result.sources.append(table.path)
         result.tflops_paper = result.tflops_paper if result.tflops_paper is not None else row.tflops
+        if result.avg_image_tokens is None:
+            result.avg_image_tokens = paper_avg_image_tokens(row)
         for key, value in row.scores.items():
             if key not in result.scores:
                 result.add(Score(KNOWN[key], float(value), f"paper Table {table.number}", table.path))

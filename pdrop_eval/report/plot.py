@@ -1,7 +1,8 @@
-"""Score versus TFLOPs, one panel per benchmark (the paper's Figure 4), as a PNG.
+"""Score versus TFLOPs (or retained image tokens), one panel per benchmark (the paper's Figure 4), as a PNG.
 
 Each point is one run's score on one benchmark at the mean paper-convention TFLOPs of that run's
-samples of the benchmark; the points of one checkpoint and method (e.g. a λ sweep) form a line.
+samples of the benchmark, or with ``x="tokens"`` at their mean image tokens per decoder layer,
+(1/L)·Σ_l n_l; the points of one checkpoint and method (e.g. a λ sweep) form a line.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from pdrop_eval.report.runs import Run, short_names
 from pdrop_eval.report.table import method_kind
 
 SPECS_BY_KIND = {spec.kind: spec for spec in METHODS.values()}  # series name and marker per method kind
+X_AXES = {"tflops": "TFLOPs (paper convention)", "tokens": "avg image tokens per layer, (1/L)·Σ_l n_l"}
 
 
-def plot_points(runs: list[Run]) -> dict[str, dict[tuple[str, str], list[tuple[float, float]]]]:
-    """benchmark key -> (checkpoint, method kind) -> sorted (TFLOPs, score) points; runs without
-    TFLOPs are skipped."""
+def plot_points(runs: list[Run], x: str = "tflops") -> dict[str, dict[tuple[str, str], list[tuple[float, float]]]]:
+    """benchmark key -> (checkpoint, method kind) -> sorted (x, score) points, x being TFLOPs or the
+    average image tokens per layer (`X_AXES`); runs without a statistics file are skipped."""
+    if x not in X_AXES:
+        raise ValueError(f"the plot's x axis is one of {', '.join(X_AXES)}, got {x!r}")
     points: dict[str, dict[str, list]] = {}
     names = short_names(run.checkpoint for run in runs)
     for run in runs:
@@ -31,7 +35,8 @@ def plot_points(runs: list[Run]) -> dict[str, dict[tuple[str, str], list[tuple[f
         for score in run.scores:
             flops = run.flops_for(score.task)
             if flops is not None:
-                points.setdefault(score.benchmark.key, {}).setdefault(series, []).append((flops.paper, score.value))
+                position = flops.paper if x == "tflops" else flops.image_tokens
+                points.setdefault(score.benchmark.key, {}).setdefault(series, []).append((position, score.value))
     return {key: {name: sorted(xy) for name, xy in series.items()} for key, series in points.items()}
 
 
@@ -47,11 +52,11 @@ def pyplot():
     return plt
 
 
-def write_plot(runs: list[Run], path: Path, force: bool = False) -> Path:
+def write_plot(runs: list[Run], path: Path, force: bool = False, x: str = "tflops") -> Path:
     plt = pyplot()
     path = Path(path)
     check_writable(path, force)
-    points = plot_points(runs)
+    points = plot_points(runs, x)
     if not points:
         raise ValueError("nothing to plot: no run has both scores and a statistics file with TFLOPs")
     benchmarks: list[Benchmark] = order(score.benchmark for run in runs for score in run.scores if score.benchmark.key in points)
@@ -66,7 +71,7 @@ def write_plot(runs: list[Run], path: Path, force: bool = False) -> Path:
             label = f"{checkpoint} · {spec.series}"
             ax.plot([x for x, _ in xy], [y for _, y in xy], marker=spec.marker, color=colors[(checkpoint, kind)], label=label)
         ax.set_title(benchmark.label)
-        ax.set_xlabel("TFLOPs (paper convention)")
+        ax.set_xlabel(X_AXES[x])
         ax.set_ylabel("points" if benchmark.max_points != 100.0 else "score (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdrop_eval import presets, stats
+from pdrop_eval.engine.budget import average_image_tokens
 from pdrop_eval.engine.config import METHODS, DropConfig
 from pdrop_eval.keyvalue import parse_key_values
 from pdrop_eval.options import resolve_drop
@@ -38,11 +39,13 @@ class Score:
 
 @dataclass(frozen=True)
 class Flops:
-    """Mean TFLOPs per sample: paper convention (image tokens only) and measured (all tokens)."""
+    """Mean cost per sample: TFLOPs in the paper convention (image tokens only) and measured (all
+    tokens), and the image tokens a decoder layer sees on average, (1/L)·Σ_l n_l."""
 
     paper: float
     measured: float
     samples: int
+    image_tokens: float
 
 
 def mean_flops(parts) -> Flops | None:
@@ -55,13 +58,15 @@ def mean_flops(parts) -> Flops | None:
         paper=sum(p.paper * p.samples for p in parts) / total,
         measured=sum(p.measured * p.samples for p in parts) / total,
         samples=total,
+        image_tokens=sum(p.image_tokens * p.samples for p in parts) / total,
     )
 
 
 def flops_by_task(run_stats: stats.RunStats) -> dict[str, Flops]:
     by_task: dict[str, list[Flops]] = {}
     for sample in run_stats.samples:
-        by_task.setdefault(sample.task, []).append(Flops(sample.stats.tflops_paper, sample.stats.tflops_actual, 1))
+        cost = Flops(sample.stats.tflops_paper, sample.stats.tflops_actual, 1, average_image_tokens(sample.stats.image_tokens_per_layer))
+        by_task.setdefault(sample.task, []).append(cost)
     return {task: mean_flops(parts) for task, parts in by_task.items()}
 
 
@@ -155,6 +160,8 @@ def lmms_setting(model: str, model_args: dict[str, str]) -> tuple[str, DropConfi
     if model not in LMMS_METHODS:
         return model_args.get("pretrained", ""), None
     checkpoint = presets.resolve_model_args(model_args.get("model_preset"), {"pretrained": model_args.get("pretrained")})
+    if "budget" in model_args:  # solved for the checkpoint when the model loaded: the statistics file has it
+        return checkpoint.get("pretrained", ""), None
     return checkpoint.get("pretrained", ""), resolve_drop(LMMS_METHODS[model], model_args, owner=model)
 
 

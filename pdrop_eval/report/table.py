@@ -38,6 +38,7 @@ class Row:
     scores: dict[str, list[Score]] = field(default_factory=dict)
     tflops_paper: float | None = None
     tflops_measured: float | None = None
+    avg_image_tokens: float | None = None  # per sample, (1/L)·Σ_l n_l over the decoder layers
     sources: list[Path] = field(default_factory=list)
     reference: bool = False  # a paper row shown beside ours (--compare-paper): never in a delta
     checkpoint: str = ""  # the full checkpoint path or hub id the row stands for
@@ -87,7 +88,7 @@ def rows_from_runs(runs: list[Run]) -> list[Row]:
     for key, row in rows.items():
         mean = mean_flops(flops[key])
         if mean:
-            row.tflops_paper, row.tflops_measured = mean.paper, mean.measured
+            row.tflops_paper, row.tflops_measured, row.avg_image_tokens = mean.paper, mean.measured, mean.image_tokens
     return sort_rows(list(rows.values()))
 
 
@@ -148,6 +149,10 @@ def format_tflops(value: float | None) -> str:
     return DASH if value is None else f"{value:.3g}"
 
 
+def format_tokens(value: float | None) -> str:
+    return DASH if value is None else f"{value:.1f}"
+
+
 @dataclass
 class Notes:
     """Footnotes collected while rendering, printed under the table."""
@@ -192,17 +197,17 @@ def render(
 ) -> str:
     """A GitHub markdown table; `groups` are the rows of one model each (a Δ row closes a group)."""
     notes = Notes()
-    headers = ["Model", "Method", "TFLOPs (paper conv.)", "TFLOPs (measured)"] + [b.label for b in benchmarks] + ["Avg"]
+    headers = ["Model", "Method", "TFLOPs (paper conv.)", "TFLOPs (measured)", "avg image tokens"] + [b.label for b in benchmarks] + ["Avg"]
     table = []
     for rows in groups:
         for row in rows:
             cells = [score_cell(row, b, notes) for b in benchmarks]
-            table.append([row.model, row.method, format_tflops(row.tflops_paper), format_tflops(row.tflops_measured)]
-                         + cells + [average_cell(row, benchmarks, notes)])
+            costs = [format_tflops(row.tflops_paper), format_tflops(row.tflops_measured), format_tokens(row.avg_image_tokens)]
+            table.append([row.model, row.method, *costs, *cells, average_cell(row, benchmarks, notes)])
         pair = delta.pair([row for row in rows if not row.reference]) if delta else None
         if pair:
             a, b = pair
-            table.append([rows[0].model, f"Δ {a.method} − {b.method}", "", ""] + delta_cells(a, b, benchmarks))
+            table.append([rows[0].model, f"Δ {a.method} − {b.method}", "", "", ""] + delta_cells(a, b, benchmarks))
     lines = [f"## {title}", "", tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
     footnotes = [f"- {line}" for line in [*notes.lines, *extra_notes]]
     legend = [
@@ -210,6 +215,9 @@ def render(
         f"- {DASH}: not evaluated; left out of the average.",
         "- TFLOPs: mean per sample, language model only; paper conv. counts image tokens only (the paper's "
         "column), measured counts every token each layer really saw.",
+        "- avg image tokens: mean per sample of the image tokens each decoder layer sees, averaged over all L "
+        "layers, (1/L)·Σ_l n_l (the FLOPs-consistent retained-token convention; FastV-style tables quote the "
+        "tokens kept after the drop layer instead).",
     ]
     return "\n".join(lines + legend + footnotes) + "\n"
 
