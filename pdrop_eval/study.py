@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pdrop_eval.engine.config import DropConfig
-from pdrop_eval.pipeline import RUNS_FOLDER, Setting, check_settings_fit, lmms_eval_command, run_lmms_eval
+from pdrop_eval.pipeline import (
+    RUNS_FOLDER,
+    Setting,
+    check_settings_fit,
+    lmms_eval_command,
+    run_lmms_eval,
+)
 from pdrop_eval.report.files import ReportInputError, read_json_object, write_text
 from pdrop_eval.report.runs import checkpoint_name, find_runs
 

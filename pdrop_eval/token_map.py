@@ -82,7 +82,7 @@ def image_token_regions(processor, image_sizes: Sequence[tuple[int, int]], pad_t
     elif isinstance(processor, LlavaProcessor):
         layout = _llava_regions
     else:
-        raise ValueError(f"token map: expected a LlavaProcessor or LlavaNextProcessor, got {type(processor).__name__}")
+        raise TypeError(f"token map: expected a LlavaProcessor or LlavaNextProcessor, got {type(processor).__name__}")
     if not processor.patch_size:
         raise ValueError("token map: the processor has no patch_size, so its image token count is unknown")
     extra = processor.num_additional_image_tokens - (processor.vision_feature_select_strategy == "default")
@@ -192,10 +192,10 @@ def _unpadded_cells(grid_height: int, grid_width: int, width: int, height: int) 
     if width / height > grid_width / grid_height:
         kept = int(round(height * (grid_width / width), 7))
         padding = (grid_height - kept) // 2
-        return range(padding, grid_height - padding), range(0, grid_width)
+        return range(padding, grid_height - padding), range(grid_width)
     kept = int(round(width * (grid_height / height), 7))
     padding = (grid_width - kept) // 2
-    return range(0, grid_height), range(padding, grid_width - padding)
+    return range(grid_height), range(padding, grid_width - padding)
 
 
 def _cell_boxes(frame: _Frame, patch: int, original: tuple[int, int]) -> list[list[tuple[float, float, float, float]]]:

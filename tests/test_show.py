@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import sys
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -128,7 +129,7 @@ def vlmeval_kept_run(tiny_llava_next, tmp_path_factory):
     command += ["--model", "llava_next_pdrop", "--data", TOY_MCQ, "--judge", "exact_matching", "--work-dir", str(work_dir)]
     command += ["--model-args", f"pretrained={tiny_llava_next},max_new_tokens=3,save_kept=true"]
     env = {**os.environ, "LMUData": str(lmu_data), "HF_HUB_OFFLINE": "1"}
-    completed = subprocess.run(command, env=env, cwd=work_dir, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(command, env=env, cwd=work_dir, capture_output=True, text=True, timeout=300, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return work_dir, lmu_data
 
@@ -149,7 +150,7 @@ def test_statistics_store_each_documents_kept_tokens(framework, request):
     for sample in samples:  # the engine's kept lists: nested, sorted, as many as each stage's layers saw
         kept = sample["kept"]
         assert [len(stage) for stage in kept] == [sample["image_tokens_per_layer"][layer] for layer in (8, 16, 24)]
-        assert all(stage == sorted(stage) and set(stage) >= set(after) for stage, after in zip(kept, kept[1:]))
+        assert all(stage == sorted(stage) and set(stage) >= set(after) for stage, after in pairwise(kept))
         assert set(kept[0]) <= set(range(sample["num_image_tokens"]))
 
 

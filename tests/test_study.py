@@ -7,7 +7,13 @@ import shutil
 import pytest
 
 from pdrop_eval.cli import main
-from pdrop_eval.study import Point, study_markdown, study_points, unfinished_reason, write_study_plot
+from pdrop_eval.study import (
+    Point,
+    study_markdown,
+    study_points,
+    unfinished_reason,
+    write_study_plot,
+)
 
 LAYERS, KEEPS, TASK = (2, 16), (0.25, 0.75), "pdrop_local_vqa"
 

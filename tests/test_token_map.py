@@ -22,7 +22,10 @@ from transformers import (
     LlavaProcessor,
 )
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
-from transformers.models.llava_next.modeling_llava_next import LlavaNextModel, image_size_to_num_patches
+from transformers.models.llava_next.modeling_llava_next import (
+    LlavaNextModel,
+    image_size_to_num_patches,
+)
 
 from pdrop_eval.tiny import NEXT_GRID_PINPOINTS, PATCH_SIZE
 from pdrop_eval.token_map import image_token_regions
@@ -36,7 +39,7 @@ def variants(checkpoint: str) -> dict:
     """The tiny checkpoint's processor plus variants that exercise every geometry step: name ->
     (processor, whether LlavaRunner pads the pictures to a square before it)."""
     stock = AutoProcessor.from_pretrained(checkpoint)
-    common = dict(tokenizer=stock.tokenizer, patch_size=PATCH_SIZE, vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    common = {"tokenizer": stock.tokenizer, "patch_size": PATCH_SIZE, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
     crop = {"height": 64, "width": 64}
     if isinstance(stock, LlavaNextProcessor):
         larger = LlavaNextImageProcessor(size={"shortest_edge": 72}, crop_size=crop, image_grid_pinpoints=NEXT_GRID_PINPOINTS)
@@ -198,7 +201,7 @@ def test_marker_lands_in_the_tokens_the_map_names(checkpoint):
 
 def test_unsupported_processors_are_refused(tiny_llava, tiny_llava_next):
     stock = AutoProcessor.from_pretrained(tiny_llava)
-    with pytest.raises(ValueError, match="LlavaProcessor or LlavaNextProcessor"):
+    with pytest.raises(TypeError, match="LlavaProcessor or LlavaNextProcessor"):
         image_token_regions(stock.image_processor, [(64, 64)])
     missing_cls = LlavaProcessor(image_processor=stock.image_processor, tokenizer=stock.tokenizer, patch_size=8, vision_feature_select_strategy="default")
     with pytest.raises(ValueError, match="num_additional_image_tokens"):
