@@ -11,9 +11,11 @@ COMMAND_MODULES = (
     "pdrop_eval.commands.bench",
     "pdrop_eval.commands.flops",
     "pdrop_eval.commands.make_tiny_model",
+    "pdrop_eval.commands.make_synth",
     "pdrop_eval.commands.report",
     "pdrop_eval.commands.sweep",
     "pdrop_eval.commands.demo",
+    "pdrop_eval.commands.train",
 )
 
 

@@ -169,7 +169,7 @@ class LlavaRunner:
         self.drop = drop
         self.model = model
         self.processor = processor
-        self.chat_template = processor.chat_template or VICUNA_CHAT_TEMPLATE
+        self.chat_template = chat_template_of(processor)
         text_config = model.config.get_text_config()
         self.model_dims = {
             "hidden_size": text_config.hidden_size,
@@ -192,20 +192,11 @@ class LlavaRunner:
 
         `device_map` (e.g. "auto") hands placement to accelerate; otherwise the model moves to `device`.
         """
-        from transformers import (
-            AutoProcessor,
-            LlavaForConditionalGeneration,
-            LlavaNextForConditionalGeneration,
-        )
+        from transformers import AutoProcessor
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        architecture = load_config(pretrained).model_type
-        if architecture not in ARCHITECTURES:
-            raise ValueError(
-                f"{pretrained} is a {architecture!r} checkpoint; supported: LLaVA-1.5 ('llava') and LLaVA-NeXT ('llava_next')"
-            )
-        model_class = LlavaForConditionalGeneration if architecture == "llava" else LlavaNextForConditionalGeneration
+        architecture, model_class = llava_model_class(pretrained)
         placement = {"device_map": device_map} if device_map else {}
         model = model_class.from_pretrained(pretrained, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **placement)
         if not device_map:
@@ -220,9 +211,7 @@ class LlavaRunner:
     # ----- prompts ---------------------------------------------------------------------------------
     def render(self, query: Query, add_generation_prompt: bool = True) -> str:
         """The prompt text of `query`, image placeholders not yet expanded."""
-        return self.processor.apply_chat_template(
-            list(query.messages), chat_template=self.chat_template, add_generation_prompt=add_generation_prompt, tokenize=False
-        )
+        return render_messages(self.processor, query.messages, add_generation_prompt, self.chat_template)
 
     @property
     def tokenizer(self):
@@ -352,6 +341,35 @@ def plan_batches(lengths: Sequence, batch_size: int) -> list[list[int]]:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def chat_template_of(processor) -> str:
+    """The checkpoint's chat template, or the Vicuna v1 template when it has none."""
+    return processor.chat_template or VICUNA_CHAT_TEMPLATE
+
+
+def render_messages(processor, messages: Sequence[dict], add_generation_prompt: bool = True, chat_template: str | None = None) -> str:
+    """Conversation text in the chat template (default: `chat_template_of(processor)`), image
+    placeholders not yet expanded. Evaluation (`LlavaRunner.render`) and training
+    (`pdrop_eval.train`) both render prompts here, so a model is trained on the prompts it is scored on."""
+    return processor.apply_chat_template(
+        list(messages),
+        chat_template=chat_template or chat_template_of(processor),
+        add_generation_prompt=add_generation_prompt,
+        tokenize=False,
+    )
+
+
+def llava_model_class(pretrained: str) -> tuple[str, type]:
+    """(architecture, transformers model class) of a LLaVA-1.5 / LLaVA-NeXT checkpoint; anything else is an error."""
+    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+    architecture = load_config(pretrained).model_type
+    if architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"{pretrained} is a {architecture!r} checkpoint; supported: LLaVA-1.5 ('llava') and LLaVA-NeXT ('llava_next')"
+        )
+    return architecture, LlavaForConditionalGeneration if architecture == "llava" else LlavaNextForConditionalGeneration
 
 
 def load_config(pretrained: str):
