@@ -70,6 +70,13 @@ def test_splits_are_disjoint_and_varied():
     assert all(len(r["question"]) == 3 == len(set(r["question"])) for r in splits["train"])
 
 
+def test_excluded_scenes_are_never_drawn():
+    """The same random stream twice: without the exclusion every scene would repeat."""
+    first, scenes = synth.make_split("test", 40, seed=5)
+    again, _ = synth.make_split("test", 40, seed=5, exclude=scenes)
+    assert not {decoded(r) for r in first} & {decoded(r) for r in again}
+
+
 def test_every_answer_is_read_from_its_boxes_and_lost_without_any_of_them():
     rows, _ = synth.make_split("test", 120, seed=3)
     assert {row["kind"] for row in rows} == set(synth.KINDS)
@@ -157,7 +164,9 @@ def test_task_scores_a_right_answer_as_one():
     spec = importlib.util.spec_from_file_location("pdrop_synth_utils", TASKS / "pdrop_synth" / "utils.py")
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
-    doc = pd.read_parquet(COMMITTED_TEST).iloc[0].to_dict()
-    assert utils.process_results(doc, [doc["answer"]])["exact_match"] == 1.0
-    assert utils.process_results(doc, ["purple" if doc["answer"] != "purple" else "red"])["exact_match"] == 0.0
+    test = pd.read_parquet(COMMITTED_TEST)
+    local_doc = test[test["local"]].iloc[0].to_dict()
+    count_doc = test[~test["local"]].iloc[0].to_dict()
+    assert utils.process_results(local_doc, [f" {local_doc['answer']}."]) == {"exact_match": 1.0, "local_exact_match": 1.0, "global_exact_match": None}
+    assert utils.process_results(count_doc, ["9"]) == {"exact_match": 0.0, "local_exact_match": None, "global_exact_match": 0.0}
     assert utils.mean_of_scored([1.0, None, 0.0]) == 0.5
