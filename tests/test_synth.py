@@ -84,8 +84,17 @@ def test_every_answer_is_read_from_its_boxes_and_lost_without_any_of_them():
         image = Image.open(io.BytesIO(row["image"]))
         assert answer_from_image(image, row["kind"], row["question"]) == row["answer"]
         assert row["local"] == (row["kind"] not in synth.GLOBAL_KINDS)
-        if row["local"]:
-            assert len(row["boxes"]) == (2 if row["kind"] == "left_of" else 1)  # the answer in one or two cells
+        cells = {tuple(item.box()): item for item in read_scene(image).items}
+        boxed = [cells[tuple(int(v) for v in box)] for box in row["boxes"]]  # every box holds an object
+        if row["kind"] == "left_of":
+            answer_cell, named = boxed
+            assert (answer_cell.row, answer_cell.col + 1) == (named.row, named.col)  # directly left of it
+            assert answer_cell.glyph == row["answer"] and f"the {named.color} {named.glyph}?" in row["question"]
+        elif row["local"]:
+            (cell,) = boxed  # the answer in one cell
+            assert row["answer"] in (cell.color, cell.glyph) and (cell.color in row["question"] or cell.glyph in row["question"])
+        else:
+            assert len(boxed) == int(row["answer"]) and all(f" {cell.color} " in row["question"] for cell in boxed)
         for box in row["boxes"]:
             assert all(value % synth.CELL == 0 for value in box)  # whole cells: whole image tokens
             erased = image.copy()
