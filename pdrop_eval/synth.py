@@ -12,7 +12,7 @@ different shapes, so the number of image tokens varies per sample.
 Each row records where its answer lives (`boxes`, pixel boxes ``[x0, y0, x1, y1]`` of the cells
 that decide it) and whether it is `local`. Answers are one word or one digit; scoring is exact match.
 Everything is deterministic by seed; the test split is built first and no train image repeats a test
-image (same size and same objects in the same cells).
+image (same size and same objects in the same cells). Test images hold 4-8 objects; train images 1-8.
 
 ``pdrop-eval make-synth`` writes ``train.parquet`` (multi-turn: several questions about one image),
 ``test.parquet`` (one question per row) and the VLMEvalKit TSV of the test split.
@@ -40,7 +40,9 @@ COLORS = {
 }
 # Width x height: square, wide and tall pictures; each size is one of the tiny model's anyres grids.
 SIZES = ((64, 32), (32, 64), (64, 64), (96, 64), (64, 96), (96, 96))
-OBJECTS_PER_IMAGE = (4, 8)  # inclusive range
+# Objects per image (inclusive). Train scenes start at one object: the sparse ones teach a model to read
+# a cell at all, before it must pick one cell among distractors as every test question requires.
+OBJECTS_PER_IMAGE = {"train": (1, 8), "test": (4, 8)}
 MAX_COUNT = 4  # counting answers are 1..MAX_COUNT
 
 # 6x6 glyphs drawn inside an 8x8 cell with a one-pixel margin ('#' = object colour).
@@ -172,12 +174,12 @@ def questions_about(scene: Scene, kind: str) -> list[Question]:
     raise ValueError(f"unknown question kind {kind!r}; known: {sorted(KINDS)}")
 
 
-def _random_scene(rng: random.Random, scene_type: str) -> Scene:
+def _random_scene(rng: random.Random, scene_type: str, objects: tuple[int, int]) -> Scene:
     width, height = rng.choice(SIZES)
     rows, cols = height // CELL, width // CELL
-    count = rng.randint(*OBJECTS_PER_IMAGE)
+    count = rng.randint(*objects)
     cells = rng.sample([(r, c) for r in range(rows) for c in range(cols)], count)
-    if scene_type == "mixed":
+    if scene_type == "mixed" and count > 1:
         # Objects in horizontal pairs now and then, so that "left of" has something to ask about.
         r, c = cells[0]
         if c > 0 and (r, c - 1) not in cells:
@@ -191,11 +193,11 @@ def _draw_kind(rng: random.Random) -> str:
     return rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
 
 
-def _scene_with_questions(rng: random.Random, turns: int, taken: set) -> tuple[Scene, list[Question]]:
-    """A scene not in `taken` and `turns` distinct questions about it, the first of a freshly drawn kind."""
+def _scene_with_questions(rng: random.Random, turns: int, taken: set, objects: tuple[int, int]) -> tuple[Scene, list[Question]]:
+    """A scene not in `taken` and up to `turns` distinct questions about it, the first of a freshly drawn kind."""
     kind = _draw_kind(rng)
     while True:
-        scene = _random_scene(rng, SCENE_OF_KIND[kind])
+        scene = _random_scene(rng, SCENE_OF_KIND[kind], objects)
         first = questions_about(scene, kind)
         if first and scene.signature() not in taken:
             break
@@ -236,7 +238,7 @@ def make_split(split: str, count: int, seed: int = 0, turns: int = 1, exclude: s
     taken = set(exclude or ())
     rows = []
     for index in range(count):
-        scene, questions = _scene_with_questions(rng, turns, taken)
+        scene, questions = _scene_with_questions(rng, turns, taken, OBJECTS_PER_IMAGE[split])
         taken.add(scene.signature())
         fields = {
             "question": [q.text for q in questions],

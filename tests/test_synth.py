@@ -67,7 +67,9 @@ def test_splits_are_disjoint_and_varied():
     assert len(test_images) == 120 and not test_images & train_images
     assert {(r["width"], r["height"]) for r in splits["test"]} == set(synth.SIZES)
     assert set(r["kind"] for r in splits["test"]) == set(synth.KINDS)
-    assert all(len(r["question"]) == 3 == len(set(r["question"])) for r in splits["train"])
+    # Up to three distinct questions per train image (sparse scenes may allow fewer).
+    assert all(1 <= len(r["question"]) == len(set(r["question"])) <= 3 for r in splits["train"])
+    assert sum(len(r["question"]) == 3 for r in splits["train"]) > 0.9 * len(splits["train"])
 
 
 def test_excluded_scenes_are_never_drawn():
