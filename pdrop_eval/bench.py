@@ -3,7 +3,7 @@
 The model is built from a config (no checkpoint), and the prompt holds N image-token ids without
 pixel values, so only the language model is timed: the part the methods change. Each method gets
 warm-up runs, then the median of timed runs. Ranking overhead is the time spent inside the
-scoring function during the PyramidDrop prefill, as a fraction of that prefill.
+scoring function during the PyramidDrop prefill (or training step), as a fraction of it.
 
 With `train=True` a timed run is one training step instead: forward with labels on the last
 `answer_tokens` text tokens (the answer; everything before it is instruction) and backward, in
@@ -15,45 +15,15 @@ from __future__ import annotations
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 import torch
 
-import pdrop_eval.engine.staged as staged
+import pdrop_eval.engine.scoring as scoring
+from pdrop_eval.bench_settings import BenchSettings
 from pdrop_eval.engine.apply import apply_drop
 from pdrop_eval.engine.config import DropConfig
 from pdrop_eval.flops import tflops, tokens_per_layer
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    # The paper's depth (32 layers, so boundaries 8/16/24 and FastV K=2 as published) and LLaMA's
-    # FFN ratio, narrowed so that a CPU run takes seconds; image tokens dominate as in LLaVA-1.5.
-    hidden_size: int = 768
-    intermediate_size: int = 2048
-    num_layers: int = 32
-    num_heads: int = 12
-    num_kv_heads: int = 12
-    image_tokens: int = 576
-    text_tokens: int = 32
-    answer_tokens: int = 8  # supervised text tokens at the end of the prompt (train mode)
-    train: bool = False  # time forward + backward in training mode instead of prefill
-    batch_size: int = 1
-    layer_list: tuple[int, ...] | None = None  # default: the paper's quarters of the depth
-    ratio: float = 0.5
-    fastv_k: int = 2
-    fastv_r: float = 0.5
-    dtype: str = "float32"
-    device: str = "cpu"
-    attn_implementation: str = "sdpa"
-    warmup: int = 1
-    repeats: int = 5
-    seed: int = 0
-
-    def pyramid_layers(self) -> tuple[int, ...]:
-        if self.layer_list is not None:
-            return tuple(self.layer_list)
-        return tuple(self.num_layers * q // 4 for q in (1, 2, 3))
 
 
 def _build_model(settings: BenchSettings):
@@ -137,23 +107,21 @@ def _train_step_seconds(model, input_ids, settings: BenchSettings) -> list[float
 def _timed_scoring(settings: BenchSettings):
     """Accumulate the wall time of every ranking call made by the staged prefill."""
     spent = []
-    original = staged.query_attention
+    original = scoring.query_attention
 
     def timed(*args, **kwargs):
         result, seconds = _timed(settings.device, original, *args, **kwargs)
         spent.append(seconds)
         return result
 
-    staged.query_attention = timed
+    scoring.query_attention = timed
     try:
         yield spent
     finally:
-        staged.query_attention = original
+        scoring.query_attention = original
 
 
 def run_bench(settings: BenchSettings) -> dict:
-    if settings.train and not 0 < settings.answer_tokens < settings.text_tokens:
-        raise ValueError(f"--answer-tokens must be between 1 and --text-tokens - 1 ({settings.text_tokens - 1}), got {settings.answer_tokens}")
     model = _build_model(settings)
     input_ids = _prompt_ids(settings, model.config.image_token_id)
     pyramid = DropConfig.pyramid(layer_list=settings.pyramid_layers(), ratio=settings.ratio)
@@ -161,14 +129,12 @@ def run_bench(settings: BenchSettings) -> dict:
     measure = _train_step_seconds if settings.train else _prefill_seconds
 
     vanilla_s = statistics.median(measure(model, input_ids, settings))
-    scoring_overhead = None
     with apply_drop(model, pyramid):
         pdrop_s = statistics.median(measure(model, input_ids, settings))
-        if not settings.train:
-            # A separate, already warm pass with the ranking timed, so its timers do not touch pdrop_s.
-            with _timed_scoring(settings) as spent:
-                instrumented = _prefill_seconds(model, input_ids, replace(settings, warmup=0))
-            scoring_overhead = sum(spent) / sum(instrumented)
+        # A separate, already warm pass with the ranking timed, so its timers do not touch pdrop_s.
+        with _timed_scoring(settings) as spent:
+            instrumented = measure(model, input_ids, replace(settings, warmup=0))
+        scoring_overhead = sum(spent) / sum(instrumented)
     with apply_drop(model, fastv):
         fastv_s = statistics.median(measure(model, input_ids, settings))
 
@@ -186,6 +152,6 @@ def run_bench(settings: BenchSettings) -> dict:
         # Forward FLOPs of every token each layer sees; a backward pass costs the same tokens again (twice).
         "theory_pdrop": actual_tflops(pyramid) / vanilla_tflops,
         "theory_fastv": actual_tflops(fastv) / vanilla_tflops,
-        "scoring_overhead": scoring_overhead,  # prefill only
+        "scoring_overhead": scoring_overhead,  # share of the PyramidDrop prefill (or training step) spent ranking
         "settings": settings_dict,
     }

@@ -76,6 +76,8 @@ def dims_from_config(path: str | Path, image_tokens: int | None = None) -> Model
 
 def resolve_dims(model: str, image_tokens: int | None = None) -> ModelDims:
     """A preset name (see PRESETS) or a path to a config.json / checkpoint folder."""
+    if image_tokens is not None and (isinstance(image_tokens, bool) or not isinstance(image_tokens, int) or image_tokens < 1):
+        raise ValueError(f"--image-tokens (N) must be a positive integer, got {image_tokens!r}")
     if model in PRESETS:
         dims = PRESETS[model]
         return dims if image_tokens is None else ModelDims(dims.hidden_size, dims.intermediate_size, dims.num_layers, image_tokens)

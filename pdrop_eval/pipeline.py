@@ -23,9 +23,11 @@ from pdrop_eval.report.plot import write_plot
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO_ROOT / "tasks"
-ADAPTERS = {"none": "llava_next_vanilla", "pyramid": "llava_next_pdrop", "fastv": "llava_fastv"}
-# lmms-eval's own entry point, after `import pdrop_eval` makes torchvision importable on CPU-only torch.
-LMMS_EVAL_MAIN = "import pdrop_eval, runpy; runpy.run_module('lmms_eval', run_name='__main__', alter_sys=True)"
+# lmms-eval's own entry point, after pdrop_eval.compat makes torchvision importable on CPU-only torch.
+LMMS_EVAL_MAIN = (
+    "import runpy; from pdrop_eval.compat import ensure_torchvision_importable; ensure_torchvision_importable(); "
+    "runpy.run_module('lmms_eval', run_name='__main__', alter_sys=True)"
+)
 RUNS_FOLDER = "runs"
 LOG_FILE = "lmms_eval.log"  # in each setting's output folder, with the command on its first line
 
@@ -53,11 +55,23 @@ def sweep_settings(method: str, values: list[float], with_vanilla: bool, layer_l
     return settings
 
 
+def check_settings_fit(pretrained: str, settings: list[Setting]) -> None:
+    """Every setting's drop layers exist in the checkpoint: found before the first (long) run."""
+    from pdrop_eval.options import load_config
+
+    num_layers = load_config(pretrained).get_text_config().num_hidden_layers
+    for setting in settings:
+        try:
+            setting.drop.boundaries(num_layers)
+        except ValueError as error:
+            raise ValueError(f"setting {setting.name!r} does not fit {pretrained}: {error}") from None
+
+
 def lmms_eval_command(pretrained: str, setting: Setting, tasks: list[str], output_path: Path, options: dict) -> list[str]:
     """The lmms-eval command line of one setting; `options` are extra flags (limit, batch_size,
     device; True for a flag without value, e.g. force_simple)."""
     model_args = ",".join(filter(None, [f"pretrained={pretrained}", setting.drop.to_args()]))
-    command = [sys.executable, "-c", LMMS_EVAL_MAIN, "--model", ADAPTERS[setting.drop.method], "--model_args", model_args]
+    command = [sys.executable, "-c", LMMS_EVAL_MAIN, "--model", setting.drop.spec.lmms_model, "--model_args", model_args]
     command += ["--tasks", ",".join(tasks), "--include_path", str(TASKS_DIR), "--output_path", str(output_path), "--log_samples"]
     for flag, value in options.items():
         command += [f"--{flag}"] if value is True else [f"--{flag}", str(value)]
@@ -102,6 +116,7 @@ def evaluate_and_report(
 ) -> str:
     """Run every setting, then write `<report_name>.md` and `.png` into `out_dir`; returns the markdown."""
     out_dir = Path(out_dir)
+    check_settings_fit(pretrained, settings)
     markdown_path, plot_path = out_dir / f"{report_name}.md", out_dir / f"{report_name}.png"
     prepare_out_dir(out_dir, [markdown_path.name, plot_path.name], force)
     runs_dir = out_dir / RUNS_FOLDER

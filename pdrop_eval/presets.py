@@ -49,11 +49,6 @@ def model_preset(name: str) -> dict:
     return _lookup(MODEL_PRESETS_FILE, "model", name)
 
 
-def resolve_drop(method: str, preset: str | None, options: dict) -> DropConfig:
-    """`method`'s drop config from an optional drop preset overridden by explicit keys."""
-    return DropConfig.from_args({**(drop_preset_args(preset) if preset else {}), **options}, method=method)
-
-
 def resolve_model_args(preset: str | None, options: dict) -> dict:
     """Model arguments from an optional model preset overridden by the explicit, non-None keys."""
     explicit = {key: value for key, value in options.items() if value is not None}

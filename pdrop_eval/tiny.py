@@ -175,6 +175,9 @@ def make_tiny_model(
     spec: TinySpec = TINY,
 ) -> Path:
     """Write a tiny checkpoint with fresh weights (model, tokenizer, processor, chat template) to `out_dir`."""
+    from pdrop_eval.compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()  # before transformers imports torchvision
     import torch
     from transformers import (
         CLIPImageProcessor,
@@ -193,6 +196,8 @@ def make_tiny_model(
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     if text_arch not in TEXT_ARCHS:
         raise ValueError(f"text_arch must be one of {TEXT_ARCHS}, got {text_arch!r}")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers (--num-layers) must be a positive integer, got {num_layers!r}")
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
 

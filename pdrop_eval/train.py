@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 
 from pdrop_eval.engine import DropConfig, apply_drop
-from pdrop_eval.wrapper import DTYPES, llava_model_class, load_image, render_messages
+from pdrop_eval.options import resolve_pad_to_square
+from pdrop_eval.train_settings import TrainSettings
+from pdrop_eval.wrapper import DTYPES, llava_model_class, load_image, processor_inputs, render_messages
 
 IGNORE_INDEX = -100  # HF's label value for "no loss here"
 DATA_SUFFIXES = (".parquet", ".json", ".jsonl")
@@ -95,17 +97,19 @@ class ConversationDataset(torch.utils.data.Dataset):
     """Conversations encoded for a LLaVA model: ``input_ids``, ``attention_mask``, ``labels`` and the
     processor's image tensors (``pixel_values``, and ``image_sizes`` for LLaVA-NeXT), one row at a time.
 
+    Images are prepared as evaluation prepares them (`pad_to_square`: LLaVA-1.5's padding to a square).
     Rows longer than `max_length` tokens (image tokens included) are refused, never truncated: cutting
     the end would cut the answer, the only supervised part. `check_all()` encodes every row once so
     that bad rows (undecodable image, answer masked away) fail before training starts.
     """
 
-    def __init__(self, conversations: Sequence[Conversation], processor, max_length: int | None = None):
+    def __init__(self, conversations: Sequence[Conversation], processor, max_length: int | None = None, pad_to_square: bool = False):
         if max_length is not None and max_length < 1:
             raise ValueError(f"--max-length must be positive, got {max_length}")
         self.conversations = list(conversations)
         self.processor = processor
         self.max_length = max_length
+        self.pad_to_square = pad_to_square
         self.image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
 
     def __len__(self) -> int:
@@ -125,7 +129,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         tokenizer = self.processor.tokenizer
         plain = tokenizer(text, return_offsets_mapping=True)
         supervised = [_in_spans(start, end, answer_spans, label) for start, end in plain["offset_mapping"]]
-        inputs = self.processor(images=[image], text=[text], return_tensors="pt")
+        inputs = processor_inputs(self.processor, [image], [text], self.pad_to_square)
         input_ids = inputs["input_ids"][0]
         is_image = input_ids == self.image_token_id
         text_ids = [i for i in plain["input_ids"] if i != self.image_token_id]
@@ -198,61 +202,6 @@ def collate(rows: list[dict], pad_token_id: int) -> dict:
     return batch
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """What `pdrop-eval train` takes; the optimisation fields map one to one onto TrainingArguments."""
-
-    pretrained: str
-    data: str
-    output_dir: str
-    drop: str = ""  # DropConfig.from_args fragment; empty: no drop
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup: float = 0.05  # a fraction of the steps (< 1) or a number of steps
-    scheduler: str = "cosine"
-    max_grad_norm: float = 1.0
-    logging_steps: int = 10
-    save_steps: int = 0  # 0: no intermediate checkpoints
-    seed: int = 0
-    max_length: int | None = None
-    gradient_checkpointing: bool = False
-    precision: str = "float32"  # float32, or bfloat16 / float16 mixed precision
-    save_dtype: str = "float32"
-    workers: int = 0
-
-    def training_arguments(self):
-        from transformers import TrainingArguments
-
-        if self.precision not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"--precision must be float32, bfloat16 or float16, got {self.precision!r}")
-        return TrainingArguments(
-            output_dir=self.output_dir,
-            num_train_epochs=self.epochs,
-            max_steps=self.max_steps,
-            per_device_train_batch_size=self.batch_size,
-            gradient_accumulation_steps=self.grad_accum,
-            learning_rate=self.lr,
-            weight_decay=self.weight_decay,
-            warmup_steps=self.warmup,
-            lr_scheduler_type=self.scheduler,
-            max_grad_norm=self.max_grad_norm,
-            logging_steps=self.logging_steps,
-            save_strategy="steps" if self.save_steps else "no",
-            save_steps=self.save_steps or 500,
-            seed=self.seed,
-            activation_checkpointing=self.gradient_checkpointing,
-            bf16=self.precision == "bfloat16",
-            fp16=self.precision == "float16",
-            dataloader_num_workers=self.workers,
-            remove_unused_columns=False,  # the collator's keys are the model's inputs
-            report_to="none",
-        )
-
-
 def train(settings: TrainSettings) -> dict:
     """Train, save the model and processor to `settings.output_dir`, and return a summary (also
     written there as ``train_summary.json``)."""
@@ -262,11 +211,12 @@ def train(settings: TrainSettings) -> dict:
         raise ValueError(f"--save-dtype must be float32, float16 or bfloat16, got {settings.save_dtype!r}")
     drop = DropConfig.from_args(settings.drop) if settings.drop else DropConfig.none()
     arguments = settings.training_arguments()
-    _architecture, model_class = llava_model_class(settings.pretrained)
+    architecture, model_class = llava_model_class(settings.pretrained)
+    pad_to_square = resolve_pad_to_square(architecture, settings.pad_to_square)
     processor = AutoProcessor.from_pretrained(settings.pretrained)
     if processor.tokenizer.pad_token_id is None:
         raise ValueError(f"--pretrained {settings.pretrained}: the tokenizer has no pad token")
-    dataset = ConversationDataset(read_conversations(settings.data), processor, settings.max_length)
+    dataset = ConversationDataset(read_conversations(settings.data), processor, settings.max_length, pad_to_square)
     dataset.check_all()
 
     model = model_class.from_pretrained(settings.pretrained, dtype=torch.float32)

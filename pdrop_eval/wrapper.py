@@ -34,8 +34,8 @@ from PIL import Image, ImageFile
 
 from pdrop_eval import flops
 from pdrop_eval.engine import DropConfig, apply_drop
+from pdrop_eval.options import ModelOptions, checkpoint_architecture, resolve_pad_to_square
 
-ARCHITECTURES = ("llava", "llava_next")
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -160,13 +160,16 @@ class LlavaRunner:
     """A loaded LLaVA-1.5 / LLaVA-NeXT model with a drop config applied. Build it with `load`.
 
     Attributes: pretrained, architecture ("llava" | "llava_next"), drop (DropConfig), model_dims
-    (hidden_size, intermediate_size, num_layers of the language model), model, processor.
+    (hidden_size, intermediate_size, num_layers of the language model), model, processor, and
+    pad_to_square (LLaVA-1.5 images padded to a square with the mean colour, as the original LLaVA
+    evaluated them; see `resolve_pad_to_square`).
     """
 
-    def __init__(self, pretrained: str, architecture: str, drop: DropConfig, model, processor):
+    def __init__(self, pretrained: str, architecture: str, drop: DropConfig, model, processor, pad_to_square: bool | None = None):
         self.pretrained = pretrained
         self.architecture = architecture
         self.drop = drop
+        self.pad_to_square = resolve_pad_to_square(architecture, pad_to_square)
         self.model = model
         self.processor = processor
         self.chat_template = chat_template_of(processor)
@@ -187,6 +190,7 @@ class LlavaRunner:
         device: str = "cpu",
         device_map: str | None = None,
         attn_implementation: str | None = None,
+        pad_to_square: bool | None = None,
     ) -> LlavaRunner:
         """Load a HF checkpoint (folder or Hub id) and apply `drop` (default: no drop).
 
@@ -206,7 +210,20 @@ class LlavaRunner:
         processor.tokenizer.padding_side = "left"  # batched generation appends on the right
         if processor.tokenizer.pad_token is None:
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
-        return cls(str(pretrained), architecture, drop or DropConfig.none(), model, processor)
+        return cls(str(pretrained), architecture, drop or DropConfig.none(), model, processor, pad_to_square)
+
+    @classmethod
+    def from_options(cls, options: ModelOptions, device=None) -> LlavaRunner:
+        """Load the model that resolved framework options describe (`device` overrides theirs)."""
+        return cls.load(
+            options.pretrained,
+            drop=options.drop,
+            dtype=options.dtype,
+            device=options.device if device is None else device,
+            device_map=options.device_map,
+            attn_implementation=options.attn_implementation,
+            pad_to_square=options.pad_to_square,
+        )
 
     # ----- prompts ---------------------------------------------------------------------------------
     def render(self, query: Query, add_generation_prompt: bool = True) -> str:
@@ -317,21 +334,40 @@ class LlavaRunner:
 
     def _encode(self, queries: Sequence[Query], texts: Sequence[str]):
         images = [image for query in queries for image in query.images]
-        inputs = self.processor(images=images or None, text=list(texts), return_tensors="pt", padding=True)
-        return inputs.to(self.device, self.model.dtype)
+        return processor_inputs(self.processor, images, texts, self.pad_to_square).to(self.device, self.model.dtype)
 
     def _last_stats(self) -> list[SampleStats]:
         size = (self.model_dims["hidden_size"], self.model_dims["intermediate_size"], self.model_dims["num_layers"])
         return [
             SampleStats(
-                num_image_tokens=sample["num_image_tokens"],
-                image_tokens_per_layer=list(sample["image_tokens_per_layer"]),
-                tokens_per_layer=list(sample["tokens_per_layer"]),
-                tflops_paper=flops.tflops(*size, sample["image_tokens_per_layer"]),
-                tflops_actual=flops.tflops(*size, sample["tokens_per_layer"]),
+                num_image_tokens=sample.num_image_tokens,
+                image_tokens_per_layer=list(sample.image_tokens_per_layer),
+                tokens_per_layer=list(sample.tokens_per_layer),
+                tflops_paper=flops.tflops(*size, sample.image_tokens_per_layer),
+                tflops_actual=flops.tflops(*size, sample.tokens_per_layer),
             )
             for sample in self._handle.last_stats
         ]
+
+
+def processor_inputs(processor, images: Sequence[Image.Image], texts: Sequence[str], pad_to_square: bool):
+    """The processor's tensors for rendered `texts` and their `images` (in placeholder order), the
+    images prepared as evaluation prepares them; training (`pdrop_eval.train`) encodes rows here too."""
+    if pad_to_square:
+        background = tuple(round(channel * 255) for channel in processor.image_processor.image_mean)
+        images = [expand_to_square(image, background) for image in images]
+    return processor(images=list(images) or None, text=list(texts), return_tensors="pt", padding=True)
+
+
+def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """`image` centered on a square canvas of its longer side, filled with `background`."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), background)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
 
 
 def plan_batches(lengths: Sequence, batch_size: int) -> list[list[int]]:
@@ -364,24 +400,8 @@ def llava_model_class(pretrained: str) -> tuple[str, type]:
     """(architecture, transformers model class) of a LLaVA-1.5 / LLaVA-NeXT checkpoint; anything else is an error."""
     from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
-    architecture = load_config(pretrained).model_type
-    if architecture not in ARCHITECTURES:
-        raise ValueError(
-            f"{pretrained} is a {architecture!r} checkpoint; supported: LLaVA-1.5 ('llava') and LLaVA-NeXT ('llava_next')"
-        )
+    architecture = checkpoint_architecture(pretrained)
     return architecture, LlavaForConditionalGeneration if architecture == "llava" else LlavaNextForConditionalGeneration
-
-
-def load_config(pretrained: str):
-    from transformers import AutoConfig
-
-    path = Path(pretrained).expanduser()
-    if str(pretrained).startswith((".", "/", "~")) and not path.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {pretrained} does not exist")
-    try:
-        return AutoConfig.from_pretrained(pretrained)
-    except OSError as error:
-        raise FileNotFoundError(f"cannot load checkpoint {pretrained!r}: {error}") from None
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:

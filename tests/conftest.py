@@ -9,8 +9,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-import pdrop_eval  # noqa: E402,F401  (makes torchvision importable before transformers needs it)
+from pdrop_eval.compat import ensure_torchvision_importable  # noqa: E402
 from pdrop_eval.tiny import make_tiny_model  # noqa: E402
+
+ensure_torchvision_importable()  # before any test imports transformers' image processors or a framework
 
 
 @pytest.fixture(scope="session")

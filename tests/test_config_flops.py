@@ -22,7 +22,14 @@ from pdrop_eval.flops import PRESETS, paper_tflops, tflops, tokens_per_layer
         (lambda: DropConfig.fastv(r=-0.1), r"fastv_r .* must be in \[0, 1\)"),
         (lambda: DropConfig.fastv(k=0), "fastv_k must be >= 1"),
         (lambda: DropConfig.pyramid(position_mode="shifted"), "position_mode"),
-        (lambda: DropConfig(method="random"), "method must be one of"),
+        (lambda: DropConfig(method="random_drop"), "method must be one of"),
+        (lambda: DropConfig(method="random"), "Random drop needs a schedule"),
+        (lambda: DropConfig.random(DropConfig.none()), "counts of one of"),
+        (lambda: DropConfig.random(seed=-1), "seed must be >= 0"),
+        (lambda: DropConfig.pyramid(ratio=0.5, image_token_ratio_list=[0.5, 0.25, 0.1]), "exactly one of lambda .* got both"),
+        (lambda: DropConfig(method="fastv", fastv_k=2, fastv_r=0.5, ratio=0.3), r"FastV does not take \['ratio'\]"),
+        (lambda: DropConfig(method="pyramid", layer_list=(8,), ratio=0.5, seed=1), r"PyramidDrop does not take \['seed'\]"),
+        (lambda: DropConfig(method="random", layer_list=(8,), ratio=0.5, fastv_k=2, fastv_r=0.5, seed=0), "one schedule"),
     ],
 )
 def test_invalid_values_raise_value_error_naming_the_field(make, message):
@@ -58,11 +65,76 @@ def test_from_args_parses_lmms_eval_fragments():
         DropConfig.pyramid(layer_list=[2, 4], image_token_ratio_list=[0.6, 0.3], position_mode="original"),
         DropConfig.fastv(k=3, r=0.25),
         DropConfig.fastv(position_mode="compact"),
+        DropConfig.random(),
+        DropConfig.random(DropConfig.fastv(k=3, r=0.25), seed=7),
+        DropConfig.random(DropConfig.pyramid(layer_list=[2, 4], image_token_ratio_list=[0.6, 0.3]), position_mode="original"),
     ],
 )
 def test_dict_and_args_round_trip(config):
     assert DropConfig.from_dict(config.to_dict()) == config
     assert DropConfig.from_args(config.to_args(), method=config.method) == config
+
+
+def test_explicit_options_override_the_preset_after_both_are_parsed():
+    preset = {"method": "pyramid", "layer_list": [8, 16, 24], "lambda": 0.5}
+    assert DropConfig.from_args("ratio=0.3", method="pyramid", preset=preset) == DropConfig.pyramid(ratio=0.3)
+    assert DropConfig.from_args("lambda=0.3", method="pyramid", preset=preset) == DropConfig.pyramid(ratio=0.3)
+    # the explicit ratio list replaces the preset's λ instead of clashing with it
+    assert DropConfig.from_args("image_token_ratio_list=0.5;0.2;0.1", method="pyramid", preset=preset) == (
+        DropConfig.pyramid(image_token_ratio_list=[0.5, 0.2, 0.1])
+    )
+    # a PyramidDrop preset gives the random control its counts
+    assert DropConfig.from_args("seed=4", method="random", preset=preset) == DropConfig.random(DropConfig.pyramid(), seed=4)
+    with pytest.raises(ValueError, match="conflicts with the model's method 'fastv'"):
+        DropConfig.from_args("", method="fastv", preset=preset)
+    with pytest.raises(ValueError, match="given twice"):
+        DropConfig.from_args("lambda=0.3,ratio=0.3", method="pyramid", preset=preset)
+
+
+def test_random_control_takes_the_counts_of_its_schedule():
+    pyramid = DropConfig.pyramid(layer_list=[2, 5], ratio=0.4)
+    control = DropConfig.random(pyramid, seed=3)
+    assert (control.boundaries(8), control.kept_counts(125)) == (pyramid.boundaries(8), pyramid.kept_counts(125))
+    fastv = DropConfig.fastv(k=3, r=0.25)
+    assert DropConfig.random(fastv).boundaries(8) == fastv.boundaries(8)
+    assert DropConfig.random(fastv).position_mode == "original"
+    assert DropConfig.from_args("fastv_k=3,fastv_r=0.25", method="random") == DropConfig.random(fastv)
+    assert DropConfig.from_args("seed=2") == DropConfig.random(seed=2)  # only the control takes a seed
+    assert (control.label(), DropConfig.random(fastv).label()) == ("Random (PDrop λ=0.4 @2,5, seed 3)", "Random (FastV K=3 R=0.25)")
+
+
+# λ and the official explicit lists, as the paper writes them (the reference code uses such lists).
+WRITTEN_RATIO_LISTS = {
+    0.3: [0.3, 0.09, 0.027],
+    0.4: [0.4, 0.16, 0.064],
+    0.5: [0.5, 0.25, 0.125],
+    0.6: [0.6, 0.36, 0.216],
+    0.7: [0.7, 0.49, 0.343],
+}
+
+
+@pytest.mark.parametrize("ratio", sorted(WRITTEN_RATIO_LISTS))
+def test_lambda_counts_equal_those_of_the_written_ratio_list(ratio):
+    by_lambda = DropConfig.pyramid(ratio=ratio)
+    by_list = DropConfig.pyramid(image_token_ratio_list=WRITTEN_RATIO_LISTS[ratio])
+    mismatches = [n for n in range(1, 3001) if by_lambda.kept_counts(n) != by_list.kept_counts(n)]
+    assert mismatches == []
+
+
+def test_lambda_0_6_keeps_27_of_125_tokens_at_the_third_stage():
+    assert DropConfig.pyramid(ratio=0.6).kept_counts(125) == [75, 45, 27]  # 0.6**3 in floats would give 26
+
+
+def test_registry_entries_are_distinct_and_complete():
+    from pdrop_eval.engine.config import METHODS, OPTION_KEYS
+
+    for attribute in ("kind", "series", "marker", "lmms_model", "lmms_class", "vlmeval_class"):
+        values = [getattr(spec, attribute) for spec in METHODS.values()]
+        assert len(set(values)) == len(values), attribute
+    for spec in METHODS.values():
+        assert set(spec.keys) <= set(OPTION_KEYS)
+        default = DropConfig.from_args("", method=spec.name)
+        assert default.spec is spec and DropConfig.from_args(default.to_args(), method=spec.name) == default
 
 
 def test_from_dict_defaults_and_rejections():
@@ -72,7 +144,7 @@ def test_from_dict_defaults_and_rejections():
     with pytest.raises(ValueError, match=r"unknown DropConfig field\(s\) \['lam'\]"):
         DropConfig.from_dict({"method": "pyramid", "lam": 0.5})
     with pytest.raises(ValueError, match="method must be one of"):
-        DropConfig.from_dict({"method": "random"})
+        DropConfig.from_dict({"method": "random_drop"})
     with pytest.raises(TypeError, match="drop config dict"):
         DropConfig.from_dict(["pyramid"])
 
@@ -85,6 +157,12 @@ def test_from_dict_defaults_and_rejections():
         ("layer_list=8;x", None, "bad value for drop option 'layer_list'"),
         ("lambda=0.5,ratio=0.5", None, "given twice"),
         ("fastv_k=2", "pyramid", "PyramidDrop does not take"),
+        ("fastv_k=2,ratio=0.5", "fastv", r"FastV does not take \['ratio'\]"),
+        ("layer_list=8", "none", r"Vanilla \(no drop\) does not take \['layer_list'\]"),
+        ("lambda=0.5,lambda=0.4", None, "'lambda' given twice"),
+        ("lambda=0.4,image_token_ratio_list=0.5;0.25;0.125", None, "got both"),
+        ("position_mode=original", None, "do not say which method"),
+        ("layer_list=8,fastv_k=2", None, "one schedule"),
         ("method=fastv", "pyramid", "conflicts"),
         ("lambda", None, "key=value"),
         ("lambda=2", None, r"lambda must be in \(0, 1\]"),

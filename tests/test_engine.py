@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from drop_reference import language_model_embeddings, logits, pyramid_drop
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
 from pdrop_eval import DropConfig, apply_drop
 from pdrop_eval.tiny import make_tiny_model
@@ -79,8 +80,8 @@ def test_lossless_config_generates_like_stock_and_remove_restores(tiny_llava_nex
     handle = apply_drop(model, config)
     dropped = _generate(model, inputs)
     assert torch.equal(dropped, stock)
-    assert [s["image_tokens_per_layer"] for s in handle.last_stats] == [
-        [s["num_image_tokens"]] * 32 for s in handle.last_stats
+    assert [s.image_tokens_per_layer for s in handle.last_stats] == [
+        (s.num_image_tokens,) * 32 for s in handle.last_stats
     ]
     handle.remove()
     assert "forward" not in vars(model.model.language_model)
@@ -111,14 +112,14 @@ def test_image_tokens_per_layer_follow_lambda_in_padded_anyres_batch(llava_next,
     counts = [(inputs["input_ids"][b] == model.config.image_token_id).sum().item() for b in range(4)]
     assert len(set(counts)) > 1, "the batch should mix different numbers of image tokens"
     for n, stats in zip(counts, handle.last_stats):
-        expected = [n] * 8 + [int(n * ratio)] * 8 + [int(n * ratio**2)] * 8 + [int(n * ratio**3)] * 8
-        assert stats["num_image_tokens"] == n
-        assert stats["image_tokens_per_layer"] == expected
-        assert [len(kept) for kept in stats["kept"]] == [int(n * ratio**s) for s in (1, 2, 3)]
+        expected = (n,) * 8 + (int(n * ratio),) * 8 + (int(n * ratio**2),) * 8 + (int(n * ratio**3),) * 8
+        assert stats.num_image_tokens == n
+        assert stats.image_tokens_per_layer == expected
+        assert [len(kept) for kept in stats.kept] == [int(n * ratio**s) for s in (1, 2, 3)]
         # later stages keep a subset of earlier ones, indices into the original image block
-        for earlier, later in zip(stats["kept"], stats["kept"][1:]):
+        for earlier, later in zip(stats.kept, stats.kept[1:]):
             assert set(later) <= set(earlier)
-        assert all(0 <= i < n for i in stats["kept"][0])
+        assert all(0 <= i < n for i in stats.kept[0])
 
 
 def test_explicit_ratio_list_equals_lambda(llava_next):
@@ -138,8 +139,8 @@ def test_fastv_keeps_n_minus_int_n_r(llava_next):
     with apply_drop(model, DropConfig.fastv(k=3, r=0.3)) as handle:
         _generate(model, inputs, max_new_tokens=1, min_new_tokens=1)
     for stats in handle.last_stats:
-        n = stats["num_image_tokens"]
-        assert stats["image_tokens_per_layer"] == [n] * 3 + [n - int(n * 0.3)] * 29
+        n = stats.num_image_tokens
+        assert stats.image_tokens_per_layer == (n,) * 3 + (n - int(n * 0.3),) * 29
 
 
 # ----- the ranking is the true attention of the unmodified model -------------------------------------
@@ -167,8 +168,8 @@ def test_first_boundary_keeps_top_k_of_true_attention(tiny_llava_next, config, s
     with apply_drop(model, config) as handle:
         _generate(model, inputs, max_new_tokens=1, min_new_tokens=1)
     for sample, stats in enumerate(handle.last_stats):
-        k = config.kept_counts(stats["num_image_tokens"])[0]
-        assert set(stats["kept"][0]) == _true_attention_top_k(model, inputs, score_layer, sample, k)
+        k = config.kept_counts(stats.num_image_tokens)[0]
+        assert set(stats.kept[0]) == _true_attention_top_k(model, inputs, score_layer, sample, k)
 
 
 @pytest.mark.parametrize("text_arch", ["mistral", "qwen2"])
@@ -182,7 +183,7 @@ def test_other_decoders_rank_by_true_attention_and_are_lossless(tmp_path, text_a
     with apply_drop(model, DropConfig.pyramid(layer_list=[3, 6, 9], ratio=0.5)) as handle:
         _generate(model, inputs, max_new_tokens=1, min_new_tokens=1)
     for sample in range(2):
-        assert set(handle.last_stats[sample]["kept"][0]) == _true_attention_top_k(model, inputs, 3, sample, 32)
+        assert set(handle.last_stats[sample].kept[0]) == _true_attention_top_k(model, inputs, 3, sample, 32)
 
 
 def test_several_images_are_ranked_together(tiny_llava):
@@ -191,8 +192,8 @@ def test_several_images_are_ranked_together(tiny_llava):
     with apply_drop(model, DropConfig.pyramid(ratio=0.5)) as handle:
         _generate(model, inputs, max_new_tokens=1, min_new_tokens=1)
     stats = handle.last_stats[0]
-    assert stats["num_image_tokens"] == 128
-    assert set(stats["kept"][0]) == _true_attention_top_k(model, inputs, 8, 0, 64)
+    assert stats.num_image_tokens == 128
+    assert set(stats.kept[0]) == _true_attention_top_k(model, inputs, 8, 0, 64)
 
 
 # ----- decoding, batching, text-only samples ----------------------------------------------------------
@@ -215,7 +216,7 @@ def test_cached_decoding_matches_uncached_pruned_forward(llava_next, position_mo
             **inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True
         )
         cached_logits = torch.stack(out.logits, dim=1)  # (B, steps, V)
-        cached_kept = [s["kept"] for s in handle.last_stats]
+        cached_kept = [s.kept for s in handle.last_stats]
 
         full_ids = out.sequences[:, :-1]
         mask = torch.cat([inputs["attention_mask"], torch.ones(2, steps - 1, dtype=torch.long)], dim=1)
@@ -229,8 +230,46 @@ def test_cached_decoding_matches_uncached_pruned_forward(llava_next, position_mo
                 image_sizes=inputs["image_sizes"],
                 use_cache=False,
             ).logits[:, prompt_len - 1 :]
-        assert [s["kept"] for s in handle.last_stats] == cached_kept
+        assert [s.kept for s in handle.last_stats] == cached_kept
     torch.testing.assert_close(cached_logits, uncached, rtol=1e-4, atol=1e-4)
+
+
+# ----- positions: compact renumbering against an independent recompute ---------------------------------
+
+
+def _reference_logits(model, inputs, query_row: int, compact: bool) -> torch.Tensor:
+    """(T, V) logits of the plain re-implementation (tests/drop_reference.py) on an unpadded sample."""
+    is_image = (inputs["input_ids"][0] == model.config.image_token_id).tolist()
+    with torch.no_grad():
+        embeds = language_model_embeddings(model, inputs)
+        run = pyramid_drop(model, embeds, is_image=is_image, query_rows=[query_row], layer_list=[8, 16, 24], ratio=0.5, compact=compact)
+        return logits(model, run.outputs)
+
+
+@pytest.mark.parametrize("position_mode", ["compact", "original"])
+def test_prefill_positions_match_an_independent_recompute(llava, position_mode):
+    model, processor = llava
+    inputs = _batch(processor, [_prompt(QUESTIONS[1])], [_image(20)])
+    last = inputs["input_ids"].shape[1] - 1
+    with apply_drop(model, DropConfig.pyramid(ratio=0.5, position_mode=position_mode)), torch.no_grad():
+        engine = model(**inputs).logits[0]
+    expected = {mode: _reference_logits(model, inputs, last, compact=mode == "compact") for mode in ("compact", "original")}
+    torch.testing.assert_close(engine, expected[position_mode], rtol=1e-4, atol=1e-4)
+    # the two conventions differ far beyond the tolerance, so the comparison above tells them apart
+    assert (expected["compact"] - expected["original"])[last].abs().max() > 1e-2
+
+
+def test_compact_decoding_shifts_positions_like_an_independent_recompute(llava):
+    """Decode steps after a compact prefill continue the renumbered positions (original minus the
+    tokens dropped before each stage), as a recompute over prompt + generated tokens does."""
+    model, processor = llava
+    inputs = _batch(processor, [_prompt(QUESTIONS[2])], [_image(21)])
+    prompt_len, steps = inputs["input_ids"].shape[1], 4
+    with apply_drop(model, DropConfig.pyramid(ratio=0.5)), torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    full = {"input_ids": out.sequences[:, :-1], "attention_mask": torch.ones_like(out.sequences[:, :-1]), "pixel_values": inputs["pixel_values"]}
+    expected = _reference_logits(model, full, prompt_len - 1, compact=True)[prompt_len - 1 :]
+    torch.testing.assert_close(torch.cat(out.logits), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_generated_image_token_id_decodes_as_text(llava):
@@ -266,7 +305,7 @@ def test_sample_output_does_not_depend_on_batch(llava_next):
             torch.testing.assert_close(
                 torch.stack(alone.logits, 1)[0], torch.stack(batched.logits, 1)[b], rtol=1e-4, atol=1e-4
             )
-            assert handle.last_stats[0]["kept"] == batched_stats[b]["kept"]
+            assert handle.last_stats[0].kept == batched_stats[b].kept
 
 
 def test_text_only_sample_in_image_batch_is_untouched(llava):
@@ -280,8 +319,8 @@ def test_text_only_sample_in_image_batch_is_untouched(llava):
         stats = handle.last_stats
         assert torch.equal(_generate(model, alone), stock_alone)  # text-only batch
     assert torch.equal(mixed[1], stock_alone[0])
-    assert stats[1]["num_image_tokens"] == 0 and stats[1]["image_tokens_per_layer"] == [0] * 32
-    assert stats[0]["image_tokens_per_layer"][-1] == 8
+    assert stats[1].num_image_tokens == 0 and stats[1].image_tokens_per_layer == (0,) * 32
+    assert stats[0].image_tokens_per_layer[-1] == 8
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -296,7 +335,7 @@ def test_half_precision(tiny_llava_next, dtype):
         out = _generate(model, inputs)
     assert out.shape == stock.shape
     for stats in handle.last_stats:
-        assert stats["image_tokens_per_layer"][-1] == int(stats["num_image_tokens"] * 0.125)
+        assert stats.image_tokens_per_layer[-1] == int(stats.num_image_tokens * 0.125)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash_attention_2 needs a CUDA GPU")
@@ -312,8 +351,8 @@ def test_flash_attention_2_matches_sdpa_on_gpu(tiny_llava_next):
             _generate(model, inputs, max_new_tokens=1, min_new_tokens=1)
             results[attn] = handle.last_stats
     for sdpa_stats, flash_stats in zip(results["sdpa"], results["flash_attention_2"]):
-        assert sdpa_stats["image_tokens_per_layer"] == flash_stats["image_tokens_per_layer"]
-        overlap = len(set(sdpa_stats["kept"][0]) & set(flash_stats["kept"][0])) / max(1, len(sdpa_stats["kept"][0]))
+        assert sdpa_stats.image_tokens_per_layer == flash_stats.image_tokens_per_layer
+        overlap = len(set(sdpa_stats.kept[0]) & set(flash_stats.kept[0])) / max(1, len(sdpa_stats.kept[0]))
         assert overlap > 0.9  # bf16 kernels differ in rounding; near-ties may swap
 
 
@@ -340,6 +379,9 @@ def test_bad_models_and_calls_are_rejected(llava, tiny_llava):
             apply_drop(model, DropConfig.fastv())
         with pytest.raises(ValueError, match="num_beams=2"):
             model.generate(**inputs, num_beams=2, max_new_tokens=2)
+        beams = GenerationConfig(num_beams=3, max_new_tokens=2)
+        with pytest.raises(ValueError, match="num_beams=3"):  # the config passed positionally, as generate allows
+            model.generate(inputs["input_ids"], beams, pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"])
         with pytest.raises(ValueError, match="output_attentions"):
             model(**inputs, output_attentions=True)
         ending_with_image = _batch(processor, ["USER: hello <image>"], [_image(0)])

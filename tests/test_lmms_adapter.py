@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pdrop_eval.adapters.lmms import models as adapters
-from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.engine.config import METHODS, DropConfig
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 
@@ -15,22 +15,29 @@ def test_models_are_registered_through_the_entry_point():
     from lmms_eval import models
 
     for model_id, simple in [("llava_next_pdrop", adapters.LlavaNextPDrop), ("llava_fastv", adapters.LlavaFastV),
-                             ("llava_next_vanilla", adapters.LlavaNextVanilla)]:
+                             ("llava_next_vanilla", adapters.LlavaNextVanilla), ("llava_random_drop", adapters.LlavaRandomDrop)]:
         assert models.get_model(model_id, force_simple=True) is simple
         chat = models.get_model(model_id)
         assert issubclass(chat, simple) and chat.is_simple is False
+        assert METHODS[simple.method].lmms_model == model_id
+    assert {spec.lmms_model for spec in METHODS.values()} <= set(models.list_available_models())
 
 
 @pytest.mark.parametrize(
     "model_class, arg_string, cli, message",
     [
-        (adapters.LlavaNextPDrop, "pretrained=x,lamda=0.5", {}, "unknown --model_args key(s) ['lamda']"),
-        (adapters.LlavaNextPDrop, "pretrained=x,fastv_k=2", {}, "unknown --model_args key(s) ['fastv_k']"),
+        (adapters.LlavaNextPDrop, "pretrained=x,lamda=0.5", {}, "unknown option(s) ['lamda']"),
+        (adapters.LlavaNextPDrop, "pretrained=x,fastv_k=2", {}, "PyramidDrop does not take ['fastv_k']"),
+        (adapters.LlavaNextPDrop, "pretrained=x,lambda=0.5,lambda=0.4", {}, "--model_args key 'lambda' given twice"),
+        (adapters.LlavaNextPDrop, "pretrained=x,layer_list=[8,16,24],lambda=2", {}, "lambda must be in (0, 1]"),
+        (adapters.LlavaNextPDrop, "pretrained=x,lambda=0.5,image_token_ratio_list=0.5;0.2;0.1", {}, "got both"),
+        (adapters.LlavaFastV, "pretrained=x,fastv_k=2,ratio=0.3", {}, "FastV does not take ['ratio']"),
+        (adapters.LlavaRandomDrop, "pretrained=x,seed=-1", {}, "seed must be >= 0"),
         (adapters.LlavaNextPDrop, "pretrained=x,lambda=2", {}, "lambda must be in (0, 1]"),
         (adapters.LlavaNextPDrop, "pretrained=x,layer_list=16;8", {}, "strictly increasing"),
         (adapters.LlavaFastV, "pretrained=x,fastv_r=1.5", {}, "fastv_r"),
         (adapters.LlavaFastV, "pretrained=x,drop_preset=pdrop-0.5", {}, "conflicts with the model's method 'fastv'"),
-        (adapters.LlavaNextVanilla, "pretrained=x,layer_list=8", {}, "unknown --model_args key(s) ['layer_list']"),
+        (adapters.LlavaNextVanilla, "pretrained=x,layer_list=8", {}, "Vanilla (no drop) does not take ['layer_list']"),
         (adapters.LlavaNextPDrop, "dtype=float32", {}, "give pretrained="),
         (adapters.LlavaNextPDrop, "model_preset=llava-13b", {}, "unknown model preset 'llava-13b'"),
         (adapters.LlavaNextPDrop, "pretrained=x,batch_size=4", {"batch_size": 1}, "['batch_size'] given in --model_args and by lmms-eval"),
@@ -42,6 +49,29 @@ def test_bad_model_args_fail_at_start_up(model_class, arg_string, cli, message):
     with pytest.raises(ValueError) as error:
         model_class.create_from_arg_string(arg_string, cli)
     assert message in str(error.value)
+
+
+def test_a_checkpoint_named_like_a_boolean_is_a_clear_error():
+    # lmms-eval's own parser would turn "true" into True and fail with a Python type error
+    with pytest.raises(FileNotFoundError, match="cannot load checkpoint 'true'"):
+        adapters.LlavaNextPDrop.create_from_arg_string("pretrained=true")
+
+
+@pytest.mark.parametrize(
+    "arg_string, expected",
+    [
+        ("drop_preset=pdrop-0.5,ratio=0.3", DropConfig.pyramid(ratio=0.3)),
+        ("drop_preset=pdrop-0.5,lambda=0.3", DropConfig.pyramid(ratio=0.3)),
+        ("drop_preset=pdrop-0.4,image_token_ratio_list=[0.5,0.2,0.1]", DropConfig.pyramid(image_token_ratio_list=[0.5, 0.2, 0.1])),
+        ("layer_list=[4,8],lambda=0.25", DropConfig.pyramid(layer_list=[4, 8], ratio=0.25)),
+    ],
+)
+def test_explicit_keys_are_parsed_before_the_preset_and_override_it(tiny_llava, arg_string, expected):
+    from pdrop_eval.keyvalue import parse_key_values
+    from pdrop_eval.options import resolve_model_options
+
+    options = parse_key_values(f"pretrained={tiny_llava},{arg_string}")
+    assert resolve_model_options("pyramid", options, owner="test").drop == expected
 
 
 @pytest.fixture(scope="module")

@@ -149,6 +149,22 @@ def test_pdrop_run_writes_results_samples_and_stats(pdrop_run, tiny_llava_next):
     assert len({s["num_image_tokens"] for s in run_stats["samples"]}) == 3  # anyres: one N per aspect ratio
 
 
+# ----- the random control, chat request path, LLaVA-NeXT -------------------------------------------------
+def test_random_drop_run_keeps_the_schedules_counts(lmms_env, tiny_llava_next, tmp_path):
+    run = Run(lmms_env, tmp_path / "out", "llava_random_drop",
+              f"pretrained={tiny_llava_next},dtype=float32,max_new_tokens=2,drop_preset=pdrop-0.5,seed=3",
+              "pdrop_local_yesno", batch_size=4, extra=("--limit", "3"))
+    results = run.results()
+    assert results["config"]["model"] == "llava_random_drop"
+    assert sorted(run.samples("pdrop_local_yesno")) == [0, 1, 2]
+    run_stats = run.stats()
+    control = DropConfig.random(DropConfig.pyramid(), seed=3)
+    assert run_stats["drop"] == control.to_dict()
+    dims = run_stats["model_dims"]
+    for sample in run_stats["samples"]:
+        assert sample["image_tokens_per_layer"] == control.image_tokens_per_layer(sample["num_image_tokens"], dims["num_layers"])
+
+
 # ----- FastV, simple request path (loglikelihood task), LLaVA-1.5; one and two processes ---------------
 FASTV_TASKS = "pdrop_local,pdrop_local_mcq_ll"
 ALL_TASKS = [*GENERATION_TASKS, "pdrop_local_mcq_ll"]
@@ -202,7 +218,7 @@ def test_two_processes_give_the_same_answers_and_metrics(fastv_run, fastv_two_pr
 @pytest.mark.parametrize(
     "model_args, message",
     [
-        ("pretrianed={ckpt},dtype=float32", "unknown --model_args key(s) ['pretrianed']"),
+        ("pretrianed={ckpt},dtype=float32", "unknown option(s) ['pretrianed']"),
         ("pretrained={missing},dtype=float32", "checkpoint folder {missing} does not exist"),
     ],
     ids=["misspelt_arg", "missing_checkpoint"],

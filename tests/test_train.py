@@ -11,7 +11,8 @@ from PIL import Image
 
 from pdrop_eval import synth
 from pdrop_eval.engine import DropConfig
-from pdrop_eval.train import IGNORE_INDEX, ConversationDataset, TrainSettings, collate, read_conversations, train
+from pdrop_eval.train import IGNORE_INDEX, ConversationDataset, collate, read_conversations, train
+from pdrop_eval.train_settings import TrainSettings
 from pdrop_eval.wrapper import LlavaRunner, Query
 
 

@@ -179,14 +179,38 @@ def test_message_parts_keep_image_order_and_join_adjacent_texts(adapter, tmp_pat
 
 def test_model_options_are_checked_without_loading(adapter, tiny_llava_next, tiny_llava):
     settings = adapter.LLaVAPyramidDrop.check_options(pretrained=str(tiny_llava_next), layer_list="4;8", **{"lambda": "0.25"})
-    assert settings["drop"] == DropConfig.pyramid(layer_list=(4, 8), ratio=0.25)
-    assert adapter.LLaVAFastV.check_options(pretrained=str(tiny_llava), drop_preset="fastv-k2-r0.5")["drop"].fastv_k == 2
+    assert settings.drop == DropConfig.pyramid(layer_list=(4, 8), ratio=0.25)
+    assert (settings.architecture, settings.max_new_tokens) == ("llava_next", 1024)
+    assert adapter.LLaVAFastV.check_options(pretrained=str(tiny_llava), drop_preset="fastv-k2-r0.5").drop.fastv_k == 2
     with pytest.raises(ValueError, match="FastV does not take"):
         adapter.LLaVAFastV.check_options(pretrained=str(tiny_llava), layer_list="8;16")
-    with pytest.raises(ValueError, match="unknown drop option"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['temperature'\]"):
         adapter.LLaVAVanilla.check_options(pretrained=str(tiny_llava), temperature=0.2)
+    with pytest.raises(ValueError, match="pretrained must be a checkpoint folder or HF Hub id, got True"):
+        adapter.LLaVAVanilla.check_options(pretrained=True)  # a JSON `true` in a --config entry
     with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
         adapter.LLaVAVanilla.check_options(pretrained=str(tiny_llava), max_new_tokens="0")
+
+
+def test_model_args_with_brackets_and_repeated_keys(adapter, tiny_llava_next):
+    from pdrop_eval.adapters.vlmeval_run import LaunchError, parse_model_args
+
+    options = parse_model_args(f"pretrained={tiny_llava_next},layer_list=[8,16,24],lambda=0.4")
+    assert adapter.LLaVAPyramidDrop.check_options(**options).drop == DropConfig.pyramid(ratio=0.4)
+    assert adapter.LLaVAPyramidDrop.check_options(**options, drop_preset="pdrop-0.6").drop == DropConfig.pyramid(ratio=0.4)
+    with pytest.raises(LaunchError, match="'lambda' given twice"):
+        parse_model_args("lambda=0.5,lambda=0.4")
+
+
+def test_random_control_is_registered_with_its_schedule_options(adapter, tiny_llava_next):
+    import vlmeval.vlm
+    from vlmeval.config import supported_VLM
+
+    adapter.register_models()
+    assert supported_VLM["llava_random_drop"].func is adapter.LLaVARandomDrop is vlmeval.vlm.LLaVARandomDrop
+    settings = adapter.LLaVARandomDrop.check_options(pretrained=str(tiny_llava_next), fastv_k="3", seed="5")
+    assert settings.drop == DropConfig.random(DropConfig.fastv(k=3), seed=5)
+    assert adapter.LLaVARandomDrop.check_options(pretrained=str(tiny_llava_next), drop_preset="pdrop-0.5").drop == DropConfig.random()
 
 
 def test_registration_is_in_place(adapter):

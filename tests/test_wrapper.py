@@ -73,7 +73,7 @@ def test_no_drop_baseline_answers_like_the_stock_model(tiny_llava):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     queries = local_queries("vqa")[:2]
-    runner = LlavaRunner.load(str(tiny_llava), dtype="float32")
+    runner = LlavaRunner.load(str(tiny_llava), dtype="float32", pad_to_square=False)  # as the stock processor sees images
     answers = runner.generate(queries, max_new_tokens=5, batch_size=2)
     assert all(a.stats.image_tokens_per_layer == [64] * 32 for a in answers)
 
@@ -198,3 +198,47 @@ def test_ocrvqa_task_makes_one_document_per_question():
         ("a", "Who wrote this book?", "Jane Doe"), ("a", "Is this a novel?", "Yes"), ("b", "What is the title?", "Blue Book")]
     assert utils.ocrvqa_doc_to_visual(docs[2])[0].size == (40, 60)
     assert utils.ocrvqa_process_results(docs[0], ["jane doe."]) == {"exact_match": 1.0}
+
+
+def test_llava15_pads_non_square_images_with_the_mean_colour_by_default(tiny_llava):
+    """A wide red picture: the original LLaVA-1.5 convention pads it to a square with the mean colour
+    (top and bottom bands normalise to ~0); llava-hf's default resize + center crop keeps only red."""
+    from PIL import Image
+
+    from pdrop_eval.wrapper import LlavaRunner, Query
+
+    image = Image.new("RGB", (64, 32), (255, 0, 0))
+    query = Query.from_parts([image, "What color?"])
+    padded = LlavaRunner.load(str(tiny_llava))
+    cropped = LlavaRunner.load(str(tiny_llava), pad_to_square=False)
+    assert padded.pad_to_square and not cropped.pad_to_square
+    padded_pixels = padded._encode([query], [padded.render(query)])["pixel_values"][0]  # (3, 64, 64)
+    cropped_pixels = cropped._encode([query], [cropped.render(query)])["pixel_values"][0]
+    red = cropped_pixels[:, 32, 32]
+    assert red[0] > 1.5 and red[1] < -1.0  # normalised pure red
+    assert padded_pixels[:, :14].abs().max() < 0.05 and padded_pixels[:, -14:].abs().max() < 0.05  # mean colour bands
+    assert (padded_pixels[:, 32, 32] - red).abs().max() < 0.05  # the picture sits in the middle
+    assert (cropped_pixels[:, :14] - red[:, None, None]).abs().max() < 0.05  # no band without padding
+
+
+def test_pad_to_square_is_refused_for_llava_next(tiny_llava_next):
+    import pytest
+
+    from pdrop_eval.wrapper import LlavaRunner
+
+    with pytest.raises(ValueError, match="pad_to_square applies to LLaVA-1.5 checkpoints only"):
+        LlavaRunner.load(str(tiny_llava_next), pad_to_square=True)
+
+
+def test_pad_to_square_option_in_both_frameworks(tiny_llava, tiny_llava_next):
+    import pytest
+
+    from pdrop_eval.options import resolve_model_options
+
+    assert resolve_model_options("none", {"pretrained": str(tiny_llava)}, owner="m").pad_to_square is True
+    assert resolve_model_options("none", {"pretrained": str(tiny_llava), "pad_to_square": "false"}, owner="m").pad_to_square is False
+    assert resolve_model_options("none", {"pretrained": str(tiny_llava_next)}, owner="m").pad_to_square is False
+    with pytest.raises(ValueError, match="m: pad_to_square must be true or false, got 'maybe'"):
+        resolve_model_options("none", {"pretrained": str(tiny_llava), "pad_to_square": "maybe"}, owner="m")
+    with pytest.raises(ValueError, match="m: pad_to_square applies to LLaVA-1.5 checkpoints only"):
+        resolve_model_options("none", {"pretrained": str(tiny_llava_next), "pad_to_square": True}, owner="m")

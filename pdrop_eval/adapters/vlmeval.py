@@ -1,4 +1,5 @@
-"""VLMEvalKit models: HF LLaVA-1.5 / LLaVA-NeXT with PyramidDrop, FastV or no drop.
+"""VLMEvalKit models: HF LLaVA-1.5 / LLaVA-NeXT with each drop method of the registry
+(`pdrop_eval.engine.config.METHODS`): PyramidDrop, FastV, no drop and the random control.
 
 Thin translations from VLMEvalKit's model interface to the shared `pdrop_eval.wrapper.LlavaRunner`:
 a VLMEvalKit message (a list of ``{'type': 'text'|'image', 'value': ...}``) becomes a `Query`, the
@@ -18,18 +19,20 @@ import time
 from functools import partial
 from pathlib import Path
 
-import pandas as pd
-import torch
-from vlmeval.smp import cn_string
-from vlmeval.vlm.base import BaseModel
+from pdrop_eval.compat import ensure_torchvision_importable
 
-from pdrop_eval import presets
-from pdrop_eval.stats import sample_record
-from pdrop_eval.wrapper import ARCHITECTURES, LlavaRunner, Query, load_config
+ensure_torchvision_importable()  # before VLMEvalKit imports torchvision
+
+import pandas as pd  # noqa: E402
+from vlmeval.smp import cn_string  # noqa: E402
+from vlmeval.vlm.base import BaseModel  # noqa: E402
+
+from pdrop_eval.engine.config import METHODS, MethodSpec  # noqa: E402
+from pdrop_eval.options import DEFAULT_MAX_NEW_TOKENS, ModelOptions, resolve_model_options  # noqa: E402
+from pdrop_eval.stats import sample_record  # noqa: E402
+from pdrop_eval.wrapper import LlavaRunner, Query  # noqa: E402
 
 FRAMEWORK = "vlmeval"
-MODEL_OPTIONS = ("pretrained", "model_preset", "dtype", "device", "device_map", "attn_implementation", "max_new_tokens")
-DEFAULT_MAX_NEW_TOKENS = 1024  # VLMEvalKit's LLaVA models allow more; benchmark answers need far less
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 MCQ_INSTRUCTION_CN = "请直接回答选项字母。"
 OPEN_INSTRUCTION = "Answer the question directly."  # an MCQ-typed row without options
@@ -39,71 +42,38 @@ OPEN_INSTRUCTION_CN = "请直接回答问题。"
 class DropVLM(BaseModel):
     """A LLaVA-1.5 / LLaVA-NeXT checkpoint (architecture read from it) with one drop method.
 
-    Options (keyword arguments: `supported_VLM` partials, `--model-args`, a `--config` entry), named
-    as in the lmms-eval adapter: pretrained (folder or Hub id) or model_preset (default:
-    DEFAULT_MODEL_PRESET), dtype, device (default cuda when available), device_map,
-    attn_implementation, max_new_tokens, drop_preset, and this method's `DropConfig.from_args` keys
-    (PyramidDrop: layer_list, lambda / ratio, image_token_ratio_list, position_mode; FastV: fastv_k,
-    fastv_r, position_mode).
+    Options (keyword arguments: `supported_VLM` partials, `--model-args`, a `--config` entry), as in
+    the lmms-eval adapter and resolved by `pdrop_eval.options`: pretrained (folder or Hub id) or
+    model_preset (default: the registry entry's default_model_preset), dtype, device (default cuda
+    when available), device_map, attn_implementation, max_new_tokens (default 1024), drop_preset,
+    and this method's drop options (registry `keys`).
     """
 
     INSTALL_REQ = False
     INTERLEAVE = True
     allowed_types = ["text", "image"]
-    DROP_METHOD: str
-    DEFAULT_MODEL_PRESET: str
+    DROP_METHOD: str  # a key of METHODS
 
     def __init__(self, **options):
         super().__init__()
         settings = self.check_options(**options)
-        self.max_new_tokens = settings["max_new_tokens"]
-        self.runner = LlavaRunner.load(
-            settings["pretrained"],
-            drop=settings["drop"],
-            dtype=settings["dtype"],
-            device=settings["device"],
-            device_map=settings["device_map"],
-            attn_implementation=settings["attn_implementation"],
-        )
+        self.max_new_tokens = settings.max_new_tokens
+        self.runner = LlavaRunner.from_options(settings)
         self.dataset = None  # the VLMEvalKit dataset being inferred (see set_dump_image)
         self.pending_index = None  # index of the row build_prompt prepared for the next generate
         self.samples: list[dict] = []
         self.generate_seconds = 0.0
 
     @classmethod
-    def check_options(cls, **options) -> dict:
+    def check_options(cls, **options) -> ModelOptions:
         """Resolve and validate options without loading weights (ValueError / FileNotFoundError)."""
-        name = cls.__name__
-        model_options = {key: options.pop(key) for key in list(options) if key in MODEL_OPTIONS}
-        drop_preset = options.pop("drop_preset", None)
-        try:
-            drop = presets.resolve_drop(cls.DROP_METHOD, drop_preset, options)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{name}: bad drop settings: {error} (model options: {sorted(MODEL_OPTIONS)})") from None
-        preset = model_options.pop("model_preset", None)
-        if preset is None and "pretrained" not in model_options:
-            preset = cls.DEFAULT_MODEL_PRESET
-        settings = {
-            "dtype": "auto",
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
-            "device_map": None,
-            "attn_implementation": None,
-            "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
-            **presets.resolve_model_args(preset, model_options),
-            "drop": drop,
-        }
-        raw_max_new_tokens = settings["max_new_tokens"]
-        try:
-            settings["max_new_tokens"] = int(raw_max_new_tokens)
-        except (TypeError, ValueError):
-            settings["max_new_tokens"] = 0
-        if settings["max_new_tokens"] < 1:
-            raise ValueError(f"{name}: max_new_tokens must be a positive integer, got {raw_max_new_tokens!r}")
-        # Reads only config.json: a missing or non-LLaVA checkpoint fails before any weights load.
-        architecture = load_config(settings["pretrained"]).model_type
-        if architecture not in ARCHITECTURES:
-            raise ValueError(f"{name}: {settings['pretrained']} is a {architecture!r} checkpoint, not LLaVA-1.5 / LLaVA-NeXT")
-        return settings
+        return resolve_model_options(
+            cls.DROP_METHOD,
+            options,
+            owner=cls.__name__,
+            default_model_preset=METHODS[cls.DROP_METHOD].default_model_preset,
+            default_max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+        )
 
     # ----- prompts -------------------------------------------------------------------------------
     def set_dump_image(self, dump_image_func):
@@ -156,27 +126,16 @@ class DropVLM(BaseModel):
         }
 
 
-class LLaVAPyramidDrop(DropVLM):
-    DROP_METHOD = "pyramid"
-    DEFAULT_MODEL_PRESET = "llava-next-7b"
+def _model_class(spec: MethodSpec) -> type:
+    """The class of the registry entry `spec` (e.g. LLaVAPyramidDrop), as --config "class" names it."""
+    return type(spec.vlmeval_class, (DropVLM,), {
+        "__module__": __name__, "__doc__": f"VLMEvalKit model {spec.lmms_model}: {spec.title}.", "DROP_METHOD": spec.name,
+    })
 
 
-class LLaVAFastV(DropVLM):
-    DROP_METHOD = "fastv"
-    DEFAULT_MODEL_PRESET = "llava-1.5-7b"  # FastV's own evaluation model
-
-
-class LLaVAVanilla(DropVLM):
-    DROP_METHOD = "none"
-    DEFAULT_MODEL_PRESET = "llava-next-7b"
-
-
-# The names lmms-eval knows them by too (pdrop_eval.adapters.lmms).
-MODELS = {
-    "llava_next_pdrop": LLaVAPyramidDrop,
-    "llava_fastv": LLaVAFastV,
-    "llava_next_vanilla": LLaVAVanilla,
-}
+# By the names lmms-eval knows them by too; the classes are module attributes (pickling, --config).
+MODELS = {spec.lmms_model: _model_class(spec) for spec in METHODS.values()}
+globals().update({model_class.__name__: model_class for model_class in MODELS.values()})
 
 
 def register_models(options: dict | None = None) -> None:

@@ -25,7 +25,9 @@ import os
 import sys
 from pathlib import Path
 
-import pdrop_eval  # noqa: F401  (torchvision shim; must precede every vlmeval import)
+from pdrop_eval.compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()  # must precede every vlmeval import
 
 PROG = "pdrop-vlmeval"
 YES_NO_ANSWERS = {"Yes", "No"}
@@ -65,15 +67,12 @@ def _vlmeval_view(argv: list[str]) -> argparse.Namespace:
 
 
 def parse_model_args(text: str) -> dict[str, str]:
-    options = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise LaunchError(f"--model-args: {part!r} is not of the form key=value")
-        if key.strip() in options:
-            raise LaunchError(f"--model-args: {key.strip()!r} given twice")
-        options[key.strip()] = value.strip()
-    return options
+    from pdrop_eval.keyvalue import parse_key_values
+
+    try:
+        return parse_key_values(text, "--model-args key")
+    except ValueError as error:
+        raise LaunchError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +180,7 @@ def _check_config(view: argparse.Namespace, model_args: dict, adapter) -> tuple[
     return list(config["model"]), list(config["data"])
 
 
-def _check_work_dir_fits(model_dir: Path, model_name: str, settings: dict) -> None:
+def _check_work_dir_fits(model_dir: Path, model_name: str, settings) -> None:
     """VLMEvalKit reuses any prediction file already in `<work_dir>/<model>/`, even without --reuse.
     Predictions made with another checkpoint or drop config under the same name would be scored as
     this run's, so such a folder is refused (its statistics file records what produced it)."""
@@ -191,7 +190,7 @@ def _check_work_dir_fits(model_dir: Path, model_name: str, settings: dict) -> No
     if not stats_path.is_file():
         return
     previous = json.loads(stats_path.read_text())
-    now = {"pretrained": str(settings["pretrained"]), "drop": settings["drop"].to_dict()}
+    now = {"pretrained": settings.pretrained, "drop": settings.drop.to_dict()}
     before = {key: previous.get(key) for key in now}
     if before != now:
         raise LaunchError(

@@ -5,7 +5,7 @@ from dataclasses import fields
 
 
 def add_parser(subparsers) -> None:
-    from pdrop_eval.bench import BenchSettings
+    from pdrop_eval.bench_settings import BenchSettings
 
     parser = subparsers.add_parser("bench", help="time prefill (or --train: forward + backward) of vanilla / PyramidDrop / FastV on a random model")
     defaults = BenchSettings()
@@ -28,13 +28,17 @@ def run(args) -> int:
     import torch
     from tabulate import tabulate
 
-    from pdrop_eval.bench import BenchSettings, run_bench
+    from pdrop_eval.compat import ensure_torchvision_importable
 
-    if args.threads:
+    ensure_torchvision_importable()  # before the engine imports transformers
+    from pdrop_eval.bench import run_bench
+    from pdrop_eval.bench_settings import BenchSettings
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
     settings = BenchSettings(**{f.name: getattr(args, f.name) for f in fields(BenchSettings)})
-    if settings.repeats < 1 or settings.warmup < 0:
-        raise ValueError("--repeats must be >= 1 and --warmup >= 0")
     result = run_bench(settings)
     if args.json:
         print(json.dumps(result))
@@ -53,6 +57,5 @@ def run(args) -> int:
         f"({s['attn_implementation']}), median of {s['repeats']}"
     )
     print(tabulate(rows, headers=["method", "train step ms" if s["train"] else "prefill ms", "time ratio", "FLOPs ratio"], tablefmt="github"))
-    if result["scoring_overhead"] is not None:
-        print(f"ranking overhead: {result['scoring_overhead'] * 100:.2f}% of PyramidDrop prefill")
+    print(f"ranking overhead: {result['scoring_overhead'] * 100:.2f}% of PyramidDrop {'training step' if s['train'] else 'prefill'}")
     return 0

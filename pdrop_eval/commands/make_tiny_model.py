@@ -15,11 +15,21 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--text-arch", choices=TEXT_ARCHS, default="llama", help="decoder family")
     parser.add_argument("--num-layers", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="write into DIR even if it is not empty")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from pdrop_eval.report.files import OutputExistsError
     from pdrop_eval.tiny import make_tiny_model
+
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"DIR {out_dir} is a file; give a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not args.force:
+        raise OutputExistsError(f"{out_dir} is not empty; pass --force to write the checkpoint into it anyway")
 
     arch = args.arch or ("llava_next" if args.preset == "synth" else "llava")
     path = make_tiny_model(

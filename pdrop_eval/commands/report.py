@@ -1,6 +1,7 @@
 """`pdrop-eval report`: markdown tables (scores beside TFLOPs) from lmms-eval / VLMEvalKit outputs."""
 
 from pdrop_eval.report.build import DEFAULT_DELTA, LAYOUTS
+from pdrop_eval.report.table import KIND_ORDER
 
 
 def add_parser(subparsers) -> None:
@@ -16,7 +17,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--layout", choices=LAYOUTS, default="leaderboard", help="benchmark columns: every benchmark found, or a paper table's")
     parser.add_argument("--compare-paper", action="store_true", help="add the paper's numbers under each row it has numbers for")
     parser.add_argument("--paper-model", choices=("LLaVA-1.5-7B", "LLaVA-NeXT-7B"), help="paper model to compare every row with (default: by checkpoint name)")
-    parser.add_argument("--delta", default=DEFAULT_DELTA, metavar="A:B", help="Δ row per model: A minus B, each a method kind (vanilla/pdrop/fastv) or an exact method label (default: %(default)s)")
+    parser.add_argument("--delta", default=DEFAULT_DELTA, metavar="A:B", help=f"Δ row per model: A minus B, each a method kind ({'/'.join(KIND_ORDER)}) or an exact method label (default: %(default)s)")
     parser.add_argument("--out", metavar="FILE.md", help="also write the markdown here")
     parser.add_argument("--plot", metavar="FILE.png", help="also write score-vs-TFLOPs panels (one per benchmark) here")
     parser.add_argument("--force", action="store_true", help="overwrite --out / --plot files")

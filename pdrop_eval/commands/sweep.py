@@ -9,6 +9,16 @@ def _floats(text: str) -> list[float]:
         raise ValueError(f"--values must be numbers separated by commas, got {text!r}") from None
 
 
+def _layer_list(text: str) -> tuple[int, ...]:
+    """Boundaries as the drop options write them: 8,16,24 or 8;16;24 or [8,16,24]."""
+    from pdrop_eval.engine.config import DropConfig
+
+    try:
+        return DropConfig.from_args({"layer_list": text, "lambda": 0.5}).layer_list
+    except ValueError as error:
+        raise ValueError(f"--layer-list: {error}") from None
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "sweep",
@@ -19,7 +29,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--values", required=True, type=_floats, help="λ values (pdrop) or R values (fastv), e.g. 0.3,0.4,0.5,0.6")
     parser.add_argument("--tasks", required=True, help="lmms-eval task names, comma-separated")
     parser.add_argument("--out-dir", required=True, help="folder for the runs, the report (sweep.md) and the plot (sweep.png)")
-    parser.add_argument("--layer-list", default="8,16,24", help="PyramidDrop stage boundaries (default: %(default)s)")
+    parser.add_argument("--layer-list", default="8,16,24", help="PyramidDrop stage boundaries, e.g. 8,16,24 or 8;16;24 (default: %(default)s)")
     parser.add_argument("--fastv-k", type=int, default=2, help="FastV layer K (default: %(default)s)")
     parser.add_argument("--no-vanilla", action="store_true", help="skip the no-drop reference run")
     add_eval_options(parser)
@@ -44,7 +54,7 @@ def run(args) -> int:
 
     from pdrop_eval.pipeline import PipelineError, evaluate_and_report, sweep_settings
 
-    layer_list = tuple(int(x) for x in args.layer_list.split(","))
+    layer_list = _layer_list(args.layer_list)
     settings = sweep_settings(args.method, args.values, not args.no_vanilla, layer_list, args.fastv_k)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:

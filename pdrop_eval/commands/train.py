@@ -4,7 +4,8 @@ from dataclasses import fields
 
 
 def add_parser(subparsers) -> None:
-    from pdrop_eval.train import TrainSettings
+    from pdrop_eval.options import boolean
+    from pdrop_eval.train_settings import TrainSettings
 
     parser = subparsers.add_parser(
         "train",
@@ -31,7 +32,7 @@ def add_parser(subparsers) -> None:
     }
     defaults = {f.name: f.default for f in fields(TrainSettings)}
     for field in fields(TrainSettings):
-        if field.name in ("pretrained", "data", "output_dir", "drop"):
+        if field.name in ("pretrained", "data", "output_dir", "drop", "pad_to_square"):
             continue
         flag = "--" + field.name.replace("_", "-")
         default = defaults[field.name]
@@ -40,6 +41,10 @@ def add_parser(subparsers) -> None:
         else:
             kind = int if field.name == "max_length" else type(default)
             parser.add_argument(flag, type=kind, default=default, help=helps.get(field.name))
+    parser.add_argument(
+        "--pad-to-square", type=lambda text: boolean("--pad-to-square", text), default=None,
+        help="true/false: pad images to a square with the mean colour (default: as evaluation, i.e. true for LLaVA-1.5 only)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.set_defaults(func=run)
 
@@ -47,7 +52,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import torch
 
-    from pdrop_eval.train import TrainSettings, train
+    from pdrop_eval.train import train
+    from pdrop_eval.train_settings import TrainSettings
 
     if args.threads:
         torch.set_num_threads(args.threads)

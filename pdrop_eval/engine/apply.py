@@ -1,15 +1,21 @@
 """`apply_drop(model, config)`: enable dropping on a loaded HF LLaVA / LLaVA-NeXT model.
 
 The language model's `forward` is replaced on the instance by a staged layer loop over the
-unmodified decoder layers; a pre-hook on the multimodal model records where the image tokens are.
+unmodified decoder layers. LLaVA's forward hands the language model neither the token ids (it
+passes merged embeddings) nor the labels (it computes the loss itself, after the language model), so
+two forward pre-hooks record them: one on the multimodal model for `input_ids` (where the image
+tokens are), one on the outer model for `labels` (which rows rank the image tokens in training).
+The language-model call that follows consumes both.
 `generate()` needs no override: prefill prunes, decode steps attend the pruned per-layer cache.
 `handle.remove()` deletes the instance attributes and hooks, restoring the stock model exactly.
 """
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
@@ -17,9 +23,11 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from pdrop_eval.engine.config import DropConfig
-from pdrop_eval.engine.staged import staged_decode, staged_prefill
+from pdrop_eval.engine.staged import QueryRows, Slots, staged_decode, staged_prefill
+from pdrop_eval.engine.stats import SampleDropStats, sample_stats
 
 SUPPORTED_MODELS = (LlavaForConditionalGeneration, LlavaNextForConditionalGeneration)
+IGNORE_INDEX = -100  # HF's label for positions without loss
 _UNSUPPORTED_GENERATE_OPTIONS = {
     "assistant_model": "assisted decoding",
     "prompt_lookup_num_tokens": "prompt-lookup decoding",
@@ -31,11 +39,24 @@ def apply_drop(model, config: DropConfig) -> "DropHandle":
     return DropHandle(model, config)
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """The language model's inputs, completed the way the stock forward completes them."""
+
+    hidden: torch.Tensor  # (B, q, d) input embeddings
+    attention_mask: torch.Tensor  # (B, past + q) bool over the original sequence
+    position_ids: torch.Tensor  # (B, q) long
+    cache: object  # a transformers Cache, or None without caching
+    use_cache: bool
+    past_len: int
+
+
 class DropHandle:
-    """Drop state attached to one model. `last_stats` holds one dict per sample of the last prefill:
-    `num_image_tokens`, `image_tokens_per_layer` and `tokens_per_layer` (one int per decoder layer,
-    the latter counting text too), and `kept` (one sorted index list per boundary, into the sample's
-    original image-token block)."""
+    """Drop state attached to one model. `last_stats` holds one `SampleDropStats` per sample of the
+    last prefill (image tokens and all tokens at every layer, kept image tokens per boundary).
+
+    Under `model.eval()` the last prompt token ranks the image tokens; under `model.train()` (with
+    `labels`) every token just before an answer span does, as in the official training code."""
 
     def __init__(self, model, config: DropConfig):
         if not isinstance(config, DropConfig):
@@ -52,16 +73,22 @@ class DropHandle:
         self.config = config
         self.boundaries = config.boundaries(len(language_model.layers))
         self.image_token_id = model.config.image_token_id
-        self.last_stats: list[dict] = []
+        self.last_stats: list[SampleDropStats] = []
         self._language_model = language_model
-        self._input_ids = None  # set by the pre-hook for the language-model call that follows
+        self._input_ids = None  # set by the pre-hooks for the language-model call that follows
+        self._labels = None
         self._query_index = None
         self._prefill_states = weakref.WeakKeyDictionary()  # cache -> PrefillState
 
-        self._hook = model.model.register_forward_pre_hook(self._record_input_ids, with_kwargs=True)
+        self._forward_signature = inspect.signature(type(model).forward)  # the class's: wrappers may hide it
+        self._hooks = [
+            model.model.register_forward_pre_hook(self._record_input_ids, with_kwargs=True),
+            model.register_forward_pre_hook(self._record_labels, with_kwargs=True),
+        ]
         language_model.forward = self._language_model_forward
-        stock_generate = model.generate
-        model.generate = lambda *args, **kwargs: stock_generate(*args, **self._check_generate(kwargs))
+        self._stock_generate = model.generate
+        self._generate_signature = inspect.signature(model.generate)
+        model.generate = self._checked_generate
         self._removed = False
 
     # ----- public ---------------------------------------------------------------------------------
@@ -69,7 +96,8 @@ class DropHandle:
         """Restore the stock model exactly (idempotent)."""
         if self._removed:
             return
-        self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
         del self._language_model.forward
         del self.model.generate
         self._prefill_states = weakref.WeakKeyDictionary()
@@ -97,21 +125,28 @@ class DropHandle:
     def _record_input_ids(self, module, args, kwargs):
         self._input_ids = kwargs.get("input_ids", args[0] if args else None)
 
-    def _check_generate(self, kwargs: dict) -> dict:
-        if self.config.method == "none":
-            return kwargs
-        generation_config = kwargs.get("generation_config") or self.model.generation_config
-        num_beams = kwargs.get("num_beams", generation_config.num_beams)
+    def _record_labels(self, module, args, kwargs):
+        self._labels = self._forward_signature.bind_partial(module, *args, **kwargs).arguments.get("labels")
+
+    def _checked_generate(self, *args, **kwargs):
+        if self.boundaries:
+            self._check_generate_options(self._generate_signature.bind_partial(*args, **kwargs).arguments)
+        return self._stock_generate(*args, **kwargs)
+
+    def _check_generate_options(self, arguments: dict) -> None:
+        options = {**arguments.pop("kwargs", {}), **arguments}  # generate's named parameters and its **kwargs
+        generation_config = options.get("generation_config") or self.model.generation_config
+        num_beams = options.get("num_beams", generation_config.num_beams)
         if num_beams is not None and num_beams > 1:
             raise ValueError(
                 f"num_beams={num_beams}: beam search reorders the KV cache, which {self.config.describe()} "
                 "prunes per layer; use greedy or sampling (num_beams=1)"
             )
         for option, name in _UNSUPPORTED_GENERATE_OPTIONS.items():
-            if kwargs.get(option) is not None:
+            if options.get(option) is not None:
                 raise ValueError(f"{name} ({option}) is not supported with {self.config.describe()}")
-        return kwargs
 
+    # ----- the language model's forward -----------------------------------------------------------
     def _language_model_forward(
         self,
         input_ids=None,
@@ -122,33 +157,51 @@ class DropHandle:
         use_cache=None,
         **kwargs,
     ):
-        lm = self._language_model
-        image_input_ids, self._input_ids = self._input_ids, None
-        if input_ids is not None:
-            image_input_ids = input_ids
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        is_prefill = past_len == 0
-
-        if self.config.method == "none":
-            if is_prefill:
-                self.last_stats = self._undropped_stats(image_input_ids, attention_mask)
-            return type(lm).forward(
-                lm,
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                inputs_embeds=inputs_embeds,
-                use_cache=use_cache,
-                **kwargs,
-            )
-
+        recorded_ids, labels = self._input_ids, self._labels
+        self._input_ids = self._labels = None
+        token_ids = input_ids if input_ids is not None else recorded_ids
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "past_key_values": past_key_values,
+            "inputs_embeds": inputs_embeds,
+            "use_cache": use_cache,
+        }
+        if not self.boundaries:  # nothing to drop: the stock forward
+            return self._undropped_forward(token_ids, **inputs, **kwargs)
         for flag in ("output_attentions", "output_hidden_states"):
             if kwargs.pop(flag, None):
                 raise ValueError(f"{flag} is not available while {self.config.describe()} is applied")
         kwargs.pop("return_dict", None)
+        batch = self._complete_inputs(**inputs)
+        if batch.past_len:
+            return self._decode(batch, layer_kwargs=kwargs)
+        return self._prefill(batch, token_ids=token_ids, labels=labels, layer_kwargs=kwargs)
+
+    def _undropped_forward(self, token_ids, **inputs):
+        """The stock forward; a prefill still records its statistics."""
+        lm = self._language_model
+        cache = inputs["past_key_values"]
+        if token_ids is not None and (cache is None or cache.get_seq_length() == 0):
+            mask = inputs["attention_mask"]
+            valid = mask.bool() if mask is not None else torch.ones_like(token_ids, dtype=torch.bool)
+            self.last_stats = sample_stats(
+                num_layers=len(lm.layers),
+                stage_first_layers=[0],
+                image_tokens=((token_ids == self.image_token_id) & valid).sum(1, keepdim=True),
+                tokens=valid.sum(1, keepdim=True),
+                kept=torch.zeros(token_ids.shape[0], 0, 0, dtype=torch.bool),
+            )
+        return type(lm).forward(lm, **inputs)
+
+    def _complete_inputs(self, *, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache) -> _Batch:
+        lm = self._language_model
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if lm.training:
+            use_cache = self._check_training_cache(past_len, use_cache)
         hidden = lm.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, seq_len, _ = hidden.shape
         use_cache = lm.config.use_cache if use_cache is None else use_cache
@@ -156,56 +209,86 @@ class DropHandle:
             past_key_values = DynamicCache(config=lm.config)
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + seq_len, device=hidden.device).unsqueeze(0)
-        position_ids = position_ids.expand(batch, seq_len)
         if attention_mask is None:
             attention_mask = torch.ones(batch, past_len + seq_len, dtype=torch.bool, device=hidden.device)
         if attention_mask.shape != (batch, past_len + seq_len):
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch, past_len + seq_len)}"
             )
-        if not is_prefill:
-            # Decode steps are text: a generated image-token id carries no image features.
-            state = self._prefill_states.get(past_key_values)
-            if state is None:
-                raise ValueError("this KV cache was not filled by a prefill under the applied drop config")
-            hidden = staged_decode(lm, self.config, state, hidden, attention_mask, position_ids, past_key_values, kwargs)
-            return BaseModelOutputWithPast(last_hidden_state=lm.norm(hidden), past_key_values=past_key_values)
+        return _Batch(
+            hidden=hidden,
+            attention_mask=attention_mask.bool(),
+            position_ids=position_ids.expand(batch, seq_len),
+            cache=past_key_values if use_cache else None,
+            use_cache=use_cache,
+            past_len=past_len,
+        )
 
-        image_mask = self._image_mask(image_input_ids, batch, seq_len)
-        valid = attention_mask.bool()
-        query_index = self._resolve_query_index(valid, image_mask)
+    def _check_training_cache(self, past_len: int, use_cache) -> bool:
+        """Under model.train() there is no KV cache: a training forward ranks the image tokens by its
+        answer spans, so its pruned cache is no prompt cache anything could decode from."""
+        if past_len or use_cache:
+            raise ValueError(
+                f"KV caching (use_cache=True or past_key_values) is not available under model.train() while "
+                f"{self.config.describe()} is applied; call model.eval() to generate, or pass use_cache=False"
+            )
+        return False
+
+    def _decode(self, batch: _Batch, *, layer_kwargs: dict) -> BaseModelOutputWithPast:
+        """Decode steps are text: a generated image-token id carries no image features."""
+        lm = self._language_model
+        state = self._prefill_states.get(batch.cache)
+        if state is None:
+            raise ValueError("this KV cache was not filled by a prefill under the applied drop config")
+        hidden = staged_decode(
+            lm,
+            config=self.config,
+            state=state,
+            hidden=batch.hidden,
+            attention_mask=batch.attention_mask,
+            positions=batch.position_ids,
+            cache=batch.cache,
+            layer_kwargs=layer_kwargs,
+        )
+        return BaseModelOutputWithPast(last_hidden_state=lm.norm(hidden), past_key_values=batch.cache)
+
+    def _prefill(self, batch: _Batch, *, token_ids, labels, layer_kwargs: dict) -> BaseModelOutputWithPast:
+        lm = self._language_model
+        valid = batch.attention_mask
+        is_image = self._image_mask(token_ids, batch.hidden.shape[:2]) & valid
+        if lm.training:
+            queries = self._answer_query_rows(valid, is_image, labels)
+        else:
+            queries = self._prompt_query_row(valid, is_image)
         result = staged_prefill(
             lm,
-            self.config,
-            self.boundaries,
-            hidden,
-            valid,
-            position_ids,
-            image_mask & valid,
-            query_index,
-            past_key_values,
-            use_cache,
-            kwargs,
+            config=self.config,
+            boundaries=self.boundaries,
+            slots=Slots.from_prompt(hidden=batch.hidden, valid=valid, positions=batch.position_ids, is_image=is_image),
+            queries=queries,
+            token_ids=token_ids,
+            cache=batch.cache,
+            use_cache=batch.use_cache,
+            layer_kwargs=layer_kwargs,
         )
         self.last_stats = result.stats
-        if use_cache:
-            self._prefill_states[past_key_values] = result.state
-        return BaseModelOutputWithPast(
-            last_hidden_state=lm.norm(result.hidden), past_key_values=past_key_values if use_cache else None
-        )
+        if batch.use_cache:
+            self._prefill_states[batch.cache] = result.state
+        return BaseModelOutputWithPast(last_hidden_state=lm.norm(result.hidden), past_key_values=batch.cache)
 
-    # ----- helpers --------------------------------------------------------------------------------
-    def _image_mask(self, input_ids, batch: int, seq_len: int) -> torch.Tensor:
-        if input_ids is None:
+    # ----- where the image tokens are and who ranks them ------------------------------------------
+    def _image_mask(self, token_ids, shape) -> torch.Tensor:
+        if token_ids is None:
             raise ValueError(
                 "the image tokens cannot be located: call the LLaVA model with input_ids (not inputs_embeds) "
                 "while a drop config is applied"
             )
-        if input_ids.shape != (batch, seq_len):
-            raise ValueError(f"input_ids shape {tuple(input_ids.shape)} does not match the embeddings {(batch, seq_len)}")
-        return input_ids == self.image_token_id
+        if token_ids.shape != shape:
+            raise ValueError(f"input_ids shape {tuple(token_ids.shape)} does not match the embeddings {tuple(shape)}")
+        return token_ids == self.image_token_id
 
-    def _resolve_query_index(self, valid: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+    def _prompt_query_row(self, valid: torch.Tensor, is_image: torch.Tensor) -> QueryRows:
+        """Inference: the last prompt token (or `query_positions`) of each sample."""
         batch, seq_len = valid.shape
         if self._query_index is None:
             # the last real token of each sample (left or right padding)
@@ -219,26 +302,40 @@ class DropHandle:
         rows = torch.arange(batch, device=valid.device)
         if not valid[rows, query_index].all():
             raise ValueError("a query position points at a padding token")
-        if image_mask[rows, query_index].any():
+        if is_image[rows, query_index].any():
             raise ValueError("the query token (last prompt token) is an image token; end the prompt with text")
-        return query_index
+        return QueryRows(index=query_index.unsqueeze(1), valid=torch.ones_like(query_index, dtype=torch.bool).unsqueeze(1))
 
-    def _undropped_stats(self, input_ids, attention_mask) -> list[dict]:
-        if input_ids is None:
-            return []
-        valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-        num_layers = len(self._language_model.layers)
-        num_image = ((input_ids == self.image_token_id) & valid).sum(1).tolist()
-        num_tokens = valid.sum(1).tolist()
-        return [
-            {
-                "num_image_tokens": n,
-                "image_tokens_per_layer": [n] * num_layers,
-                "tokens_per_layer": [t] * num_layers,
-                "kept": [],
-            }
-            for n, t in zip(num_image, num_tokens)
-        ]
+    def _answer_query_rows(self, valid: torch.Tensor, is_image: torch.Tensor, labels) -> QueryRows:
+        """Training: every token p just before an answer span (labels[p] == -100, labels[p + 1] != -100,
+        HF's unshifted labels), as the official training code ranks; samples without one get no row."""
+        if self._query_index is not None:
+            raise ValueError("query_positions applies under model.eval(); under model.train() the labels choose the query rows")
+        if labels is None:
+            raise ValueError(
+                f"under model.train(), {self.config.describe()} ranks image tokens by the tokens before each answer "
+                "span, which needs labels: pass labels to the model's forward, or call model.eval()"
+            )
+        if labels.shape != valid.shape:
+            raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {tuple(valid.shape)} like input_ids")
+        answer = (labels.to(valid.device) != IGNORE_INDEX) & valid  # (B, T)
+        labelled_images = (answer & is_image).any(1)
+        if labelled_images.any():
+            raise ValueError(
+                f"labels of samples {labelled_images.nonzero().flatten().tolist()} mark image tokens as answer tokens; "
+                f"image tokens' labels must be {IGNORE_INDEX}"
+            )
+        before_answer = valid[:, :-1] & ~answer[:, :-1] & answer[:, 1:]  # (B, T-1)
+        image_queries = (before_answer & is_image[:, :-1]).any(1)
+        if image_queries.any():
+            raise ValueError(
+                f"in samples {image_queries.nonzero().flatten().tolist()} an answer span starts right after an image "
+                "token; put text between the image and the answer"
+            )
+        num_rows = max(int(before_answer.sum(1).max()), 1)
+        # The rows of each sample first, in order; shorter samples padded with invalid rows.
+        index = torch.sort(before_answer.long(), dim=1, descending=True, stable=True).indices[:, :num_rows]
+        return QueryRows(index=index, valid=before_answer.gather(1, index))
 
 
 def _check_decoder(language_model) -> None:

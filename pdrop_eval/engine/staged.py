@@ -1,6 +1,6 @@
 """Staged decoder forward: the stock decoder layers, with image tokens dropped between stages.
 
-Prefill runs layer by layer. At each boundary the batch is re-packed: every sample keeps its text
+Prefill runs stage by stage. At each boundary the batch is re-packed: every sample keeps its text
 tokens and its best-ranked image tokens in their original order, left-padded to the longest
 sample (ragged anyres batches), so each stage is an ordinary padded batch with one causal mask.
 The per-stage layout (which slots are real, how many tokens were dropped before the stage) is kept
@@ -9,14 +9,67 @@ so that cached decoding attends each layer's pruned KV cache with the right mask
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask
 
 from pdrop_eval.engine.config import Boundary, DropConfig
-from pdrop_eval.engine.scoring import query_attention, select_top_images
+from pdrop_eval.engine.scoring import ranking_for, select_top_images
+from pdrop_eval.engine.stats import SampleDropStats, sample_stats
+
+
+@dataclass(frozen=True)
+class Slots:
+    """The tokens of one stage's padded batch, one entry per slot; re-packed together at a boundary."""
+
+    hidden: torch.Tensor  # (B, T_s, d) the input of the next decoder layer
+    valid: torch.Tensor  # (B, T_s) bool: slot holds a real prompt token (not padding/filler)
+    origin: torch.Tensor  # (B, T_s) long: the token's index in the original sequence
+    positions: torch.Tensor  # (B, T_s) long: RoPE positions
+    is_image: torch.Tensor  # (B, T_s) bool
+    image_rank: torch.Tensor  # (B, T_s) long: index into the sample's image-token block (image slots)
+
+    @classmethod
+    def from_prompt(cls, *, hidden: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, is_image: torch.Tensor) -> Slots:
+        batch, seq_len, _ = hidden.shape
+        return cls(
+            hidden=hidden,
+            valid=valid,
+            origin=torch.arange(seq_len, device=hidden.device).expand(batch, seq_len),
+            positions=positions,
+            is_image=is_image,
+            image_rank=is_image.long().cumsum(1) - 1,
+        )
+
+    def keep_only(self, keep: torch.Tensor) -> Slots:
+        """The slots marked in `keep` (B, T_s), in their order, left-padded to the longest sample."""
+        new_len = int(keep.sum(1).max())  # the boundary's host sync: the next stage's length
+        # A stable sort puts dropped and filler slots first, kept ones last in their original order.
+        order = torch.sort(keep.long(), dim=1, stable=True).indices[:, keep.shape[1] - new_len :]
+        valid = keep.gather(1, order)
+        hidden = self.hidden.gather(1, order.unsqueeze(-1).expand(-1, -1, self.hidden.shape[-1]))
+        # Filler slots would hold copies of dropped tokens. The mask hides them from every real token,
+        # but only through a zero attention weight, and 0 * inf is NaN: they must hold finite values
+        # whatever was dropped. Zeros are that, and make the padding independent of the drop.
+        hidden = hidden * valid.unsqueeze(-1)
+        return Slots(
+            hidden=hidden,
+            valid=valid,
+            origin=self.origin.gather(1, order),
+            positions=self.positions.gather(1, order),
+            is_image=self.is_image.gather(1, order),
+            image_rank=self.image_rank.gather(1, order),
+        )
+
+
+@dataclass(frozen=True)
+class QueryRows:
+    """The tokens whose attention ranks the image tokens, by original index, per sample."""
+
+    index: torch.Tensor  # (B, Q) long
+    valid: torch.Tensor  # (B, Q) bool; a sample without any valid row is not dropped
 
 
 @dataclass
@@ -26,6 +79,11 @@ class StageLayout:
     first_layer: int
     valid: torch.Tensor  # (B, T_s) bool: slot holds a real prompt token (not padding/filler)
     shift: torch.Tensor  # (B,) long: prompt tokens dropped before this stage (compact positions)
+    image_tokens: torch.Tensor  # (B,) long: image tokens the stage's layers see (statistics)
+
+    @classmethod
+    def of(cls, slots: Slots, *, first_layer: int, shift: torch.Tensor) -> StageLayout:
+        return cls(first_layer=first_layer, valid=slots.valid, shift=shift, image_tokens=(slots.is_image & slots.valid).sum(1))
 
 
 @dataclass
@@ -38,127 +96,161 @@ class PrefillState:
 class PrefillResult:
     hidden: torch.Tensor  # (B, T, d) final-layer output scattered back to original positions
     state: PrefillState
-    stats: list[dict]
+    stats: list[SampleDropStats]
 
 
-def _stage_mask(lm: nn.Module, hidden: torch.Tensor, valid_2d: torch.Tensor, cache, layer_idx: int):
-    """The attention mask of one stage, in whatever form the configured backend wants."""
-    return create_causal_mask(
+@dataclass(frozen=True)
+class _StageInputs:
+    """What every layer of one stage is given besides the hidden states."""
+
+    mask: object  # whatever form the attention backend wants (tensor, BlockMask or None)
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]  # RoPE (cos, sin), each (B, T_s, head_dim)
+
+
+def _stage_inputs(lm: nn.Module, *, hidden: torch.Tensor, valid_2d: torch.Tensor, positions: torch.Tensor, cache, first_layer: int) -> _StageInputs:
+    mask = create_causal_mask(
         config=lm.config,
         inputs_embeds=hidden,
         attention_mask=valid_2d,
         past_key_values=cache,
         position_ids=None,  # positions may be non-contiguous by design: never read them as packing
-        layer_idx=layer_idx,
+        # The layers of a stage hold a shorter KV cache than the layers before it; the mask must be
+        # sized against this stage's own cache, not the first layer's (transformers' default).
+        layer_idx=first_layer,
     )
+    return _StageInputs(mask=mask, position_embeddings=lm.rotary_emb(hidden, positions))
 
 
-def _run_layers(lm, layers, hidden, mask, position_embeddings, cache, use_cache, layer_kwargs):
-    for layer in layers:
-        hidden = layer(
-            hidden,
-            attention_mask=mask,
+def _run_layers(lm: nn.Module, layers: range, hidden: torch.Tensor, *, inputs: _StageInputs, cache, use_cache: bool, layer_kwargs: dict) -> torch.Tensor:
+    for layer_idx in layers:
+        hidden = lm.layers[layer_idx](
+            hidden,  # positional: the gradient-checkpointing wrapper needs it so
+            attention_mask=inputs.mask,
             position_ids=None,  # RoPE comes through position_embeddings (flash-attn would read ids as packing)
             past_key_values=cache,
             use_cache=use_cache,
-            position_embeddings=position_embeddings,
+            position_embeddings=inputs.position_embeddings,
             **layer_kwargs,
         )
     return hidden
 
 
+def _query_context(slots: Slots, queries: QueryRows) -> torch.Tensor:
+    """(B, T) bool: the real tokens up to each sample's last query row (what the query rows see)."""
+    last_query = torch.where(queries.valid, queries.index, -1).amax(1, keepdim=True)  # (B, 1)
+    return slots.valid & (slots.origin <= last_query)
+
+
+def _rank(ranking, layer: nn.Module, slots: Slots, queries: QueryRows, position_embeddings) -> torch.Tensor:
+    """(B, T_s) scores of the slots' image tokens by `ranking` (see `pdrop_eval.engine.scoring`)."""
+    query_slots = (slots.origin.unsqueeze(1) == queries.index.unsqueeze(2)).long().argmax(2)  # (B, Q)
+    key_mask = slots.valid.unsqueeze(1) & (slots.origin.unsqueeze(1) <= queries.index.unsqueeze(2))  # (B, Q, T_s)
+    return ranking.scores(
+        layer=layer,
+        hidden=slots.hidden,
+        position_embeddings=position_embeddings,
+        key_mask=key_mask,
+        query_slots=query_slots,
+        query_valid=queries.valid,
+        image_rank=slots.image_rank,
+    )
+
+
+def _kept_counts(config: DropConfig, *, num_image: torch.Tensor, ranked: torch.Tensor) -> torch.Tensor:
+    """(B, S) image tokens kept after each boundary; a sample without query rows keeps them all."""
+    counts = [config.kept_counts(n) for n in num_image.tolist()]
+    counts = torch.tensor(counts, dtype=torch.long, device=num_image.device).view(len(counts), -1)
+    return torch.where(ranked.unsqueeze(1), counts, num_image.unsqueeze(1))
+
+
+def _store_outputs(outputs: torch.Tensor, slots: Slots) -> torch.Tensor:
+    """Write each real slot's hidden state at its original index; filler slots go to the last (sink) row."""
+    index = torch.where(slots.valid, slots.origin, outputs.shape[1] - 1)
+    return outputs.scatter(1, index.unsqueeze(-1).expand_as(slots.hidden), slots.hidden)
+
+
+def _kept_image_mask(slots: Slots, selected: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(B, seq_len) bool: the selected image tokens by their index in the sample's image block."""
+    index = torch.where(selected, slots.image_rank, seq_len)
+    kept = torch.zeros(selected.shape[0], seq_len + 1, dtype=torch.bool, device=selected.device)
+    return kept.scatter(1, index, True)[:, :seq_len]
+
+
+def _drop(slots: Slots, *, selected: torch.Tensor, position_mode: str) -> tuple[Slots, torch.Tensor]:
+    """Keep the text and the `selected` image slots. Returns the next stage's slots and (B,) the number dropped."""
+    keep = slots.valid & (~slots.is_image | selected)
+    dropped = slots.valid & ~keep
+    positions = slots.positions
+    if position_mode == "compact":
+        # Each kept token moves up by the tokens dropped before it: the kept sequence is numbered
+        # contiguously, as if the dropped tokens had never been there (the PyramidDrop reference).
+        positions = positions - dropped.long().cumsum(1)
+    return replace(slots, positions=positions).keep_only(keep), dropped.sum(1)
+
+
 def staged_prefill(
     lm: nn.Module,
+    *,
     config: DropConfig,
     boundaries: list[Boundary],
-    hidden: torch.Tensor,
-    valid: torch.Tensor,
-    positions: torch.Tensor,
-    is_image: torch.Tensor,
-    query_index: torch.Tensor,
+    slots: Slots,
+    queries: QueryRows,
     cache,
     use_cache: bool,
     layer_kwargs: dict,
+    token_ids: torch.Tensor,
 ) -> PrefillResult:
-    """hidden (B, T, d) embeddings; valid, is_image (B, T) bool; positions (B, T) long RoPE positions;
-    query_index (B,) long: the token whose attention ranks the image tokens."""
-    batch, seq_len, width = hidden.shape
-    device = hidden.device
+    """Run the prompt `slots` through all decoder layers, dropping image tokens at each boundary.
+
+    token_ids (B, T) long: the prompt's ids (the random control seeds each sample's draw with them)."""
+    batch, seq_len, width = slots.hidden.shape
     num_layers = len(lm.layers)
-
-    origin = torch.arange(seq_len, device=device).expand(batch, seq_len)  # slot -> original index
-    image_rank = is_image.long().cumsum(1) - 1  # index into the sample's image-token block
-    num_image = is_image.sum(1)
-    keep_per_boundary = torch.tensor(
-        [config.kept_counts(n) for n in num_image.tolist()], dtype=torch.long, device=device
-    ).view(batch, len(boundaries))
-    shift = torch.zeros(batch, dtype=torch.long, device=device)
+    kept_counts = _kept_counts(config, num_image=slots.is_image.sum(1), ranked=queries.valid.any(1))
     # Outputs by original index; row `seq_len` is a sink for filler slots.
-    outputs = hidden.new_zeros(batch, seq_len + 1, width)
+    outputs = slots.hidden.new_zeros(batch, seq_len + 1, width)
+    stages = [StageLayout.of(slots, first_layer=0, shift=torch.zeros(batch, dtype=torch.long, device=slots.valid.device))]
+    kept = []  # per boundary (B, seq_len) bool, by index in the image block
 
-    image_counts = torch.zeros(batch, num_layers, dtype=torch.long)
-    token_counts = torch.zeros(batch, num_layers, dtype=torch.long)
-    kept_lists: list[list[list[int]]] = [[] for _ in range(batch)]
+    inputs = _stage_inputs(lm, hidden=slots.hidden, valid_2d=slots.valid, positions=slots.positions, cache=cache, first_layer=0)
+    run = {"cache": cache, "use_cache": use_cache, "layer_kwargs": layer_kwargs}
+    ranking = ranking_for(config, token_ids=token_ids, context=_query_context(slots, queries), is_image=slots.is_image)
+    next_layer = 0
+    for stage_index, boundary in enumerate(boundaries):
+        hidden = _run_layers(lm, range(next_layer, boundary.score_layer), slots.hidden, inputs=inputs, **run)
+        slots = replace(slots, hidden=hidden)
+        scores = _rank(ranking, lm.layers[boundary.score_layer], slots, queries, inputs.position_embeddings)
+        hidden = _run_layers(lm, range(boundary.score_layer, boundary.drop_layer), slots.hidden, inputs=inputs, **run)
+        slots = replace(slots, hidden=hidden)
+        selected = select_top_images(scores, slots.is_image & slots.valid, kept_counts[:, stage_index])
+        kept.append(_kept_image_mask(slots, selected, seq_len))
 
-    stages = [StageLayout(0, valid, shift)]
-    mask = _stage_mask(lm, hidden, valid, cache, 0)
-    position_embeddings = lm.rotary_emb(hidden, positions)
-    boundary_iter = iter(enumerate(boundaries))
-    stage_index, boundary = next(boundary_iter, (None, None))
-    scores = None
+        # A dropped token skips the remaining layers, so its output (the language model returns a
+        # state per input position) is its hidden state at the drop layer; kept tokens are written
+        # again later. No text position reads it: only image tokens are dropped.
+        outputs = _store_outputs(outputs, slots)
+        slots, dropped = _drop(slots, selected=selected, position_mode=config.position_mode)
 
-    for layer_idx, layer in enumerate(lm.layers):
-        if boundary is not None and boundary.score_layer == layer_idx:
-            query_slot = (origin == query_index.unsqueeze(1)).long().argmax(1)
-            key_mask = valid & (origin <= query_index.unsqueeze(1))
-            scores = query_attention(layer, hidden, position_embeddings, key_mask, query_slot)
+        stages.append(StageLayout.of(slots, first_layer=boundary.drop_layer, shift=stages[-1].shift + dropped))
+        inputs = _stage_inputs(
+            lm, hidden=slots.hidden, valid_2d=slots.valid, positions=slots.positions, cache=cache, first_layer=boundary.drop_layer
+        )
+        next_layer = boundary.drop_layer
 
-        if boundary is not None and boundary.drop_layer == layer_idx:
-            selected = select_top_images(scores, is_image & valid, keep_per_boundary[:, stage_index])
-            keep = valid & (~is_image | selected)
-            dropped = valid & ~keep
-            for b in range(batch):
-                kept_lists[b].append(sorted(image_rank[b][selected[b]].tolist()))
-
-            outputs.scatter_(1, torch.where(valid, origin, seq_len).unsqueeze(-1).expand(-1, -1, width), hidden)
-            if config.position_mode == "compact":
-                positions = positions - dropped.long().cumsum(1)
-            shift = shift + dropped.sum(1)
-
-            # Re-pack: a stable sort puts dropped/filler slots first, kept ones last in original order.
-            new_len = int(keep.sum(1).max())
-            order = torch.sort(keep.long(), dim=1, stable=True).indices[:, keep.shape[1] - new_len :]
-            valid = keep.gather(1, order)
-            origin = origin.gather(1, order)
-            positions = positions.gather(1, order)
-            is_image = is_image.gather(1, order)
-            image_rank = image_rank.gather(1, order)
-            hidden = hidden.gather(1, order.unsqueeze(-1).expand(-1, -1, width)) * valid.unsqueeze(-1)
-
-            stages.append(StageLayout(layer_idx, valid, shift))
-            mask = _stage_mask(lm, hidden, valid, cache, layer_idx)
-            position_embeddings = lm.rotary_emb(hidden, positions)
-            stage_index, boundary = next(boundary_iter, (None, None))
-
-        image_counts[:, layer_idx] = (is_image & valid).sum(1).cpu()
-        token_counts[:, layer_idx] = valid.sum(1).cpu()
-        hidden = _run_layers(lm, [layer], hidden, mask, position_embeddings, cache, use_cache, layer_kwargs)
-
-    outputs.scatter_(1, torch.where(valid, origin, seq_len).unsqueeze(-1).expand(-1, -1, width), hidden)
-    stats = [
-        {
-            "num_image_tokens": int(num_image[b]),
-            "image_tokens_per_layer": image_counts[b].tolist(),
-            "tokens_per_layer": token_counts[b].tolist(),
-            "kept": kept_lists[b],
-        }
-        for b in range(batch)
-    ]
+    hidden = _run_layers(lm, range(next_layer, num_layers), slots.hidden, inputs=inputs, **run)
+    outputs = _store_outputs(outputs, replace(slots, hidden=hidden))
+    stats = sample_stats(
+        num_layers=num_layers,
+        stage_first_layers=[stage.first_layer for stage in stages],
+        image_tokens=torch.stack([stage.image_tokens for stage in stages], 1),
+        tokens=torch.stack([stage.valid.sum(1) for stage in stages], 1),
+        kept=torch.stack(kept, 1) if kept else torch.zeros(batch, 0, seq_len, dtype=torch.bool),
+    )
     return PrefillResult(outputs[:, :seq_len], PrefillState(seq_len, stages), stats)
 
 
 def staged_decode(
     lm: nn.Module,
+    *,
     config: DropConfig,
     state: PrefillState,
     hidden: torch.Tensor,
@@ -175,10 +267,14 @@ def staged_decode(
     new_mask = attention_mask[:, state.prefill_len :].bool()  # decode tokens so far plus the new ones
     ends = [stage.first_layer for stage in state.stages[1:]] + [len(lm.layers)]
     for stage, end in zip(state.stages, ends):
-        stage_mask_2d = torch.cat([stage.valid, new_mask], dim=1)
-        mask = _stage_mask(lm, hidden, stage_mask_2d, cache, stage.first_layer)
         stage_positions = positions - stage.shift.unsqueeze(1) if config.position_mode == "compact" else positions
-        position_embeddings = lm.rotary_emb(hidden, stage_positions)
-        layers = lm.layers[stage.first_layer : end]
-        hidden = _run_layers(lm, layers, hidden, mask, position_embeddings, cache, True, layer_kwargs)
+        inputs = _stage_inputs(
+            lm,
+            hidden=hidden,
+            valid_2d=torch.cat([stage.valid, new_mask], dim=1),
+            positions=stage_positions,
+            cache=cache,
+            first_layer=stage.first_layer,
+        )
+        hidden = _run_layers(lm, range(stage.first_layer, end), hidden, inputs=inputs, cache=cache, use_cache=True, layer_kwargs=layer_kwargs)
     return hidden

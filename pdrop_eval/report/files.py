@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -36,13 +37,30 @@ def require(data: dict, path: Path, what: str, *keys: str) -> None:
         raise ReportInputError(f"{path}: not a complete {what} (missing {', '.join(map(repr, missing))})")
 
 
+class OutputPathError(ValueError):
+    """An output path that cannot be written (a folder, below a file, read-only)."""
+
+
 def check_writable(path: Path, force: bool) -> None:
-    """Refuse to replace an existing file unless `force`."""
+    """Refuse, before any work is done, an output file that exists (unless `force`) or that cannot be
+    written: a folder, a path below a file, or a place without write permission."""
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a folder; give a file name")
     if path.exists() and not force:
         raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputPathError(f"cannot write {path}: {ancestor} is a file, not a folder")
+    if not os.access(path if path.exists() else ancestor, os.W_OK):
+        raise OutputPathError(f"cannot write {path}: {path if path.exists() else ancestor} is not writable")
 
 
 def write_text(path: Path, text: str, force: bool) -> None:
     check_writable(path, force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise OutputPathError(f"cannot write {path}: {error.strerror or error}") from None

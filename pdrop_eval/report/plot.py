@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from pdrop_eval.engine.config import METHODS
 from pdrop_eval.report.benchmarks import Benchmark, order
-from pdrop_eval.report.files import check_writable
+from pdrop_eval.report.files import OutputPathError, check_writable
 from pdrop_eval.report.runs import Run, checkpoint_name
 from pdrop_eval.report.table import method_kind
 
-SERIES_NAMES = {"vanilla": "vanilla", "pdrop": "PDrop", "fastv": "FastV"}
-MARKERS = {"vanilla": "*", "pdrop": "o", "fastv": "s"}
+SPECS_BY_KIND = {spec.kind: spec for spec in METHODS.values()}  # series name and marker per method kind
 
 
 def plot_points(runs: list[Run]) -> dict[str, dict[tuple[str, str], list[tuple[float, float]]]]:
@@ -55,8 +55,9 @@ def write_plot(runs: list[Run], path: Path, force: bool = False) -> Path:
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
     for ax, benchmark in zip(axes.flat, benchmarks):
         for (checkpoint, kind), xy in sorted(points[benchmark.key].items()):
-            label = f"{checkpoint} · {SERIES_NAMES[kind]}"
-            ax.plot([x for x, _ in xy], [y for _, y in xy], marker=MARKERS[kind], color=colors[(checkpoint, kind)], label=label)
+            spec = SPECS_BY_KIND[kind]
+            label = f"{checkpoint} · {spec.series}"
+            ax.plot([x for x, _ in xy], [y for _, y in xy], marker=spec.marker, color=colors[(checkpoint, kind)], label=label)
         ax.set_title(benchmark.label)
         ax.set_xlabel("TFLOPs (paper convention)")
         ax.set_ylabel("points" if benchmark.max_points != 100.0 else "score (%)")
@@ -65,7 +66,11 @@ def write_plot(runs: list[Run], path: Path, force: bool = False) -> Path:
     for ax in list(axes.flat)[len(benchmarks):]:
         ax.set_visible(False)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=120)
+    except OSError as error:
+        raise OutputPathError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        plt.close(figure)
     return path

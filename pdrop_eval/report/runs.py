@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.keyvalue import parse_key_values
 from pdrop_eval.report.benchmarks import Benchmark, LMMS_METRIC_FACTORS, KNOWN, lmms_task_metric, vlmeval_benchmark
 from pdrop_eval.report.files import ReportInputError, read_json_object, require
 
@@ -137,11 +138,13 @@ def read_stats(path: Path) -> Stats:
 
 
 # ----- lmms-eval ---------------------------------------------------------------------------------
-def _model_args_dict(model_args) -> dict[str, str]:
+def _model_args_dict(model_args, path: Path) -> dict[str, str]:
     if isinstance(model_args, dict):
         return {str(k): str(v) for k, v in model_args.items()}
-    pairs = (part.partition("=") for part in str(model_args or "").split(","))
-    return {key.strip(): value.strip() for key, sep, value in pairs if sep}
+    try:
+        return parse_key_values(str(model_args or ""), "model_args key")
+    except ValueError as error:
+        raise ReportInputError(f"{path}: config.model_args: {error}") from None
 
 
 def _lmms_metrics(task_results: dict) -> dict[str, float]:
@@ -161,7 +164,7 @@ def read_lmms_results(path: Path) -> Run:
     results, config = data["results"], data["config"]
     if not isinstance(results, dict) or not isinstance(config, dict) or "model" not in config:
         raise ReportInputError(f"{path}: not {what}: 'results' and 'config.model' are missing or malformed")
-    model_args = _model_args_dict(config.get("model_args"))
+    model_args = _model_args_dict(config.get("model_args"), path)
     run = Run("lmms-eval", path, str(config["model"]), model_args.get("pretrained", ""), scores=[])
     groups = {name for name, subtasks in (data.get("group_subtasks") or {}).items() if subtasks}
     for task, task_results in results.items():

@@ -12,32 +12,21 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.engine.config import METHODS, DropConfig
 from pdrop_eval.report.benchmarks import Benchmark
 from pdrop_eval.report.runs import Run, Score, checkpoint_name, mean_flops
 
 DASH = "-"
-KIND_ORDER = ("vanilla", "fastv", "pdrop")
+KIND_ORDER = tuple(spec.kind for spec in METHODS.values())  # the registry's order: vanilla, FastV, PDrop, ...
 
 
 def method_kind(drop: DropConfig | None) -> str | None:
-    return {"none": "vanilla", "pyramid": "pdrop", "fastv": "fastv"}.get(drop.method) if drop else None
+    return drop.spec.kind if drop else None
 
 
 def method_label(drop: DropConfig) -> str:
     """Short, table-friendly description of a drop config (defaults left unsaid)."""
-    if drop.method == "pyramid":
-        if drop.ratio is not None:
-            label = f"PDrop λ={drop.ratio:g}"
-        else:
-            label = "PDrop ratios " + "/".join(f"{r:g}" for r in drop.image_token_ratio_list)
-        if drop.layer_list != (8, 16, 24):
-            label += " @" + ",".join(map(str, drop.layer_list))
-        return label + (" (original positions)" if drop.position_mode != "compact" else "")
-    if drop.method == "fastv":
-        label = f"FastV K={drop.fastv_k} R={drop.fastv_r:g}"
-        return label + (" (compact positions)" if drop.position_mode != "original" else "")
-    return "vanilla"
+    return drop.label()
 
 
 @dataclass
@@ -111,8 +100,8 @@ def sort_rows(rows: list[Row]) -> list[Row]:
 # ----- deltas -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DeltaSpec:
-    """`A:B`: row A minus row B within each model; each side is a method kind
-    (vanilla / pdrop / fastv) or an exact method label."""
+    """`A:B`: row A minus row B within each model; each side is a method kind (KIND_ORDER:
+    vanilla / fastv / pdrop / random) or an exact method label."""
 
     minuend: str
     subtrahend: str

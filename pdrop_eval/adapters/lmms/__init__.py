@@ -1,26 +1,23 @@
-"""lmms-eval registration of the models in `pdrop_eval.adapters.lmms.models`.
+"""lmms-eval registration of the models in `pdrop_eval.adapters.lmms.models`: one per drop method
+of the registry (`pdrop_eval.engine.config.METHODS`).
 
 `manifests` is the target of the `lmms_eval.models` entry point (pyproject.toml). lmms-eval calls it
-while `lmms_eval.models` initialises, so this module imports nothing heavy: the classes are named by
-path and imported only when lmms-eval resolves a model.
+while `lmms_eval.models` initialises, for every run whatever the model, so this module imports
+nothing heavy (no torch, no transformers): the classes are named by path and imported only when
+lmms-eval resolves one of these models.
 """
-
-# lmms-eval name -> simple class in .models; the chat class is the same name + "Chat".
-MODEL_CLASSES = {
-    "llava_next_pdrop": "LlavaNextPDrop",
-    "llava_fastv": "LlavaFastV",
-    "llava_next_vanilla": "LlavaNextVanilla",
-}
 
 
 def manifests() -> list:
     from lmms_eval.models.registry_v2 import ModelManifest
 
+    from pdrop_eval.engine.config import METHODS
+
     return [
         ModelManifest(
-            model_id=model_id,
-            simple_class_path=f"{__name__}.models.{class_name}",
-            chat_class_path=f"{__name__}.models.{class_name}Chat",
+            model_id=spec.lmms_model,
+            simple_class_path=f"{__name__}.models.{spec.lmms_class}",
+            chat_class_path=f"{__name__}.models.{spec.lmms_chat_class}",
         )
-        for model_id, class_name in MODEL_CLASSES.items()
+        for spec in METHODS.values()
     ]

@@ -1,14 +1,17 @@
-"""lmms-eval models `llava_next_pdrop`, `llava_fastv` and `llava_next_vanilla` (no drop), thin
-adapters over `pdrop_eval.wrapper.LlavaRunner` (registration: `pdrop_eval.adapters.lmms`).
+"""lmms-eval models, one per drop method of the registry (`pdrop_eval.engine.config.METHODS`):
+`llava_next_pdrop` (PyramidDrop), `llava_fastv` (FastV), `llava_next_vanilla` (no drop) and
+`llava_random_drop` (the random control), thin adapters over `pdrop_eval.wrapper.LlavaRunner`
+(registration: `pdrop_eval.adapters.lmms`).
 
 Each model has a simple class (``--force_simple``; needed by multiple_choice / loglikelihood tasks)
-and a chat class (lmms-eval's default when both exist). Both paths build the same prompt for the same
-document, and all three models share one prompt and batching path, so comparisons are fair.
+and a chat class (lmms-eval's default when both exist), both built from the registry entry. Both
+paths build the same prompt for the same document, and all models share one prompt and batching
+path, so comparisons are fair.
 
-``--model_args`` keys: pretrained, model_preset, dtype, device_map, attn_implementation,
-max_new_tokens, drop_preset, and the method's own keys (PyramidDrop: layer_list, lambda / ratio,
-image_token_ratio_list, position_mode; FastV: fastv_k, fastv_r, position_mode). The batch size and
-device are lmms-eval's own ``--batch_size`` and ``--device``.
+``--model_args`` keys (resolved by `pdrop_eval.options`): pretrained, model_preset, dtype,
+device_map, attn_implementation, max_new_tokens, drop_preset, and the method's own keys (registry
+`keys`). A key given twice is an error. The batch size and device are lmms-eval's own
+``--batch_size`` and ``--device``.
 
 Statistics (schema in `pdrop_eval.stats`): every process records one entry per document it answered.
 When the evaluator calls `clean()` after the last request (on every process), the entries are gathered
@@ -28,25 +31,18 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from lmms_eval import utils as lmms_utils
 from lmms_eval.api.instance import GenerationResult
 from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
 from loguru import logger
 from tqdm import tqdm
 
-from pdrop_eval import presets, stats
-from pdrop_eval.engine.config import DropConfig
+from pdrop_eval import stats
+from pdrop_eval.engine.config import METHODS, MethodSpec
+from pdrop_eval.keyvalue import parse_key_values
+from pdrop_eval.options import DEFAULT_MAX_NEW_TOKENS, positive_int, resolve_model_options
 from pdrop_eval.wrapper import LlavaRunner, Query, load_image, plan_batches
 
-DEFAULT_MAX_NEW_TOKENS = 1024  # what lmms-eval's LLaVA adapters use when a task sets none
-METHOD_ARGS = {
-    "pyramid": ("layer_list", "lambda", "ratio", "image_token_ratio_list", "position_mode"),
-    "fastv": ("fastv_k", "fastv_r", "position_mode"),
-    "none": (),
-}
-MODEL_PRESET_KEYS = ("pretrained", "dtype", "device_map", "attn_implementation")
-MODEL_KEYS = (*MODEL_PRESET_KEYS, "model_preset", "max_new_tokens", "drop_preset")
 # generation_kwargs of lmms-eval tasks. image_aspect_ratio steers the original LLaVA repo's
 # preprocessing; the HF processors fix it per architecture, so it is accepted and ignored.
 GENERATION_KEYS = ("until", "max_new_tokens", "temperature", "top_p", "num_beams", "do_sample", "image_aspect_ratio")
@@ -60,46 +56,22 @@ class LlavaDropModel(lmms):
 
     def __init__(
         self,
-        pretrained: str | None = None,
-        model_preset: str | None = None,
-        dtype: str | None = None,
-        device_map: str | None = None,
-        attn_implementation: str | None = None,
-        max_new_tokens: int | None = None,
-        drop_preset: str | None = None,
         batch_size: int | str = 1,
         max_batch_size: int | None = None,  # lmms-eval's --max_batch_size, only meaningful with batch_size=auto
         device: str | None = None,
-        **method_args,
+        **options,
     ) -> None:
         super().__init__()
-        unknown = sorted(set(method_args) - set(METHOD_ARGS[self.method]))
-        if unknown:
-            accepted = sorted({*MODEL_KEYS, *METHOD_ARGS[self.method]})
-            raise ValueError(f"{self.model_id}: unknown --model_args key(s) {unknown}; accepted: {accepted}")
-        self._drop = self._drop_config(drop_preset, method_args)
-        model_args = presets.resolve_model_args(
-            model_preset, {"pretrained": pretrained, "dtype": dtype, "device_map": device_map, "attn_implementation": attn_implementation}
-        )
-        if set(model_args) - set(MODEL_PRESET_KEYS):
-            raise ValueError(f"model preset {model_preset!r} has keys {sorted(set(model_args) - set(MODEL_PRESET_KEYS))}; allowed: {list(MODEL_PRESET_KEYS)}")
-        if not model_args.get("pretrained"):
-            raise ValueError(f"{self.model_id}: give pretrained=<checkpoint folder or HF Hub id> or model_preset=<name> in --model_args")
-        self._batch_size = _positive_int("batch_size (lmms-eval --batch_size)", batch_size)
-        self._max_new_tokens = None if max_new_tokens is None else _positive_int("max_new_tokens", max_new_tokens)
+        self._batch_size = positive_int("batch_size (lmms-eval --batch_size)", batch_size)
+        resolved = resolve_model_options(self.method, {**options, "device": device}, owner=self.model_id)
+        self._drop = resolved.drop
+        self._max_new_tokens = resolved.max_new_tokens
 
         self.accelerator = Accelerator()
         self._rank = self.accelerator.process_index
         self._world_size = self.accelerator.num_processes
-        self._device = torch.device(_process_device(device, self.accelerator.local_process_index))
-        self._runner = LlavaRunner.load(
-            model_args["pretrained"],
-            drop=self._drop,
-            dtype=model_args.get("dtype", "auto"),
-            device=self._device,
-            device_map=model_args.get("device_map"),
-            attn_implementation=model_args.get("attn_implementation"),
-        )
+        self._device = torch.device(_process_device(resolved.device, self.accelerator.local_process_index))
+        self._runner = LlavaRunner.from_options(resolved, device=self._device)
         self._samples: list[dict] = []
         self._seconds = 0.0  # wall-clock time spent answering requests in this process
         self._started = time.time()
@@ -107,7 +79,12 @@ class LlavaDropModel(lmms):
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
-        model_args = lmms_utils.simple_parse_args_string(arg_string)
+        # Not lmms-eval's own parser: it keeps the last of a repeated key and turns values into
+        # Python objects ("true" -> True); ours refuses repeats and leaves checking to the resolver.
+        try:
+            model_args = parse_key_values(arg_string, "--model_args key")
+        except ValueError as error:
+            raise ValueError(f"{cls.model_id}: {error}") from None
         cli_settings = {key: value for key, value in (additional_config or {}).items() if value is not None}
         duplicated = sorted(set(model_args) & set(cli_settings))
         if duplicated:
@@ -116,12 +93,6 @@ class LlavaDropModel(lmms):
                 f"(--batch_size, --max_batch_size, --device); set them with those options only"
             )
         return cls(**model_args, **cli_settings)
-
-    def _drop_config(self, drop_preset: str | None, method_args: dict) -> DropConfig:
-        try:
-            return presets.resolve_drop(self.method, drop_preset, method_args)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{self.model_id}: bad drop settings: {error}") from None
 
     @property
     def device(self) -> torch.device:
@@ -294,31 +265,20 @@ class ChatRequests:
         return request.args[2]
 
 
-class LlavaNextPDrop(LlavaDropModel):
-    model_id = "llava_next_pdrop"
-    method = "pyramid"
+def _model_classes(spec: MethodSpec) -> tuple[type, type]:
+    """The simple and chat classes of the registry entry `spec`, named as its manifest names them."""
+    simple = type(spec.lmms_class, (LlavaDropModel,), {
+        "__module__": __name__, "__doc__": f"lmms-eval model {spec.lmms_model}: {spec.title}.",
+        "model_id": spec.lmms_model, "method": spec.name,
+    })
+    chat = type(spec.lmms_chat_class, (ChatRequests, simple), {"__module__": __name__, "__doc__": simple.__doc__})
+    return simple, chat
 
 
-class LlavaFastV(LlavaDropModel):
-    model_id = "llava_fastv"
-    method = "fastv"
-
-
-class LlavaNextVanilla(LlavaDropModel):
-    model_id = "llava_next_vanilla"
-    method = "none"
-
-
-class LlavaNextPDropChat(ChatRequests, LlavaNextPDrop):
-    pass
-
-
-class LlavaFastVChat(ChatRequests, LlavaFastV):
-    pass
-
-
-class LlavaNextVanillaChat(ChatRequests, LlavaNextVanilla):
-    pass
+# One simple and one chat class per method (e.g. LlavaNextPDrop, LlavaNextPDropChat), module attributes
+# so that lmms-eval's manifests (class paths) and pickling find them.
+MODEL_CLASSES = {spec.name: _model_classes(spec) for spec in METHODS.values()}
+globals().update({model_class.__name__: model_class for pair in MODEL_CLASSES.values() for model_class in pair})
 
 
 # ----- helpers ---------------------------------------------------------------------------------------
@@ -338,20 +298,8 @@ def _as_image(visual, label: str):
     raise ValueError(f"{label}: expected images, got {type(visual).__name__}; videos and audio are not supported")
 
 
-def _positive_int(name: str, value) -> int:
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if number < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return number
-
-
-def _process_device(device: str | None, local_index: int) -> str:
+def _process_device(device: str, local_index: int) -> str:
     """The device of this process: --device as given, a bare "cuda" meaning this process's GPU."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     return f"cuda:{local_index}" if device == "cuda" else device
 
 

@@ -5,4 +5,6 @@ plugin model, so the shim in `pdrop_eval.compat` must run at interpreter start. 
 `sitecustomize` at start-up in every process, accelerate's workers included (they inherit PYTHONPATH).
 """
 
-import pdrop_eval  # noqa: F401  (importing the package installs the torchvision shim)
+from pdrop_eval.compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()

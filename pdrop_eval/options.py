@@ -1,0 +1,164 @@
+"""Model options, resolved in one place for both framework adapters.
+
+lmms-eval (``--model_args``) and VLMEvalKit (``--model-args``, a ``--config`` entry) hand a model flat
+``key=value`` options; `resolve_model_options` turns them into `ModelOptions`: the checkpoint (given,
+or from a model preset) and its architecture, the drop config (the method's keys over an optional
+drop preset), dtype, device, placement, attention backend and the cap on generated tokens. Every
+bad option is a ValueError naming it (a missing checkpoint: FileNotFoundError), before any weights
+load. No framework is imported here; torch only for the default device, transformers only to read
+the checkpoint's config.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdrop_eval import presets
+from pdrop_eval.engine.config import METHODS, OPTION_KEYS, DropConfig
+
+ARCHITECTURES = ("llava", "llava_next")  # HF model_type of LLaVA-1.5 and LLaVA-NeXT
+MODEL_PRESET_KEYS = ("pretrained", "dtype", "device_map", "attn_implementation")  # what a model preset may set
+MODEL_KEYS = (*MODEL_PRESET_KEYS, "model_preset", "device", "max_new_tokens", "drop_preset", "pad_to_square")
+# lmms-eval's LLaVA adapters generate up to this many tokens when a task sets none; VLMEvalKit's
+# allow more, but benchmark answers need far less, so it is the default cap there too.
+DEFAULT_MAX_NEW_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    pretrained: str  # checkpoint folder or HF Hub id
+    architecture: str  # "llava" | "llava_next", from the checkpoint's config
+    drop: DropConfig
+    dtype: str = "auto"
+    device: str = "cpu"
+    device_map: str | None = None  # for from_pretrained (e.g. "auto"); then `device` is not used
+    attn_implementation: str | None = None
+    max_new_tokens: int | None = None  # cap on generated tokens; None: the task's own
+    pad_to_square: bool = False  # LLaVA-1.5 pictures padded to a square first (see resolve_pad_to_square)
+
+
+def resolve_model_options(
+    method: str,
+    options: dict,
+    *,
+    owner: str,
+    default_model_preset: str | None = None,
+    default_max_new_tokens: int | None = None,
+) -> ModelOptions:
+    """`options` of a model of drop method `method`; `owner` names the model in error messages.
+
+    Keys: MODEL_KEYS and the method's drop options (`METHODS[method].keys`). Explicit keys override
+    the model preset's and the drop preset's.
+    """
+    spec = METHODS[method]
+    unknown = sorted(set(options) - set(MODEL_KEYS) - set(OPTION_KEYS))
+    if unknown:
+        raise ValueError(f"{owner}: unknown option(s) {unknown}; accepted: {sorted({*MODEL_KEYS, *spec.keys})}")
+    drop_preset = options.get("drop_preset")
+    try:
+        drop = DropConfig.from_args(
+            {key: value for key, value in options.items() if key in OPTION_KEYS},
+            method=method,
+            preset=presets.drop_preset_args(drop_preset) if drop_preset else None,
+        )
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{owner}: bad drop settings: {error}") from None
+
+    model_preset = options.get("model_preset")
+    if model_preset is None and options.get("pretrained") is None:
+        model_preset = default_model_preset
+    model_args = presets.resolve_model_args(model_preset, {key: options.get(key) for key in MODEL_PRESET_KEYS})
+    extra = sorted(set(model_args) - set(MODEL_PRESET_KEYS))
+    if extra:
+        raise ValueError(f"{owner}: model preset {model_preset!r} sets {extra}; a model preset may set {list(MODEL_PRESET_KEYS)}")
+    pretrained = model_args.get("pretrained")
+    if not pretrained:
+        raise ValueError(f"{owner}: give pretrained=<checkpoint folder or HF Hub id> or model_preset=<name>")
+    if not isinstance(pretrained, (str, Path)):
+        raise ValueError(f"{owner}: pretrained must be a checkpoint folder or HF Hub id, got {pretrained!r}")
+
+    max_new_tokens = options.get("max_new_tokens", default_max_new_tokens)
+    if max_new_tokens is not None:
+        max_new_tokens = positive_int(f"{owner}: max_new_tokens", max_new_tokens)
+    pad_to_square = options.get("pad_to_square")
+    if pad_to_square is not None:
+        pad_to_square = boolean(f"{owner}: pad_to_square", pad_to_square)
+    architecture = checkpoint_architecture(str(pretrained))  # the last checks: they read the checkpoint
+    try:
+        pad_to_square = resolve_pad_to_square(architecture, pad_to_square)
+    except ValueError as error:
+        raise ValueError(f"{owner}: {error}") from None
+    return ModelOptions(
+        pretrained=str(pretrained),
+        architecture=architecture,
+        drop=drop,
+        dtype=model_args.get("dtype", "auto"),
+        device=options.get("device") or default_device(),
+        device_map=model_args.get("device_map"),
+        attn_implementation=model_args.get("attn_implementation"),
+        max_new_tokens=max_new_tokens,
+        pad_to_square=pad_to_square,
+    )
+
+
+def resolve_pad_to_square(architecture: str, pad_to_square: bool | None) -> bool:
+    """LLaVA-1.5 as the paper evaluated it pads every image to a square with the mean colour before the
+    CLIP processor (the original repo's image_aspect_ratio="pad"); llava-hf's processors resize and
+    center-crop instead, cutting off the sides of a non-square picture. Default: pad for LLaVA-1.5.
+    LLaVA-NeXT's anyres tiling handles the aspect ratio itself, so padding is refused there."""
+    if pad_to_square is None:
+        return architecture == "llava"
+    if pad_to_square and architecture != "llava":
+        raise ValueError(f"pad_to_square applies to LLaVA-1.5 checkpoints only; this one is {architecture!r} (anyres keeps the aspect ratio)")
+    return bool(pad_to_square)
+
+
+def boolean(name: str, value) -> bool:
+    """`value` (a bool or true/false/1/0 text) as a bool; `name` is the option in the error message."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0"):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return text in ("true", "1")
+
+
+def positive_int(name: str, value) -> int:
+    """`value` (an int or its text) as a positive int; `name` is the option in the error message."""
+    try:
+        number = int(str(value).strip()) if not isinstance(value, bool) else None
+    except ValueError:
+        number = None
+    if number is None or number < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return number
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_config(pretrained: str):
+    """The checkpoint's config (config.json only, no weights); a missing one is a FileNotFoundError."""
+    from transformers import AutoConfig
+
+    path = Path(pretrained).expanduser()
+    if str(pretrained).startswith((".", "/", "~")) and not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {pretrained} does not exist")
+    try:
+        return AutoConfig.from_pretrained(pretrained)
+    except OSError as error:
+        raise FileNotFoundError(f"cannot load checkpoint {pretrained!r}: {error}") from None
+
+
+def checkpoint_architecture(pretrained: str) -> str:
+    """"llava" (LLaVA-1.5) or "llava_next" (LLaVA-NeXT), read from the checkpoint; anything else is refused."""
+    architecture = load_config(pretrained).model_type
+    if architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"{pretrained} is a {architecture!r} checkpoint; supported: LLaVA-1.5 ('llava') and LLaVA-NeXT ('llava_next')"
+        )
+    return architecture
