@@ -1,9 +1,13 @@
-"""Prefill timing of vanilla, PyramidDrop and FastV on a random LLaVA model of a chosen shape.
+"""Prefill (or training-step) timing of vanilla, PyramidDrop and FastV on a random LLaVA model of a chosen shape.
 
 The model is built from a config (no checkpoint), and the prompt holds N image-token ids without
 pixel values, so only the language model is timed: the part the methods change. Each method gets
 warm-up runs, then the median of timed runs. Ranking overhead is the time spent inside the
-scoring function during the PyramidDrop prefill, as a fraction of that prefill.
+scoring function during the PyramidDrop prefill (or training step), as a fraction of it.
+
+With `train=True` a timed run is one training step instead: forward with labels on the last
+`answer_tokens` text tokens (the answer; everything before it is instruction) and backward, in
+training mode, which is where the paper claims PyramidDrop's training speed-up.
 """
 
 from __future__ import annotations
@@ -74,6 +78,31 @@ def _prefill_seconds(model, input_ids, settings: BenchSettings) -> list[float]:
         return [_timed(settings.device, model, input_ids=input_ids, use_cache=True)[1] for _ in range(settings.repeats)]
 
 
+def _answer_labels(input_ids: torch.Tensor, settings: BenchSettings) -> torch.Tensor:
+    """HF labels supervising the last `answer_tokens` tokens of each prompt; -100 elsewhere."""
+    labels = torch.full_like(input_ids, -100)
+    labels[:, -settings.answer_tokens :] = input_ids[:, -settings.answer_tokens :]
+    return labels
+
+
+def _train_step_seconds(model, input_ids, settings: BenchSettings) -> list[float]:
+    """`warmup` untimed training steps (forward with labels, backward), then the seconds of each of `repeats`."""
+    labels = _answer_labels(input_ids, settings)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(input_ids=input_ids, labels=labels, use_cache=False).loss.backward()
+
+    model.train()
+    try:
+        for _ in range(settings.warmup):
+            step()
+        return [_timed(settings.device, step)[1] for _ in range(settings.repeats)]
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
 @contextmanager
 def _timed_scoring(settings: BenchSettings):
     """Accumulate the wall time of every ranking call made by the staged prefill."""
@@ -97,16 +126,17 @@ def run_bench(settings: BenchSettings) -> dict:
     input_ids = _prompt_ids(settings, model.config.image_token_id)
     pyramid = DropConfig.pyramid(layer_list=settings.pyramid_layers(), ratio=settings.ratio)
     fastv = DropConfig.fastv(k=settings.fastv_k, r=settings.fastv_r)
+    measure = _train_step_seconds if settings.train else _prefill_seconds
 
-    vanilla_s = statistics.median(_prefill_seconds(model, input_ids, settings))
+    vanilla_s = statistics.median(measure(model, input_ids, settings))
     with apply_drop(model, pyramid):
-        pdrop_s = statistics.median(_prefill_seconds(model, input_ids, settings))
+        pdrop_s = statistics.median(measure(model, input_ids, settings))
         # A separate, already warm pass with the ranking timed, so its timers do not touch pdrop_s.
         with _timed_scoring(settings) as spent:
-            instrumented = _prefill_seconds(model, input_ids, replace(settings, warmup=0))
+            instrumented = measure(model, input_ids, replace(settings, warmup=0))
         scoring_overhead = sum(spent) / sum(instrumented)
     with apply_drop(model, fastv):
-        fastv_s = statistics.median(_prefill_seconds(model, input_ids, settings))
+        fastv_s = statistics.median(measure(model, input_ids, settings))
 
     def actual_tflops(config: DropConfig) -> float:
         counts = tokens_per_layer(settings.image_tokens, config, settings.num_layers, settings.text_tokens)
@@ -119,8 +149,9 @@ def run_bench(settings: BenchSettings) -> dict:
         "vanilla_s": vanilla_s,
         "pdrop_s": pdrop_s,
         "fastv_s": fastv_s,
+        # Forward FLOPs of every token each layer sees; a backward pass costs the same tokens again (twice).
         "theory_pdrop": actual_tflops(pyramid) / vanilla_tflops,
         "theory_fastv": actual_tflops(fastv) / vanilla_tflops,
-        "scoring_overhead": scoring_overhead,
+        "scoring_overhead": scoring_overhead,  # share of the PyramidDrop prefill (or training step) spent ranking
         "settings": settings_dict,
     }

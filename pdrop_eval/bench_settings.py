@@ -20,6 +20,8 @@ class BenchSettings:
     num_kv_heads: int = 12
     image_tokens: int = 576
     text_tokens: int = 32
+    answer_tokens: int = 8  # supervised text tokens at the end of the prompt (train mode)
+    train: bool = False  # time forward + backward in training mode instead of prefill
     batch_size: int = 1
     layer_list: tuple[int, ...] | None = None  # default: the paper's quarters of the depth
     ratio: float = 0.5
@@ -40,6 +42,8 @@ class BenchSettings:
             minimum = 1 if name in positive else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
+        if self.train and not 0 < self.answer_tokens < self.text_tokens:
+            raise ValueError(f"--answer-tokens must be between 1 and --text-tokens - 1 ({self.text_tokens - 1}), got {self.answer_tokens}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"--num-heads ({self.num_heads}) must divide --hidden-size ({self.hidden_size})")
         if self.num_heads % self.num_kv_heads:

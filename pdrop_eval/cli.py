@@ -11,12 +11,14 @@ COMMAND_MODULES = (
     "pdrop_eval.commands.bench",
     "pdrop_eval.commands.flops",
     "pdrop_eval.commands.make_tiny_model",
+    "pdrop_eval.commands.make_synth",
     "pdrop_eval.commands.report",
     "pdrop_eval.commands.schedule",
     "pdrop_eval.commands.sweep",
     "pdrop_eval.commands.demo",
     "pdrop_eval.commands.show",
     "pdrop_eval.commands.study",
+    "pdrop_eval.commands.train",
 )
 
 

@@ -1,21 +1,27 @@
-"""Tiny random LLaVA-1.5 / LLaVA-NeXT checkpoints, built offline, loadable with `from_pretrained`.
+"""Tiny LLaVA-1.5 / LLaVA-NeXT checkpoints, built offline, loadable with `from_pretrained`.
 
 They have the real architecture (CLIP tower, projector, GQA decoder with 32 layers so the paper's
 default boundaries 8/16/24 apply) at toy width, a byte-level BPE tokenizer trained here, and a
-processor with a LLaVA chat template. Tests, the demo and both integrations run on them.
+processor with a LLaVA chat template. Two presets:
+
+* ``tiny`` (`TINY`): random weights with peaked attention; tests, the demo and both integrations run
+  on it where only shapes and code paths matter.
+* ``synth`` (`SYNTH`): the untrained starting point for `pdrop-eval train` on the `pdrop_synth`
+  benchmark (`pdrop_eval.synth`): LLaVA-NeXT whose vision patch is one 8x8 grid cell of the
+  benchmark, and whose image features are the vision tower's patch embeddings (taken before any
+  vision attention layer), so every image token describes its own cell and nothing else: a question
+  about one cell needs that cell's tokens.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 ARCHS = ("llava", "llava_next")
 TEXT_ARCHS = ("llama", "mistral", "qwen2")
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-IMAGE_SIZE = 64
-PATCH_SIZE = 8  # 8x8 = 64 image tokens per 64px tile
-NEXT_GRID_PINPOINTS = [[64, 128], [128, 64], [128, 128]]
 
 # LLaVA-1.5 conversation format ("USER: <image>\n... ASSISTANT:"), as the llava-hf processors use.
 CHAT_TEMPLATE = (
@@ -47,7 +53,66 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 512):
+_SYNTH_CORPUS = [
+    "What color is the circle? What color is the square? What color is the triangle? What color is the cross?",
+    "Which shape is red? Which shape is green? Which shape is blue? Which shape is yellow? Which shape is purple?",
+    "Which digit is red? What color is the 1? 2 3 4 5 6 7 8 9",
+    "What is left of the red circle? How many blue objects are there?",
+]
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Widths and image geometry of a tiny checkpoint (see the module docstring for the presets)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    initializer_range: float
+    image_size: int  # pixels per tile (LLaVA-NeXT) or per image (LLaVA-1.5)
+    patch_size: int
+    grid_pinpoints: tuple[tuple[int, int], ...]  # LLaVA-NeXT anyres resolutions, (height, width)
+    vision_hidden_size: int
+    vision_layers: int
+    vision_feature_layer: int
+    corpus: tuple[str, ...]  # extra tokenizer training text
+    vocab_size: int = 512
+
+
+TINY = TinySpec(
+    hidden_size=64,
+    intermediate_size=172,
+    num_attention_heads=4,
+    num_key_value_heads=2,  # GQA, as in Mistral / Qwen2 / LLaMA-3
+    initializer_range=0.2,  # peaked attention, so rankings are not decided by rounding
+    image_size=64,
+    patch_size=8,  # 8x8 = 64 image tokens per 64px tile
+    grid_pinpoints=((64, 128), (128, 64), (128, 128)),
+    vision_hidden_size=32,
+    vision_layers=2,
+    vision_feature_layer=-2,
+    corpus=(),
+)
+SYNTH = TinySpec(
+    hidden_size=64,
+    intermediate_size=172,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    initializer_range=0.02,
+    image_size=32,  # 4x4 patches per tile: the low-resolution base view cannot read an 8px glyph
+    patch_size=8,  # one pdrop_synth grid cell
+    grid_pinpoints=((32, 64), (64, 32), (64, 64), (64, 96), (96, 64), (96, 96)),  # = pdrop_synth.SIZES
+    vision_hidden_size=64,
+    vision_layers=1,
+    vision_feature_layer=-2,  # the embeddings, before the single (unused) vision layer: local features
+    corpus=tuple(_SYNTH_CORPUS),
+    vocab_size=1024,  # whole words for the benchmark's questions and answers: one token per answer
+)
+PRESETS = {"tiny": TINY, "synth": SYNTH}
+
+
+def build_tokenizer(vocab_size: int = 512, corpus: tuple[str, ...] = ()):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -60,7 +125,7 @@ def build_tokenizer(vocab_size: int = 512):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is encodable: any prompt works
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS * 4, trainer)
+    tokenizer.train_from_iterator((_CORPUS + list(corpus)) * 4, trainer)
     bos_id = tokenizer.token_to_id("<s>")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos_id)]
@@ -77,21 +142,21 @@ def build_tokenizer(vocab_size: int = 512):
     )
 
 
-def _text_config(text_arch: str, tokenizer, num_layers: int):
+def _text_config(text_arch: str, tokenizer, num_layers: int, spec: TinySpec):
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=172,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # GQA, as in Mistral / Qwen2 / LLaMA-3
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
         max_position_embeddings=4096,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        initializer_range=0.2,  # peaked attention, so rankings are not decided by rounding
+        initializer_range=spec.initializer_range,
         tie_word_embeddings=False,
     )
     if text_arch == "llama":
@@ -107,8 +172,9 @@ def make_tiny_model(
     text_arch: str = "llama",
     num_layers: int = 32,
     seed: int = 0,
+    spec: TinySpec = TINY,
 ) -> Path:
-    """Write a tiny random checkpoint (model, tokenizer, processor, chat template) to `out_dir`."""
+    """Write a tiny checkpoint with fresh weights (model, tokenizer, processor, chat template) to `out_dir`."""
     from pdrop_eval.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()  # before transformers imports torchvision
@@ -135,49 +201,47 @@ def make_tiny_model(
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
 
-    tokenizer = build_tokenizer()
-    text_config = _text_config(text_arch, tokenizer, num_layers)
+    tokenizer = build_tokenizer(spec.vocab_size, spec.corpus)
+    text_config = _text_config(text_arch, tokenizer, num_layers, spec)
     vision_config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=spec.vision_hidden_size,
+        intermediate_size=2 * spec.vision_hidden_size,
+        num_hidden_layers=spec.vision_layers,
         num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        projection_dim=32,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        projection_dim=spec.vision_hidden_size,
     )
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     common = dict(
         vision_config=vision_config,
         text_config=text_config,
         image_token_id=image_token_id,
-        vision_feature_layer=-2,
+        vision_feature_layer=spec.vision_feature_layer,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )
     processor_common = dict(
         tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
+        patch_size=spec.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # the CLS token the "default" strategy removes
         chat_template=CHAT_TEMPLATE,
     )
     mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    size = {"shortest_edge": spec.image_size}
+    crop_size = {"height": spec.image_size, "width": spec.image_size}
     if arch == "llava":
         model = LlavaForConditionalGeneration(LlavaConfig(**common))
-        image_processor = CLIPImageProcessor(
-            size={"shortest_edge": IMAGE_SIZE},
-            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-            image_mean=mean,
-            image_std=std,
-        )
+        image_processor = CLIPImageProcessor(size=size, crop_size=crop_size, image_mean=mean, image_std=std)
         processor = LlavaProcessor(image_processor=image_processor, **processor_common)
     else:
-        model = LlavaNextForConditionalGeneration(LlavaNextConfig(image_grid_pinpoints=NEXT_GRID_PINPOINTS, **common))
+        pinpoints = [list(resolution) for resolution in spec.grid_pinpoints]
+        model = LlavaNextForConditionalGeneration(LlavaNextConfig(image_grid_pinpoints=pinpoints, **common))
         image_processor = LlavaNextImageProcessor(
-            size={"shortest_edge": IMAGE_SIZE},
-            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-            image_grid_pinpoints=NEXT_GRID_PINPOINTS,
+            size=size,
+            crop_size=crop_size,
+            image_grid_pinpoints=pinpoints,
             image_mean=mean,
             image_std=std,
         )

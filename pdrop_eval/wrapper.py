@@ -149,7 +149,7 @@ class LlavaRunner:
         self.pad_to_square = resolve_pad_to_square(architecture, pad_to_square)
         self.model = model
         self.processor = processor
-        self.chat_template = processor.chat_template or VICUNA_CHAT_TEMPLATE
+        self.chat_template = chat_template_of(processor)
         text_config = model.config.get_text_config()
         self.model_dims = {
             "hidden_size": text_config.hidden_size,
@@ -173,16 +173,11 @@ class LlavaRunner:
 
         `device_map` (e.g. "auto") hands placement to accelerate; otherwise the model moves to `device`.
         """
-        from transformers import (
-            AutoProcessor,
-            LlavaForConditionalGeneration,
-            LlavaNextForConditionalGeneration,
-        )
+        from transformers import AutoProcessor
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        architecture = checkpoint_architecture(pretrained)
-        model_class = LlavaForConditionalGeneration if architecture == "llava" else LlavaNextForConditionalGeneration
+        architecture, model_class = llava_model_class(pretrained)
         placement = {"device_map": device_map} if device_map else {}
         model = model_class.from_pretrained(pretrained, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **placement)
         if not device_map:
@@ -210,9 +205,7 @@ class LlavaRunner:
     # ----- prompts ---------------------------------------------------------------------------------
     def render(self, query: Query, add_generation_prompt: bool = True) -> str:
         """The prompt text of `query`, image placeholders not yet expanded."""
-        return self.processor.apply_chat_template(
-            list(query.messages), chat_template=self.chat_template, add_generation_prompt=add_generation_prompt, tokenize=False
-        )
+        return render_messages(self.processor, query.messages, add_generation_prompt, self.chat_template)
 
     @property
     def tokenizer(self):
@@ -318,11 +311,7 @@ class LlavaRunner:
 
     def _encode(self, queries: Sequence[Query], texts: Sequence[str]):
         images = [image for query in queries for image in query.images]
-        if self.pad_to_square:
-            background = tuple(round(channel * 255) for channel in self.processor.image_processor.image_mean)
-            images = [expand_to_square(image, background) for image in images]
-        inputs = self.processor(images=images or None, text=list(texts), return_tensors="pt", padding=True)
-        return inputs.to(self.device, self.model.dtype)
+        return processor_inputs(self.processor, images, texts, self.pad_to_square).to(self.device, self.model.dtype)
 
     def _last_stats(self) -> list[SampleStats]:
         return [sample_stats(sample, self.model_dims) for sample in self._handle.last_stats]
@@ -338,6 +327,15 @@ def sample_stats(engine_sample: SampleDropStats, model_dims: dict) -> SampleStat
         model_dims=model_dims,
         kept=engine_sample.kept,
     )
+
+
+def processor_inputs(processor, images: Sequence[Image.Image], texts: Sequence[str], pad_to_square: bool):
+    """The processor's tensors for rendered `texts` and their `images` (in placeholder order), the
+    images prepared as evaluation prepares them; training (`pdrop_eval.train`) encodes rows here too."""
+    if pad_to_square:
+        background = tuple(round(channel * 255) for channel in processor.image_processor.image_mean)
+        images = [expand_to_square(image, background) for image in images]
+    return processor(images=list(images) or None, text=list(texts), return_tensors="pt", padding=True)
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -358,6 +356,31 @@ def plan_batches(lengths: Sequence, batch_size: int) -> list[list[int]]:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def chat_template_of(processor) -> str:
+    """The checkpoint's chat template, or the Vicuna v1 template when it has none."""
+    return processor.chat_template or VICUNA_CHAT_TEMPLATE
+
+
+def render_messages(processor, messages: Sequence[dict], add_generation_prompt: bool = True, chat_template: str | None = None) -> str:
+    """Conversation text in the chat template (default: `chat_template_of(processor)`), image
+    placeholders not yet expanded. Evaluation (`LlavaRunner.render`) and training
+    (`pdrop_eval.train`) both render prompts here, so a model is trained on the prompts it is scored on."""
+    return processor.apply_chat_template(
+        list(messages),
+        chat_template=chat_template or chat_template_of(processor),
+        add_generation_prompt=add_generation_prompt,
+        tokenize=False,
+    )
+
+
+def llava_model_class(pretrained: str) -> tuple[str, type]:
+    """(architecture, transformers model class) of a LLaVA-1.5 / LLaVA-NeXT checkpoint; anything else is an error."""
+    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+    architecture = checkpoint_architecture(pretrained)
+    return architecture, LlavaForConditionalGeneration if architecture == "llava" else LlavaNextForConditionalGeneration
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:

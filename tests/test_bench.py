@@ -32,3 +32,38 @@ def test_bench_table_and_bad_settings(capsys):
                      "--num-kv-heads", "2", "--image-tokens", "16", "--text-tokens", "4", "--repeats", "1", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     assert "PyramidDrop" in out and "FastV" in out and "ranking overhead" in out
+
+
+def test_bench_train_times_training_steps(capsys):
+    shape = ["--hidden-size", "64", "--intermediate-size", "172", "--num-layers", "8", "--num-heads", "4", "--num-kv-heads", "2"]
+    args = ["bench", "--train", *shape, "--image-tokens", "40", "--text-tokens", "8", "--answer-tokens", "3", "--repeats", "1", "--warmup", "0"]
+    assert cli_main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["settings"]["train"] and 0 < result["scoring_overhead"] < 1
+    assert all(result[key] > 0 for key in ("vanilla_s", "pdrop_s", "fastv_s"))
+    pyramid = [48, 48, 28, 28, 18, 18, 13, 13]  # as in prefill: the same tokens go forward and backward
+    assert abs(result["theory_pdrop"] - sum(map(spec_layer_flops, pyramid)) / (8 * spec_layer_flops(48))) < 1e-12
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert "training step (forward + backward, 3 answer tokens)" in out and "% of PyramidDrop training step" in out
+    assert cli_main([*args, "--answer-tokens", "8"]) == 2
+    assert "--answer-tokens must be between 1 and --text-tokens - 1 (7)" in capsys.readouterr().err
+
+
+def test_train_step_runs_backward_on_the_answer_tokens_only():
+    import torch
+
+    from pdrop_eval import bench
+    from pdrop_eval.bench_settings import BenchSettings
+
+    settings = BenchSettings(hidden_size=32, intermediate_size=64, num_layers=4, num_heads=2, num_kv_heads=2,
+                                   image_tokens=12, text_tokens=6, answer_tokens=2, train=True, warmup=1, repeats=2)
+    model = bench._build_model(settings)
+    input_ids = bench._prompt_ids(settings, model.config.image_token_id)
+    labels = bench._answer_labels(input_ids, settings)
+    assert (labels[:, :-2] == -100).all() and torch.equal(labels[:, -2:], input_ids[:, -2:])
+    backward_calls = []
+    model.lm_head.weight.register_hook(lambda grad: backward_calls.append(grad.abs().sum().item()))
+    assert len(bench._train_step_seconds(model, input_ids, settings)) == 2
+    assert len(backward_calls) == 3 and all(total > 0 for total in backward_calls)  # warm-up + repeats
+    assert not model.training and model.lm_head.weight.grad is None

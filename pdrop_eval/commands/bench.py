@@ -1,4 +1,5 @@
-"""`pdrop-eval bench`: prefill time of vanilla, PyramidDrop and FastV next to their FLOPs ratios."""
+"""`pdrop-eval bench`: prefill (or, with --train, training-step) time of vanilla, PyramidDrop and FastV
+next to their FLOPs ratios."""
 
 from dataclasses import fields
 
@@ -6,12 +7,14 @@ from dataclasses import fields
 def add_parser(subparsers) -> None:
     from pdrop_eval.bench_settings import BenchSettings
 
-    parser = subparsers.add_parser("bench", help="time prefill of vanilla / PyramidDrop / FastV on a random model")
+    parser = subparsers.add_parser("bench", help="time prefill (or --train: forward + backward) of vanilla / PyramidDrop / FastV on a random model")
     defaults = BenchSettings()
     for field in fields(BenchSettings):
         flag = "--" + field.name.replace("_", "-")
         if field.name == "layer_list":
             parser.add_argument(flag, type=int, nargs="+", default=None, help="PyramidDrop boundaries (default: quarters of the depth)")
+        elif field.name == "train":
+            parser.add_argument(flag, action="store_true", help="time training steps (forward with labels + backward) instead of prefill")
         else:
             parser.add_argument(flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -47,11 +50,12 @@ def run(args) -> int:
         ["FastV", f"{result['fastv_s'] * 1e3:.1f}", f"{result['fastv_s'] / vanilla:.3f}", f"{result['theory_fastv']:.3f}"],
     ]
     s = result["settings"]
+    what = f"training step (forward + backward, {s['answer_tokens']} answer tokens)" if s["train"] else "prefill"
     print(
-        f"prefill, d={s['hidden_size']} m={s['intermediate_size']} layers={s['num_layers']} "
+        f"{what}, d={s['hidden_size']} m={s['intermediate_size']} layers={s['num_layers']} "
         f"N={s['image_tokens']} text={s['text_tokens']} batch={s['batch_size']} {s['dtype']} on {s['device']} "
         f"({s['attn_implementation']}), median of {s['repeats']}"
     )
-    print(tabulate(rows, headers=["method", "prefill ms", "time ratio", "FLOPs ratio"], tablefmt="github"))
-    print(f"ranking overhead: {result['scoring_overhead'] * 100:.2f}% of PyramidDrop prefill")
+    print(tabulate(rows, headers=["method", "train step ms" if s["train"] else "prefill ms", "time ratio", "FLOPs ratio"], tablefmt="github"))
+    print(f"ranking overhead: {result['scoring_overhead'] * 100:.2f}% of PyramidDrop {'training step' if s['train'] else 'prefill'}")
     return 0

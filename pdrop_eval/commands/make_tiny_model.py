@@ -1,12 +1,17 @@
-"""`pdrop-eval make-tiny-model DIR`: a tiny random LLaVA checkpoint for offline tests and demos."""
+"""`pdrop-eval make-tiny-model DIR`: a tiny LLaVA checkpoint with fresh weights, for offline tests,
+demos, and (preset ``synth``) training on the pdrop_synth benchmark."""
 
-from pdrop_eval.tiny import ARCHS, TEXT_ARCHS
+from pdrop_eval.tiny import ARCHS, PRESETS, TEXT_ARCHS
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("make-tiny-model", help="write a tiny random LLaVA / LLaVA-NeXT checkpoint")
     parser.add_argument("out_dir", metavar="DIR")
-    parser.add_argument("--arch", choices=ARCHS, default="llava")
+    parser.add_argument("--arch", choices=ARCHS, default=None, help="default: llava, or llava_next for --preset synth")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="tiny",
+        help="tiny: random, peaked attention (tests); synth: the untrained model `pdrop-eval train` fits to pdrop_synth",
+    )
     parser.add_argument("--text-arch", choices=TEXT_ARCHS, default="llama", help="decoder family")
     parser.add_argument("--num-layers", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
@@ -26,6 +31,9 @@ def run(args) -> int:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not args.force:
         raise OutputExistsError(f"{out_dir} is not empty; pass --force to write the checkpoint into it anyway")
 
-    path = make_tiny_model(args.out_dir, arch=args.arch, text_arch=args.text_arch, num_layers=args.num_layers, seed=args.seed)
-    print(f"wrote tiny {args.arch} ({args.text_arch}, {args.num_layers} layers) checkpoint to {path}")
+    arch = args.arch or ("llava_next" if args.preset == "synth" else "llava")
+    path = make_tiny_model(
+        args.out_dir, arch=arch, text_arch=args.text_arch, num_layers=args.num_layers, seed=args.seed, spec=PRESETS[args.preset]
+    )
+    print(f"wrote {args.preset} {arch} ({args.text_arch}, {args.num_layers} layers) checkpoint to {path}")
     return 0

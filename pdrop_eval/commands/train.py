@@ -1,0 +1,66 @@
+"""`pdrop-eval train`: fine-tune a LLaVA / LLaVA-NeXT checkpoint on a local dataset, optionally with a drop config."""
+
+from dataclasses import fields
+
+
+def add_parser(subparsers) -> None:
+    from pdrop_eval.options import boolean
+    from pdrop_eval.train_settings import TrainSettings
+
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune a LLaVA checkpoint on a local VQA dataset (transformers' Trainer), optionally with PyramidDrop / FastV",
+        description="Columns of --data (.parquet/.json/.jsonl): image (bytes or a path relative to the file), question, "
+        "answer (strings, or equal-length lists for multi-turn conversations). Only the answers are supervised.",
+    )
+    parser.add_argument("--pretrained", required=True, help="LLaVA-1.5 / LLaVA-NeXT checkpoint folder or Hub id")
+    parser.add_argument("--data", required=True, help="training rows (.parquet, .json or .jsonl)")
+    parser.add_argument("--output-dir", required=True, help="where the trained model, processor and train_summary.json go")
+    parser.add_argument("--drop", default="", help="drop config to train with, e.g. 'layer_list=8;16;24,lambda=0.5' or 'fastv_k=2,fastv_r=0.5'")
+    helps = {
+        "epochs": "passes over the data (ignored when --max-steps is set)",
+        "max_steps": "optimizer steps (-1: use --epochs)",
+        "batch_size": "rows per device and step",
+        "grad_accum": "gradient accumulation steps",
+        "warmup": "linear warm-up: a fraction of the steps (< 1) or a number of steps",
+        "scheduler": "learning-rate schedule (transformers' names: cosine, linear, constant, ...)",
+        "save_steps": "write a Trainer checkpoint every N steps (0: only the final model)",
+        "max_length": "refuse rows longer than this many tokens, image tokens included (default: no limit)",
+        "precision": "float32, or bfloat16 / float16 mixed precision",
+        "save_dtype": "dtype of the saved weights: float32, float16 or bfloat16",
+        "workers": "data-loader worker processes",
+    }
+    defaults = {f.name: f.default for f in fields(TrainSettings)}
+    for field in fields(TrainSettings):
+        if field.name in ("pretrained", "data", "output_dir", "drop", "pad_to_square"):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        default = defaults[field.name]
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=helps.get(field.name))
+        else:
+            kind = int if field.name == "max_length" else type(default)
+            parser.add_argument(flag, type=kind, default=default, help=helps.get(field.name))
+    parser.add_argument(
+        "--pad-to-square", type=lambda text: boolean("--pad-to-square", text), default=None,
+        help="true/false: pad images to a square with the mean colour (default: as evaluation, i.e. true for LLaVA-1.5 only)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from pdrop_eval.train import train
+    from pdrop_eval.train_settings import TrainSettings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)})
+    summary = train(settings)
+    print(
+        f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s ({summary['seconds_per_step']:.2f} s/step), "
+        f"final mean loss {summary['train_loss']:.4f}; model and processor saved to {settings.output_dir}"
+    )
+    return 0

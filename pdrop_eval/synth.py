@@ -1,0 +1,289 @@
+"""`pdrop_synth`: a fine-grained synthetic VQA benchmark whose answers live in small image regions.
+
+An image is a grid of 8x8-pixel cells (one vision patch each in the trainable tiny LLaVA-NeXT,
+`pdrop_eval.tiny.SYNTH`) on a light background; a few cells hold a coloured glyph, a shape (circle,
+square, triangle, cross) or a digit (1-9), the rest are empty. A question names one object by one
+attribute that no other object in the image shares and asks for another attribute of it ("What
+color is the triangle?"), or for the object to its left, so the answer is written in one or two cells
+only and a model must keep those cells' image tokens to answer. Counting questions ("How many red
+shapes are there?") need every object. Image sizes (64x32 ... 96x96) give LLaVA-NeXT anyres grids of
+different shapes, so the number of image tokens varies per sample.
+
+Each row records where its answer lives (`boxes`, pixel boxes ``[x0, y0, x1, y1]`` of the cells
+that decide it) and whether it is `local`. Answers are one word or one digit; scoring is exact match.
+Everything is deterministic by seed; the test split is built first and no train image repeats a test
+image (same size and same objects in the same cells). Test images hold 4-8 objects; train images 1-8.
+
+``pdrop-eval make-synth`` writes ``train.parquet`` (multi-turn: several questions about one image),
+``test.parquet`` (one question per row) and the VLMEvalKit TSV of the test split.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+CELL = 8  # pixels per grid cell (= one patch of the trainable tiny model)
+BACKGROUND = (245, 245, 245)
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 205, 40),
+    "purple": (150, 60, 200),
+}
+# Width x height: square, wide and tall pictures; each size is one of the tiny model's anyres grids.
+SIZES = ((64, 32), (32, 64), (64, 64), (96, 64), (64, 96), (96, 96))
+# Objects per image (inclusive). Train scenes start at one object: the sparse ones teach a model to read
+# a cell at all, before it must pick one cell among distractors as every test question requires.
+OBJECTS_PER_IMAGE = {"train": (1, 8), "test": (4, 8)}
+MAX_COUNT = 4  # counting answers are 1..MAX_COUNT
+
+# 6x6 glyphs drawn inside an 8x8 cell with a one-pixel margin ('#' = object colour).
+SHAPES = {
+    "circle": (".####.", "######", "######", "######", "######", ".####."),
+    "square": ("######", "######", "######", "######", "######", "######"),
+    "triangle": ("..##..", "..##..", ".####.", ".####.", "######", "######"),
+    "cross": ("..##..", "..##..", "######", "######", "..##..", "..##.."),
+}
+DIGITS = {
+    "1": ("..#...", ".##...", "..#...", "..#...", "..#...", ".###.."),
+    "2": (".###..", "#...#.", "...#..", "..#...", ".#....", "#####."),
+    "3": ("####..", "....#.", ".###..", "....#.", "....#.", "####.."),
+    "4": ("...#..", "..##..", ".#.#..", "#####.", "...#..", "...#.."),
+    "5": ("#####.", "#.....", "####..", "....#.", "#...#.", ".###.."),
+    "6": (".###..", "#.....", "####..", "#...#.", "#...#.", ".###.."),
+    "7": ("#####.", "....#.", "...#..", "..#...", ".#....", ".#...."),
+    "8": (".###..", "#...#.", ".###..", "#...#.", "#...#.", ".###.."),
+    "9": (".###..", "#...#.", "#...#.", ".####.", "....#.", ".###.."),
+}
+GLYPHS = {**SHAPES, **DIGITS}
+
+# Question kinds, their share of the questions, and whether the answer lives in a few cells.
+KINDS = {
+    "color_of_shape": 0.18,  # What color is the triangle?        (shape unique)   -> colour
+    "shape_of_color": 0.18,  # Which shape is blue?               (colour unique)  -> shape
+    "digit_of_color": 0.14,  # Which digit is red?                (colour unique)  -> digit
+    "color_of_digit": 0.14,  # What color is the 7?               (digit unique)   -> colour
+    "left_of": 0.18,  # What is left of the purple square?   (object unique)  -> shape/digit of the left cell
+    "count_color": 0.18,  # How many red objects are there?    (whole image)    -> 1..MAX_COUNT
+}
+GLOBAL_KINDS = ("count_color",)
+SCENE_OF_KIND = {
+    "color_of_shape": "shapes",
+    "shape_of_color": "shapes",
+    "digit_of_color": "digits",
+    "color_of_digit": "digits",
+    "left_of": "mixed",
+    "count_color": "mixed",
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One object: a glyph (shape name or digit) of one colour in grid cell (row, col)."""
+
+    glyph: str
+    color: str
+    row: int
+    col: int
+
+    def box(self) -> list[int]:
+        return [self.col * CELL, self.row * CELL, (self.col + 1) * CELL, (self.row + 1) * CELL]
+
+
+@dataclass(frozen=True)
+class Scene:
+    width: int
+    height: int
+    items: tuple[Item, ...]
+
+    def signature(self) -> tuple:
+        return (self.width, self.height, tuple(sorted((i.row, i.col, i.glyph, i.color) for i in self.items)))
+
+    def at(self, row: int, col: int) -> Item | None:
+        return next((item for item in self.items if (item.row, item.col) == (row, col)), None)
+
+    def render(self) -> Image.Image:
+        image = Image.new("RGB", (self.width, self.height), BACKGROUND)
+        pixels = image.load()
+        for item in self.items:
+            for dy, line in enumerate(GLYPHS[item.glyph]):
+                for dx, mark in enumerate(line):
+                    if mark == "#":
+                        pixels[item.col * CELL + 1 + dx, item.row * CELL + 1 + dy] = COLORS[item.color]
+        return image
+
+
+@dataclass(frozen=True)
+class Question:
+    kind: str
+    text: str
+    answer: str
+    boxes: tuple[tuple[int, int, int, int], ...]  # pixel boxes of the cells that decide the answer
+
+    @property
+    def local(self) -> bool:
+        return self.kind not in GLOBAL_KINDS
+
+
+def _unique(items, key) -> list[Item]:
+    """Items whose attribute `key` no other item shares."""
+    counts = Counter(key(item) for item in items)
+    return [item for item in items if counts[key(item)] == 1]
+
+
+def _name(item: Item) -> str:
+    return f"the {item.color} {item.glyph}"
+
+
+def questions_about(scene: Scene, kind: str) -> list[Question]:
+    """Every valid question of `kind` about `scene` (empty when the scene has none)."""
+    items = scene.items
+    shapes = [i for i in items if i.glyph in SHAPES]
+    digits = [i for i in items if i.glyph in DIGITS]
+    box = lambda *members: tuple(tuple(m.box()) for m in members)  # noqa: E731
+    if kind == "color_of_shape":
+        return [Question(kind, f"What color is the {i.glyph}?", i.color, box(i)) for i in _unique(shapes, lambda i: i.glyph)]
+    if kind == "shape_of_color":
+        return [Question(kind, f"Which shape is {i.color}?", i.glyph, box(i)) for i in _unique(shapes, lambda i: i.color)]
+    if kind == "digit_of_color":
+        return [Question(kind, f"Which digit is {i.color}?", i.glyph, box(i)) for i in _unique(digits, lambda i: i.color)]
+    if kind == "color_of_digit":
+        return [Question(kind, f"What color is the {i.glyph}?", i.color, box(i)) for i in _unique(digits, lambda i: i.glyph)]
+    if kind == "left_of":
+        found = []
+        for item in _unique(items, lambda i: (i.glyph, i.color)):
+            left = scene.at(item.row, item.col - 1)
+            if left is not None:
+                found.append(Question(kind, f"What is left of {_name(item)}?", left.glyph, box(left, item)))
+        return found
+    if kind == "count_color":
+        found = []
+        for color in sorted({i.color for i in items}):
+            members = [i for i in items if i.color == color]
+            if len(members) <= MAX_COUNT:
+                found.append(Question(kind, f"How many {color} objects are there?", str(len(members)), box(*members)))
+        return found
+    raise ValueError(f"unknown question kind {kind!r}; known: {sorted(KINDS)}")
+
+
+def _random_scene(rng: random.Random, scene_type: str, objects: tuple[int, int]) -> Scene:
+    width, height = rng.choice(SIZES)
+    rows, cols = height // CELL, width // CELL
+    count = rng.randint(*objects)
+    cells = rng.sample([(r, c) for r in range(rows) for c in range(cols)], count)
+    if scene_type == "mixed" and count > 1:
+        # Objects in horizontal pairs now and then, so that "left of" has something to ask about.
+        r, c = cells[0]
+        if c > 0 and (r, c - 1) not in cells:
+            cells[1] = (r, c - 1)
+    glyph_pool = {"shapes": list(SHAPES), "digits": list(DIGITS), "mixed": list(GLYPHS)}[scene_type]
+    items = tuple(Item(rng.choice(glyph_pool), rng.choice(list(COLORS)), r, c) for r, c in cells)
+    return Scene(width, height, items)
+
+
+def _draw_kind(rng: random.Random) -> str:
+    return rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
+
+
+def _scene_with_questions(rng: random.Random, turns: int, taken: set, objects: tuple[int, int]) -> tuple[Scene, list[Question]]:
+    """A scene not in `taken` and up to `turns` distinct questions about it, the first of a freshly drawn kind."""
+    kind = _draw_kind(rng)
+    while True:
+        scene = _random_scene(rng, SCENE_OF_KIND[kind], objects)
+        first = questions_about(scene, kind)
+        if first and scene.signature() not in taken:
+            break
+    chosen = [rng.choice(first)]
+    others = [q for k in KINDS for q in questions_about(scene, k) if q.text != chosen[0].text]
+    rng.shuffle(others)
+    chosen += others[: turns - 1]
+    return scene, chosen
+
+
+def exact_match(prediction: str, answer: str) -> bool:
+    """The benchmark's score: equal after lower-casing and dropping punctuation and outer spaces."""
+    return _normalize(prediction) == _normalize(answer)
+
+
+def _normalize(text: str) -> str:
+    return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_split(split: str, count: int, seed: int = 0, turns: int = 1, exclude: set | None = None) -> tuple[list[dict], set]:
+    """`count` rows of `split` ("train" or "test") and the signatures of their scenes.
+
+    A row has ``id``, ``image`` (PNG bytes), ``width``, ``height``, and either one question
+    (``question``, ``answer``, ``kind``, ``local``, ``boxes``; turns=1) or lists of them (turns>1:
+    one multi-turn conversation about the image). Scenes in `exclude` are never used.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if count < 1 or turns < 1:
+        raise ValueError(f"count and turns must be >= 1, got count={count}, turns={turns}")
+    rng = random.Random(f"pdrop_synth/{split}/{seed}")
+    taken = set(exclude or ())
+    rows = []
+    for index in range(count):
+        scene, questions = _scene_with_questions(rng, turns, taken, OBJECTS_PER_IMAGE[split])
+        taken.add(scene.signature())
+        fields = {
+            "question": [q.text for q in questions],
+            "answer": [q.answer for q in questions],
+            "kind": [q.kind for q in questions],
+            "local": [q.local for q in questions],
+            "boxes": [[list(b) for b in q.boxes] for q in questions],
+        }
+        if turns == 1:
+            fields = {key: value[0] for key, value in fields.items()}
+        rows.append({"id": index, **fields, "width": scene.width, "height": scene.height, "image": png_bytes(scene.render())})
+    return rows, taken - set(exclude or ())
+
+
+def make_splits(train_images: int = 6000, test_questions: int = 400, turns: int = 3, seed: int = 0) -> dict[str, list[dict]]:
+    """The test split (one question per image) first, then a train split of multi-turn rows on other images."""
+    test, test_scenes = make_split("test", test_questions, seed, turns=1)
+    train, _ = make_split("train", train_images, seed, turns=turns, exclude=test_scenes)
+    return {"train": train, "test": test}
+
+
+DEFAULT_FOLDER = Path(__file__).resolve().parent.parent / "tasks" / "pdrop_synth" / "data"
+TSV_NAME = "PDropSynth"
+
+
+def write_synth(folder: str | Path = DEFAULT_FOLDER, train_images: int = 6000, test_questions: int = 400,
+                turns: int = 3, seed: int = 0) -> dict[str, Path]:
+    """Write ``train.parquet``, ``test.parquet`` and the test split as VLMEvalKit's ``PDropSynth.tsv``."""
+    import pandas as pd
+
+    from pdrop_eval.adapters.vlmeval_data import write_tsv
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = make_splits(train_images, test_questions, turns, seed)
+    written = {}
+    for split, rows in splits.items():
+        written[split] = folder / f"{split}.parquet"
+        pd.DataFrame(rows).to_parquet(written[split], index=False)
+    written["tsv"] = write_tsv(
+        folder / f"{TSV_NAME}.tsv",
+        [
+            {"index": row["id"], "image": Image.open(io.BytesIO(row["image"])), "question": row["question"],
+             "answer": row["answer"], "category": row["kind"]}
+            for row in splits["test"]
+        ],
+    )
+    return written

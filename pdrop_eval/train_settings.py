@@ -1,0 +1,62 @@
+"""Settings of `pdrop-eval train` (`pdrop_eval.train`), plain data without torch, so that the command
+line can build its parser from them and stay light."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What `pdrop-eval train` takes; the optimisation fields map one to one onto TrainingArguments."""
+
+    pretrained: str
+    data: str
+    output_dir: str
+    drop: str = ""  # DropConfig.from_args fragment; empty: no drop
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup: float = 0.05  # a fraction of the steps (< 1) or a number of steps
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    logging_steps: int = 10
+    save_steps: int = 0  # 0: no intermediate checkpoints
+    seed: int = 0
+    max_length: int | None = None
+    pad_to_square: bool | None = None  # None: as evaluation does by default (LLaVA-1.5 pads, LLaVA-NeXT does not)
+    gradient_checkpointing: bool = False
+    precision: str = "float32"  # float32, or bfloat16 / float16 mixed precision
+    save_dtype: str = "float32"
+    workers: int = 0
+
+    def training_arguments(self):
+        from transformers import TrainingArguments
+
+        if self.precision not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"--precision must be float32, bfloat16 or float16, got {self.precision!r}")
+        return TrainingArguments(
+            output_dir=self.output_dir,
+            num_train_epochs=self.epochs,
+            max_steps=self.max_steps,
+            per_device_train_batch_size=self.batch_size,
+            gradient_accumulation_steps=self.grad_accum,
+            learning_rate=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup,
+            lr_scheduler_type=self.scheduler,
+            max_grad_norm=self.max_grad_norm,
+            logging_steps=self.logging_steps,
+            save_strategy="steps" if self.save_steps else "no",
+            save_steps=self.save_steps or 500,
+            seed=self.seed,
+            activation_checkpointing=self.gradient_checkpointing,
+            bf16=self.precision == "bfloat16",
+            fp16=self.precision == "float16",
+            dataloader_num_workers=self.workers,
+            remove_unused_columns=False,  # the collator's keys are the model's inputs
+            report_to="none",
+        )

@@ -1,0 +1,177 @@
+"""`pdrop-eval train`: the prompts and label mask it trains on, bad rows, and short real Trainer runs."""
+
+import io
+import json
+import subprocess
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from pdrop_eval import synth
+from pdrop_eval.engine import DropConfig
+from pdrop_eval.train import IGNORE_INDEX, ConversationDataset, collate, read_conversations, train
+from pdrop_eval.train_settings import TrainSettings
+from pdrop_eval.wrapper import LlavaRunner, Query
+
+
+def write_rows(path, rows) -> str:
+    pd.DataFrame(rows).to_parquet(path, index=False)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def synth_rows():
+    rows, _ = synth.make_split("train", 6, seed=0, turns=2)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def next_processor(tiny_llava_next):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_llava_next)
+
+
+def supervised_text(processor, encoded) -> list[str]:
+    labels = encoded["labels"]
+    return [processor.tokenizer.decode([token]) for token in labels[labels != IGNORE_INDEX].tolist()]
+
+
+def test_only_answer_tokens_and_end_of_turn_are_supervised(synth_rows, next_processor, tmp_path):
+    conversations = read_conversations(write_rows(tmp_path / "rows.parquet", synth_rows))
+    dataset = ConversationDataset(conversations, next_processor)
+    for index, row in enumerate(synth_rows):
+        encoded = dataset[index]
+        # The template renders "ASSISTANT: <answer></s>" per turn; exactly " <answer></s>" is supervised.
+        assert "".join(supervised_text(next_processor, encoded)) == "".join(f" {answer}</s>" for answer in row["answer"])
+        is_image = encoded["input_ids"] == next_processor.tokenizer.convert_tokens_to_ids("<image>")
+        assert is_image.sum() > 50 and (encoded["labels"][is_image] == IGNORE_INDEX).all()
+        # Supervised tokens are the input tokens themselves (HF shifts inside the loss).
+        keep = encoded["labels"] != IGNORE_INDEX
+        assert torch.equal(encoded["labels"][keep], encoded["input_ids"][keep])
+
+
+def test_training_prompt_is_the_evaluation_prompt(synth_rows, tiny_llava_next, tmp_path):
+    """Up to the first answer, the training tokens are exactly what LlavaRunner feeds at evaluation."""
+    runner = LlavaRunner.load(str(tiny_llava_next), dtype="float32")
+    conversations = read_conversations(write_rows(tmp_path / "rows.parquet", synth_rows))
+    dataset = ConversationDataset(conversations, runner.processor)
+    for row, conversation in zip(synth_rows, conversations):
+        encoded = dataset.encode(conversation)
+        image = Image.open(io.BytesIO(row["image"]))
+        query = Query.from_parts([image, row["question"][0]])
+        evaluation = runner._encode([query], [runner.render(query)])
+        first_answer = int((encoded["labels"] != IGNORE_INDEX).nonzero()[0])
+        assert torch.equal(encoded["input_ids"][:first_answer], evaluation["input_ids"][0])
+        assert torch.equal(encoded["pixel_values"], evaluation["pixel_values"][0])
+
+
+def test_collate_pads_right_and_never_supervises_padding(synth_rows, next_processor, tmp_path):
+    dataset = ConversationDataset(read_conversations(write_rows(tmp_path / "rows.parquet", synth_rows)), next_processor)
+    rows = [dataset[i] for i in range(4)]
+    batch = collate(rows, pad_token_id=next_processor.tokenizer.pad_token_id)
+    lengths = [len(row["input_ids"]) for row in rows]
+    assert len(set(lengths)) > 1  # different image sizes: different lengths
+    for index, (row, length) in enumerate(zip(rows, lengths)):
+        assert batch["attention_mask"][index].tolist() == [1] * length + [0] * (max(lengths) - length)
+        assert torch.equal(batch["input_ids"][index, :length], row["input_ids"])
+        assert (batch["labels"][index, length:] == IGNORE_INDEX).all()
+        tiles = row["pixel_values"].shape[0]
+        assert torch.equal(batch["pixel_values"][index, :tiles], row["pixel_values"])
+    assert batch["image_sizes"].shape == (4, 2)
+
+
+def test_a_row_that_would_be_truncated_is_refused(synth_rows, next_processor, tmp_path):
+    conversations = read_conversations(write_rows(tmp_path / "rows.parquet", synth_rows))
+    length = len(ConversationDataset(conversations, next_processor)[2]["input_ids"])
+    dataset = ConversationDataset(conversations, next_processor, max_length=length - 1)
+    with pytest.raises(ValueError, match=rf"rows.parquet row 2: {length} tokens .* exceed --max-length {length - 1}"):
+        dataset[2]
+    ConversationDataset(conversations, next_processor, max_length=length)[2]  # fits exactly
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda row: row.update(answer=None), "rows.parquet row 1: no 'answer'"),
+        (lambda row: row.update(answer=["red", " "]), "rows.parquet row 1: empty answer"),
+        (lambda row: row.update(answer=["red"]), r"rows.parquet row 1: 2 question\(s\) but 1 answer\(s\)"),
+    ],
+    ids=["no_answer", "blank_answer", "missing_turn"],
+)
+def test_bad_rows_are_named(change, message, synth_rows, tmp_path):
+    rows = [dict(row) for row in synth_rows]
+    change(rows[1])
+    with pytest.raises(ValueError, match=message):
+        read_conversations(write_rows(tmp_path / "rows.parquet", rows))
+
+
+def test_undecodable_image_is_named_before_training(synth_rows, next_processor, tmp_path):
+    rows = [dict(row) for row in synth_rows]
+    rows[4]["image"] = b"\x89PNG not an image"
+    dataset = ConversationDataset(read_conversations(write_rows(tmp_path / "rows.parquet", rows)), next_processor)
+    with pytest.raises(ValueError, match="rows.parquet row 4: cannot decode image"):
+        dataset.check_all()
+
+
+def test_a_checkpoint_that_is_not_llava_is_refused(synth_rows, tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2).save_pretrained(tmp_path / "llama")
+    settings = TrainSettings(pretrained=str(tmp_path / "llama"), data=write_rows(tmp_path / "rows.parquet", synth_rows), output_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="is a 'llama' checkpoint; supported: LLaVA-1.5"):
+        train(settings)
+
+
+def mean_loss(checkpoint, rows_path) -> float:
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    model = LlavaNextForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    dataset = ConversationDataset(read_conversations(rows_path), processor)
+    batch = collate([dataset[i] for i in range(len(dataset))], processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+def test_cli_trains_and_saves_a_loadable_smaller_checkpoint(synth_rows, tiny_llava_next, tmp_path):
+    data = write_rows(tmp_path / "rows.parquet", synth_rows[:4])
+    out = tmp_path / "trained"
+    completed = subprocess.run(
+        ["pdrop-eval", "train", "--pretrained", str(tiny_llava_next), "--data", data, "--output-dir", str(out),
+         "--max-steps", "3", "--batch-size", "4", "--lr", "3e-3", "--warmup", "0", "--scheduler", "constant",
+         "--logging-steps", "1", "--save-dtype", "float16", "--threads", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "trained 3 steps" in completed.stdout
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["drop"]["method"] == "none"
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+    assert (out / "model.safetensors").stat().st_size < 0.6 * (tiny_llava_next / "model.safetensors").stat().st_size
+    # Three steps on the same four rows lower their loss; the saved model loads as a stock LLaVA-NeXT.
+    assert mean_loss(out, data) < mean_loss(tiny_llava_next, data) - 0.05
+
+
+def test_cli_reports_bad_input_by_option(synth_rows, tiny_llava_next, tmp_path):
+    data = write_rows(tmp_path / "rows.parquet", synth_rows[:2])
+    completed = subprocess.run(
+        ["pdrop-eval", "train", "--pretrained", str(tiny_llava_next), "--data", data, "--output-dir", str(tmp_path / "o"),
+         "--drop", "layer_list=8;16;24,lambda=1.5"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 2 and "lambda must be in (0, 1]" in completed.stderr
+
+
+def test_training_with_a_drop_config_runs_and_saves_the_stock_model(synth_rows, tiny_llava_next, tmp_path):
+    """PyramidDrop during training (apply_drop in train mode, the engine's training rule): the run
+    differs from vanilla training with the same seed, and what is saved is the stock model."""
+    data = write_rows(tmp_path / "rows.parquet", synth_rows[:4])
+    common = dict(pretrained=str(tiny_llava_next), data=data, max_steps=2, batch_size=4, lr=3e-3, warmup=0, logging_steps=1)
+    vanilla = train(TrainSettings(output_dir=str(tmp_path / "vanilla"), **common))
+    pdrop = train(TrainSettings(output_dir=str(tmp_path / "pdrop"), drop=DropConfig.pyramid().to_args(), **common))
+    assert pdrop["drop"] == DropConfig.pyramid().to_dict()
+    assert pdrop["train_loss"] != pytest.approx(vanilla["train_loss"], abs=1e-6)
+    assert mean_loss(tmp_path / "pdrop", data) < mean_loss(tiny_llava_next, data)
