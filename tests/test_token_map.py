@@ -27,7 +27,7 @@ from transformers.models.llava_next.modeling_llava_next import (
     image_size_to_num_patches,
 )
 
-from pdrop_eval.tiny import NEXT_GRID_PINPOINTS, PATCH_SIZE
+from pdrop_eval.tiny import TINY
 from pdrop_eval.token_map import image_token_regions
 from pdrop_eval.wrapper import expand_to_square
 
@@ -39,10 +39,10 @@ def variants(checkpoint: str) -> dict:
     """The tiny checkpoint's processor plus variants that exercise every geometry step: name ->
     (processor, whether LlavaRunner pads the pictures to a square before it)."""
     stock = AutoProcessor.from_pretrained(checkpoint)
-    common = {"tokenizer": stock.tokenizer, "patch_size": PATCH_SIZE, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
+    common = {"tokenizer": stock.tokenizer, "patch_size": TINY.patch_size, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
     crop = {"height": 64, "width": 64}
     if isinstance(stock, LlavaNextProcessor):
-        larger = LlavaNextImageProcessor(size={"shortest_edge": 72}, crop_size=crop, image_grid_pinpoints=NEXT_GRID_PINPOINTS)
+        larger = LlavaNextImageProcessor(size={"shortest_edge": 72}, crop_size=crop, image_grid_pinpoints=[list(p) for p in TINY.grid_pinpoints])
         return {"stock": (stock, False), "resize-72-crop-64": (LlavaNextProcessor(image_processor=larger, **common), False)}
     return {
         "stock": (stock, False),
