@@ -74,7 +74,11 @@ KINDS = {
     "left_of": 0.18,  # What is left of the purple square?   (object unique)  -> shape/digit of the left cell
     "count_color": 0.18,  # How many red objects are there?    (whole image)    -> 1..MAX_COUNT
 }
-GLOBAL_KINDS = ("count_color",)
+# Train only: a coloured background. Nearly every image token then carries the answer, so a model
+# trained from scratch learns to read colours from image tokens at all; without these rows it settles
+# on the text-only answer prior, because one object's token is too faint among ~100 background tokens.
+WARMUP_KINDS = {"background_color": 0.15}  # What color is the background?  -> colour
+GLOBAL_KINDS = ("count_color", "background_color")
 SCENE_OF_KIND = {
     "color_of_shape": "shapes",
     "shape_of_color": "shapes",
@@ -82,6 +86,7 @@ SCENE_OF_KIND = {
     "color_of_digit": "digits",
     "left_of": "mixed",
     "count_color": "mixed",
+    "background_color": "filled",
 }
 
 
@@ -103,15 +108,16 @@ class Scene:
     width: int
     height: int
     items: tuple[Item, ...]
+    fill: str | None = None  # background colour name (warm-up rows), else the light BACKGROUND
 
     def signature(self) -> tuple:
-        return (self.width, self.height, tuple(sorted((i.row, i.col, i.glyph, i.color) for i in self.items)))
+        return (self.width, self.height, self.fill, tuple(sorted((i.row, i.col, i.glyph, i.color) for i in self.items)))
 
     def at(self, row: int, col: int) -> Item | None:
         return next((item for item in self.items if (item.row, item.col) == (row, col)), None)
 
     def render(self) -> Image.Image:
-        image = Image.new("RGB", (self.width, self.height), BACKGROUND)
+        image = Image.new("RGB", (self.width, self.height), COLORS[self.fill] if self.fill else BACKGROUND)
         pixels = image.load()
         for item in self.items:
             for dy, line in enumerate(GLYPHS[item.glyph]):
@@ -164,6 +170,8 @@ def questions_about(scene: Scene, kind: str) -> list[Question]:
             if left is not None:
                 found.append(Question(kind, f"What is left of {_name(item)}?", left.glyph, box(left, item)))
         return found
+    if kind == "background_color":
+        return [Question(kind, "What color is the background?", scene.fill, ((0, 0, scene.width, scene.height),))] if scene.fill else []
     if kind == "count_color":
         found = []
         for color in sorted({i.color for i in items}):
@@ -171,11 +179,16 @@ def questions_about(scene: Scene, kind: str) -> list[Question]:
             if len(members) <= MAX_COUNT:
                 found.append(Question(kind, f"How many {color} objects are there?", str(len(members)), box(*members)))
         return found
-    raise ValueError(f"unknown question kind {kind!r}; known: {sorted(KINDS)}")
+    raise ValueError(f"unknown question kind {kind!r}; known: {sorted(KINDS | WARMUP_KINDS)}")
 
 
 def _random_scene(rng: random.Random, scene_type: str, objects: tuple[int, int]) -> Scene:
     width, height = rng.choice(SIZES)
+    if scene_type == "filled":  # a coloured background with up to four objects of other colours
+        fill = rng.choice(list(COLORS))
+        cells = rng.sample([(r, c) for r in range(height // CELL) for c in range(width // CELL)], rng.randint(0, 4))
+        colors = [name for name in COLORS if name != fill]
+        return Scene(width, height, tuple(Item(rng.choice(list(GLYPHS)), rng.choice(colors), r, c) for r, c in cells), fill)
     rows, cols = height // CELL, width // CELL
     count = rng.randint(*objects)
     cells = rng.sample([(r, c) for r in range(rows) for c in range(cols)], count)
@@ -189,20 +202,16 @@ def _random_scene(rng: random.Random, scene_type: str, objects: tuple[int, int])
     return Scene(width, height, items)
 
 
-def _draw_kind(rng: random.Random) -> str:
-    return rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
-
-
-def _scene_with_questions(rng: random.Random, turns: int, taken: set, objects: tuple[int, int]) -> tuple[Scene, list[Question]]:
-    """A scene not in `taken` and up to `turns` distinct questions about it, the first of a freshly drawn kind."""
-    kind = _draw_kind(rng)
+def _scene_with_questions(rng: random.Random, turns: int, taken: set, objects: tuple[int, int], kinds: dict[str, float]) -> tuple[Scene, list[Question]]:
+    """A scene not in `taken` and up to `turns` distinct questions about it, the first of a kind drawn from `kinds`."""
+    kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
     while True:
         scene = _random_scene(rng, SCENE_OF_KIND[kind], objects)
         first = questions_about(scene, kind)
         if first and scene.signature() not in taken:
             break
     chosen = [rng.choice(first)]
-    others = [q for k in KINDS for q in questions_about(scene, k) if q.text != chosen[0].text]
+    others = [q for k in kinds for q in questions_about(scene, k) if q.text != chosen[0].text]
     rng.shuffle(others)
     chosen += others[: turns - 1]
     return scene, chosen
@@ -235,10 +244,11 @@ def make_split(split: str, count: int, seed: int = 0, turns: int = 1, exclude: s
     if count < 1 or turns < 1:
         raise ValueError(f"count and turns must be >= 1, got count={count}, turns={turns}")
     rng = random.Random(f"pdrop_synth/{split}/{seed}")
+    kinds = KINDS if split == "test" else {**{k: w * (1 - sum(WARMUP_KINDS.values())) for k, w in KINDS.items()}, **WARMUP_KINDS}
     taken = set(exclude or ())
     rows = []
     for index in range(count):
-        scene, questions = _scene_with_questions(rng, turns, taken, OBJECTS_PER_IMAGE[split])
+        scene, questions = _scene_with_questions(rng, turns, taken, OBJECTS_PER_IMAGE[split], kinds)
         taken.add(scene.signature())
         fields = {
             "question": [q.text for q in questions],

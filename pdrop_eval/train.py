@@ -31,6 +31,7 @@ from pdrop_eval.train_settings import TrainSettings
 from pdrop_eval.wrapper import DTYPES, llava_model_class, load_image, processor_inputs, render_messages
 
 IGNORE_INDEX = -100  # HF's label value for "no loss here"
+FREEZABLE = {"vision_tower": "vision_tower", "projector": "multi_modal_projector"}  # --freeze name -> LLaVA submodule
 DATA_SUFFIXES = (".parquet", ".json", ".jsonl")
 
 
@@ -209,6 +210,9 @@ def train(settings: TrainSettings) -> dict:
 
     if settings.save_dtype not in DTYPES or settings.save_dtype == "auto":
         raise ValueError(f"--save-dtype must be float32, float16 or bfloat16, got {settings.save_dtype!r}")
+    unknown = sorted(set(settings.freeze) - set(FREEZABLE))
+    if unknown:
+        raise ValueError(f"--freeze: unknown part(s) {unknown}; choose from {sorted(FREEZABLE)}")
     drop = DropConfig.from_args(settings.drop) if settings.drop else DropConfig.none()
     arguments = settings.training_arguments()
     architecture, model_class = llava_model_class(settings.pretrained)
@@ -220,6 +224,8 @@ def train(settings: TrainSettings) -> dict:
     dataset.check_all()
 
     model = model_class.from_pretrained(settings.pretrained, dtype=torch.float32)
+    for part in settings.freeze:
+        getattr(model.model, FREEZABLE[part]).requires_grad_(False)
     # Trainer puts the model in training mode; the engine then ranks image tokens with the tokens
     # just before each answer span (the official PyramidDrop training rule).
     handle = apply_drop(model, drop) if drop.method != "none" else None

@@ -14,6 +14,7 @@ class TrainSettings:
     data: str
     output_dir: str
     drop: str = ""  # DropConfig.from_args fragment; empty: no drop
+    freeze: tuple[str, ...] = ()  # parts kept as loaded: "vision_tower", "projector"
     epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 8

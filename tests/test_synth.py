@@ -67,6 +67,12 @@ def test_splits_are_disjoint_and_varied():
     assert len(test_images) == 120 and not test_images & train_images
     assert {(r["width"], r["height"]) for r in splits["test"]} == set(synth.SIZES)
     assert set(r["kind"] for r in splits["test"]) == set(synth.KINDS)
+    train_kinds = {kind for r in splits["train"] for kind in r["kind"]}
+    assert train_kinds == set(synth.KINDS) | set(synth.WARMUP_KINDS)  # warm-up rows in train only
+    for row in splits["train"]:
+        if row["kind"][0] == "background_color":  # most pixels show the answer colour
+            pixels = Image.open(io.BytesIO(row["image"])).convert("RGB").getdata()
+            assert sum(p == synth.COLORS[row["answer"][0]] for p in pixels) > 0.8 * len(pixels)
     # Up to three distinct questions per train image (sparse scenes may allow fewer).
     assert all(1 <= len(r["question"]) == len(set(r["question"])) <= 3 for r in splits["train"])
     assert sum(len(r["question"]) == 3 for r in splits["train"]) > 0.9 * len(splits["train"])

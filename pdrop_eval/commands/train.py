@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
     }
     defaults = {f.name: f.default for f in fields(TrainSettings)}
     for field in fields(TrainSettings):
-        if field.name in ("pretrained", "data", "output_dir", "drop", "pad_to_square"):
+        if field.name in ("pretrained", "data", "output_dir", "drop", "freeze", "pad_to_square"):
             continue
         flag = "--" + field.name.replace("_", "-")
         default = defaults[field.name]
@@ -41,6 +41,10 @@ def add_parser(subparsers) -> None:
         else:
             kind = int if field.name == "max_length" else type(default)
             parser.add_argument(flag, type=kind, default=default, help=helps.get(field.name))
+    parser.add_argument(
+        "--freeze", type=lambda text: tuple(part.strip() for part in text.split(",") if part.strip()), default=(),
+        help="comma-separated parts to keep as loaded: vision_tower, projector (LLaVA's fine-tuning freezes the vision tower)",
+    )
     parser.add_argument(
         "--pad-to-square", type=lambda text: boolean("--pad-to-square", text), default=None,
         help="true/false: pad images to a square with the mean colour (default: as evaluation, i.e. true for LLaVA-1.5 only)",
