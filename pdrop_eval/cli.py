@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "pdrop_eval.commands.sweep",
     "pdrop_eval.commands.demo",
     "pdrop_eval.commands.show",
+    "pdrop_eval.commands.overlap",
     "pdrop_eval.commands.study",
     "pdrop_eval.commands.train",
 )

@@ -219,6 +219,9 @@ def default_device() -> str:
 
 def load_config(pretrained: str):
     """The checkpoint's config (config.json only, no weights); a missing one is a FileNotFoundError."""
+    from pdrop_eval.compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()  # AutoConfig's model-type lookup may import torchvision
     from transformers import AutoConfig
 
     path = Path(pretrained).expanduser()

@@ -9,10 +9,12 @@ results file is checked afterwards.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,18 +126,57 @@ def prepare_out_dir(out_dir: Path, outputs: list[str], force: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def run_lmms_eval(command: list[str], output_path: Path) -> None:
+def run_lmms_eval(command: list[str], output_path: Path, label: str = "") -> None:
+    """Run one lmms-eval command, its whole output into the log, and a progress line on stdout each time
+    one of its progress bars moves by a tenth (lmms-eval itself would be silent here for minutes)."""
     output_path.mkdir(parents=True, exist_ok=True)
     log_path = output_path / LOG_FILE
     print(f"running lmms-eval: {shlex.join(command[3:])}", flush=True)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    progress = ProgressEcho(label or output_path.name)
     with log_path.open("w") as log:
         log.write(shlex.join(command) + "\n")
         log.flush()
-        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    if completed.returncode != 0 or not any(output_path.glob("*/*_results.json")):
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace")
+        for line in _lines(process.stdout):
+            log.write(line + "\n")
+            progress.feed(line)
+        returncode = process.wait()
+    if returncode != 0 or not any(output_path.glob("*/*_results.json")):
         tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-25:])
-        raise PipelineError(f"lmms-eval wrote no results into {output_path} (exit code {completed.returncode}); see {log_path}:\n{tail}")
+        raise PipelineError(f"lmms-eval wrote no results into {output_path} (exit code {returncode}); see {log_path}:\n{tail}")
+    print(f"  {progress.label}: done in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def _lines(stream):
+    """Lines of a text stream, a progress bar's carriage-return redraws counted as lines."""
+    pending = ""
+    while chunk := stream.read(4096):
+        *complete, pending = re.split(r"[\r\n]", pending + chunk)
+        yield from (line for line in complete if line)
+    if pending:
+        yield pending
+
+
+class ProgressEcho:
+    """Turns tqdm bars in a log ("Model Responding:  40%|####  | 8/20 [...]") into one printed line per
+    tenth of each bar."""
+
+    BAR = re.compile(r"^(?P<desc>[^|]*?):?\s+(?P<percent>\d+)%\|.*?(?P<done>\d+)/(?P<total>\d+)")
+
+    def __init__(self, label: str):
+        self.label = label
+        self.shown: dict[str, int] = {}
+
+    def feed(self, line: str) -> None:
+        match = self.BAR.match(line.strip())
+        if not match:
+            return
+        desc, tenth = match["desc"].strip() or "progress", int(match["percent"]) // 10
+        if tenth > self.shown.get(desc, -1):
+            self.shown[desc] = tenth
+            print(f"  {self.label}: {desc} {match['done']}/{match['total']}", flush=True)
 
 
 def evaluate_and_report(

@@ -1,18 +1,18 @@
 """`pdrop_synth`: a fine-grained synthetic VQA benchmark whose answers live in small image regions.
 
 An image is a grid of 8x8-pixel cells (one vision patch each in the trainable tiny LLaVA-NeXT,
-`pdrop_eval.tiny.SYNTH`) on a light background; a few cells hold a coloured glyph, a shape (circle,
-square, triangle, cross) or a digit (1-9), the rest are empty. A question names one object by one
-attribute that no other object in the image shares and asks for another attribute of it ("What
-color is the triangle?"), or for the object to its left, so the answer is written in one or two cells
-only and a model must keep those cells' image tokens to answer. Counting questions ("How many red
-shapes are there?") need every object. Image sizes (64x32 ... 96x96) give LLaVA-NeXT anyres grids of
-different shapes, so the number of image tokens varies per sample.
+`pdrop_eval.tiny.SYNTH`) on a light background; a few cells hold a coloured shape (square, circle,
+triangle, cross), the rest are empty. A local question names one object by the attribute that no
+other object in the image shares and asks for its other attribute ("What color is the triangle?",
+"Which shape is blue?"), so the answer is written in one cell only and a model must keep that cell's
+image token to answer. Counting questions ("How many red objects are there?") need every object.
+Image sizes (32x32 ... 64x32) give LLaVA-NeXT anyres grids of different shapes, so the number of
+image tokens varies per sample.
 
 Each row records where its answer lives (`boxes`, pixel boxes ``[x0, y0, x1, y1]`` of the cells
 that decide it) and whether it is `local`. Answers are one word or one digit; scoring is exact match.
 Everything is deterministic by seed; the test split is built first and no train image repeats a test
-image (same size and same objects in the same cells). Test images hold 4-8 objects; train images 1-8.
+image (same size and same objects in the same cells). Test images hold 2-5 objects; train images 1-5.
 
 ``pdrop-eval make-synth`` writes ``train.parquet`` (multi-turn: several questions about one image),
 ``test.parquet`` (one question per row) and the VLMEvalKit TSV of the test split.
@@ -39,60 +39,38 @@ COLORS = {
     "purple": (150, 60, 200),
 }
 # Width x height: square, wide and tall pictures; each size is one of the tiny model's anyres grids.
-SIZES = ((64, 32), (32, 64), (64, 64), (96, 64), (64, 96), (96, 96))
-# Objects per image (inclusive). Train scenes start at one object: the sparse ones teach a model to read
-# a cell at all, before it must pick one cell among distractors as every test question requires.
-OBJECTS_PER_IMAGE = {"train": (1, 8), "test": (4, 8)}
+# Small on purpose: every empty cell is an image token that dilutes the one holding the answer.
+SIZES = ((32, 32), (48, 32), (32, 48), (48, 48), (64, 32), (32, 64))
+# Objects per image (inclusive). The train split is a curriculum: its rows are written easy first, the
+# most objects a scene may hold growing from one to the maximum over the first CURRICULUM share of the
+# rows, so a model trained on them in order (`pdrop-eval train --sequential`) first learns to read the
+# one object there is, then to pick one cell among distractors as every test question requires.
+OBJECTS_PER_IMAGE = {"train": (1, 5), "test": (2, 5)}
+CURRICULUM = 0.3
 MAX_COUNT = 4  # counting answers are 1..MAX_COUNT
 
 # 6x6 glyphs drawn inside an 8x8 cell with a one-pixel margin ('#' = object colour).
-SHAPES = {
-    "circle": (".####.", "######", "######", "######", "######", ".####."),
+SHAPES = {  # drawn to differ in many pixels, so that a tiny model tells them apart quickly
     "square": ("######", "######", "######", "######", "######", "######"),
-    "triangle": ("..##..", "..##..", ".####.", ".####.", "######", "######"),
-    "cross": ("..##..", "..##..", "######", "######", "..##..", "..##.."),
+    "circle": (".####.", "#....#", "#....#", "#....#", "#....#", ".####."),
+    "triangle": ("#.....", "##....", "###...", "####..", "#####.", "######"),
+    "cross": ("#....#", ".#..#.", "..##..", "..##..", ".#..#.", "#....#"),
 }
-DIGITS = {
-    "1": ("..#...", ".##...", "..#...", "..#...", "..#...", ".###.."),
-    "2": (".###..", "#...#.", "...#..", "..#...", ".#....", "#####."),
-    "3": ("####..", "....#.", ".###..", "....#.", "....#.", "####.."),
-    "4": ("...#..", "..##..", ".#.#..", "#####.", "...#..", "...#.."),
-    "5": ("#####.", "#.....", "####..", "....#.", "#...#.", ".###.."),
-    "6": (".###..", "#.....", "####..", "#...#.", "#...#.", ".###.."),
-    "7": ("#####.", "....#.", "...#..", "..#...", ".#....", ".#...."),
-    "8": (".###..", "#...#.", ".###..", "#...#.", "#...#.", ".###.."),
-    "9": (".###..", "#...#.", "#...#.", ".####.", "....#.", ".###.."),
-}
-GLYPHS = {**SHAPES, **DIGITS}
 
-# Question kinds, their share of the questions, and whether the answer lives in a few cells.
+# Question kinds, their share of the questions, and whether the answer lives in one cell.
 KINDS = {
-    "color_of_shape": 0.18,  # What color is the triangle?        (shape unique)   -> colour
-    "shape_of_color": 0.18,  # Which shape is blue?               (colour unique)  -> shape
-    "digit_of_color": 0.14,  # Which digit is red?                (colour unique)  -> digit
-    "color_of_digit": 0.14,  # What color is the 7?               (digit unique)   -> colour
-    "left_of": 0.18,  # What is left of the purple square?   (object unique)  -> shape/digit of the left cell
-    "count_color": 0.18,  # How many red objects are there?    (whole image)    -> 1..MAX_COUNT
+    "color_of_shape": 0.4,  # What color is the triangle?        (shape unique)  -> colour
+    "shape_of_color": 0.4,  # Which shape is blue?               (colour unique) -> shape
+    "count_color": 0.2,  # How many red objects are there?    (whole image)   -> 1..MAX_COUNT
 }
 # Train only: a coloured background. Nearly every image token then carries the answer, so a model
 # trained from scratch learns to read colours from image tokens at all; without these rows it settles
-# on the text-only answer prior, because one object's token is too faint among ~100 background tokens.
+# on the text-only answer prior, because one object's token is too faint among dozens of background tokens.
 WARMUP_KINDS = {"background_color": 0.15}  # What color is the background?  -> colour
 GLOBAL_KINDS = ("count_color", "background_color")
-SCENE_OF_KIND = {
-    "color_of_shape": "shapes",
-    "shape_of_color": "shapes",
-    "digit_of_color": "digits",
-    "color_of_digit": "digits",
-    "left_of": "mixed",
-    "count_color": "mixed",
-    "background_color": "filled",
-}
-
-
 @dataclass(frozen=True)
 class Item:
-    """One object: a glyph (shape name or digit) of one colour in grid cell (row, col)."""
+    """One object: a shape of one colour in grid cell (row, col)."""
 
     glyph: str
     color: str
@@ -120,7 +98,7 @@ class Scene:
         image = Image.new("RGB", (self.width, self.height), COLORS[self.fill] if self.fill else BACKGROUND)
         pixels = image.load()
         for item in self.items:
-            for dy, line in enumerate(GLYPHS[item.glyph]):
+            for dy, line in enumerate(SHAPES[item.glyph]):
                 for dx, mark in enumerate(line):
                     if mark == "#":
                         pixels[item.col * CELL + 1 + dx, item.row * CELL + 1 + dy] = COLORS[item.color]
@@ -145,31 +123,14 @@ def _unique(items, key) -> list[Item]:
     return [item for item in items if counts[key(item)] == 1]
 
 
-def _name(item: Item) -> str:
-    return f"the {item.color} {item.glyph}"
-
-
 def questions_about(scene: Scene, kind: str) -> list[Question]:
     """Every valid question of `kind` about `scene` (empty when the scene has none)."""
     items = scene.items
-    shapes = [i for i in items if i.glyph in SHAPES]
-    digits = [i for i in items if i.glyph in DIGITS]
     box = lambda *members: tuple(tuple(m.box()) for m in members)  # noqa: E731
     if kind == "color_of_shape":
-        return [Question(kind, f"What color is the {i.glyph}?", i.color, box(i)) for i in _unique(shapes, lambda i: i.glyph)]
+        return [Question(kind, f"What color is the {i.glyph}?", i.color, box(i)) for i in _unique(items, lambda i: i.glyph)]
     if kind == "shape_of_color":
-        return [Question(kind, f"Which shape is {i.color}?", i.glyph, box(i)) for i in _unique(shapes, lambda i: i.color)]
-    if kind == "digit_of_color":
-        return [Question(kind, f"Which digit is {i.color}?", i.glyph, box(i)) for i in _unique(digits, lambda i: i.color)]
-    if kind == "color_of_digit":
-        return [Question(kind, f"What color is the {i.glyph}?", i.color, box(i)) for i in _unique(digits, lambda i: i.glyph)]
-    if kind == "left_of":
-        found = []
-        for item in _unique(items, lambda i: (i.glyph, i.color)):
-            left = scene.at(item.row, item.col - 1)
-            if left is not None:
-                found.append(Question(kind, f"What is left of {_name(item)}?", left.glyph, box(left, item)))
-        return found
+        return [Question(kind, f"Which shape is {i.color}?", i.glyph, box(i)) for i in _unique(items, lambda i: i.color)]
     if kind == "background_color":
         return [Question(kind, "What color is the background?", scene.fill, ((0, 0, scene.width, scene.height),))] if scene.fill else []
     if kind == "count_color":
@@ -182,31 +143,26 @@ def questions_about(scene: Scene, kind: str) -> list[Question]:
     raise ValueError(f"unknown question kind {kind!r}; known: {sorted(KINDS | WARMUP_KINDS)}")
 
 
-def _random_scene(rng: random.Random, scene_type: str, objects: tuple[int, int]) -> Scene:
+def _random_scene(rng: random.Random, filled: bool, objects: tuple[int, int]) -> Scene:
     width, height = rng.choice(SIZES)
-    if scene_type == "filled":  # a coloured background with up to four objects of other colours
+    if filled:  # a coloured background with up to four objects of other colours
         fill = rng.choice(list(COLORS))
         cells = rng.sample([(r, c) for r in range(height // CELL) for c in range(width // CELL)], rng.randint(0, 4))
         colors = [name for name in COLORS if name != fill]
-        return Scene(width, height, tuple(Item(rng.choice(list(GLYPHS)), rng.choice(colors), r, c) for r, c in cells), fill)
+        return Scene(width, height, tuple(Item(rng.choice(list(SHAPES)), rng.choice(colors), r, c) for r, c in cells), fill)
     rows, cols = height // CELL, width // CELL
     count = rng.randint(*objects)
     cells = rng.sample([(r, c) for r in range(rows) for c in range(cols)], count)
-    if scene_type == "mixed" and count > 1:
-        # Objects in horizontal pairs now and then, so that "left of" has something to ask about.
-        r, c = cells[0]
-        if c > 0 and (r, c - 1) not in cells:
-            cells[1] = (r, c - 1)
-    glyph_pool = {"shapes": list(SHAPES), "digits": list(DIGITS), "mixed": list(GLYPHS)}[scene_type]
-    items = tuple(Item(rng.choice(glyph_pool), rng.choice(list(COLORS)), r, c) for r, c in cells)
+    items = tuple(Item(rng.choice(list(SHAPES)), rng.choice(list(COLORS)), r, c) for r, c in cells)
     return Scene(width, height, items)
 
 
 def _scene_with_questions(rng: random.Random, turns: int, taken: set, objects: tuple[int, int], kinds: dict[str, float]) -> tuple[Scene, list[Question]]:
-    """A scene not in `taken` and up to `turns` distinct questions about it, the first of a kind drawn from `kinds`."""
-    kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
+    """A scene not in `taken` and up to `turns` distinct questions about it, the first of a kind drawn from
+    `kinds` (drawn again with every scene: a kind may be impossible in it, e.g. no colour is unique)."""
     while True:
-        scene = _random_scene(rng, SCENE_OF_KIND[kind], objects)
+        kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
+        scene = _random_scene(rng, kind in WARMUP_KINDS, objects)
         first = questions_about(scene, kind)
         if first and scene.signature() not in taken:
             break
@@ -247,8 +203,11 @@ def make_split(split: str, count: int, seed: int = 0, turns: int = 1, exclude: s
     kinds = KINDS if split == "test" else {**{k: w * (1 - sum(WARMUP_KINDS.values())) for k, w in KINDS.items()}, **WARMUP_KINDS}
     taken = set(exclude or ())
     rows = []
+    fewest, most = OBJECTS_PER_IMAGE[split]
     for index in range(count):
-        scene, questions = _scene_with_questions(rng, turns, taken, OBJECTS_PER_IMAGE[split], kinds)
+        if split == "train":  # easy first: the cap on objects rises linearly over the curriculum rows
+            most = min(OBJECTS_PER_IMAGE["train"][1], fewest + int(index / (CURRICULUM * count) * OBJECTS_PER_IMAGE["train"][1]))
+        scene, questions = _scene_with_questions(rng, turns, taken, (fewest, most), kinds)
         taken.add(scene.signature())
         fields = {
             "question": [q.text for q in questions],

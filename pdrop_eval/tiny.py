@@ -104,9 +104,9 @@ SYNTH = TinySpec(
     num_attention_heads=4,
     num_key_value_heads=2,
     initializer_range=0.08,  # about 1/sqrt(width): 0.02 suits 4096-wide models, not 64-wide ones
-    image_size=32,  # 4x4 patches per tile: the low-resolution base view cannot read an 8px glyph
+    image_size=16,  # 2x2 patches per tile: the low-resolution base view cannot read an 8px glyph
     patch_size=8,  # one pdrop_synth grid cell
-    grid_pinpoints=((32, 64), (64, 32), (64, 64), (64, 96), (96, 64), (96, 96)),  # = pdrop_synth.SIZES
+    grid_pinpoints=((32, 32), (32, 48), (48, 32), (48, 48), (32, 64), (64, 32)),  # pdrop_synth.SIZES as (h, w)
     vision_hidden_size=64,
     vision_layers=1,
     vision_feature_layer=-2,  # the embeddings, before the single (unused) vision layer: local features

@@ -33,6 +33,7 @@ class TrainSettings:
     precision: str = "float32"  # float32, or bfloat16 / float16 mixed precision
     save_dtype: str = "float32"
     workers: int = 0
+    sequential: bool = False  # rows in file order (a curriculum), instead of shuffled
 
     def training_arguments(self):
         from transformers import TrainingArguments
@@ -58,6 +59,7 @@ class TrainSettings:
             bf16=self.precision == "bfloat16",
             fp16=self.precision == "float16",
             dataloader_num_workers=self.workers,
+            train_sampling_strategy="sequential" if self.sequential else "random",
             remove_unused_columns=False,  # the collator's keys are the model's inputs
             report_to="none",
         )

@@ -29,14 +29,17 @@ def tiny_llava_next(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """`pdrop-eval demo` as the README runs it (plus --limit to stay fast): real lmms-eval runs of
-    vanilla, PyramidDrop and FastV on a tiny checkpoint and the bundled tasks. (folder, stdout)"""
+    """`pdrop-eval demo` on a tiny random LLaVA and the bundled local tasks (plus --limit to stay fast):
+    real lmms-eval runs of vanilla, PyramidDrop λ=0.5 and FastV. (folder, stdout); the checkpoint is
+    the folder's sibling ``tiny-llava``."""
     import subprocess
 
-    out_dir = tmp_path_factory.mktemp("demo") / "out"
-    completed = subprocess.run(
-        ["pdrop-eval", "demo", "--out-dir", str(out_dir), "--limit", "2"], capture_output=True, text=True, timeout=600
-    )
+    root = tmp_path_factory.mktemp("demo")
+    checkpoint = make_tiny_model(root / "tiny-llava", arch="llava")
+    out_dir = root / "out"
+    command = ["pdrop-eval", "demo", "--pretrained", str(checkpoint), "--tasks", "pdrop_local,pdrop_local_mcq_ll", "--force-simple",
+               "--only", "vanilla,pdrop-lambda0.5,fastv", "--out-dir", str(out_dir), "--limit", "2"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return out_dir, completed.stdout
 

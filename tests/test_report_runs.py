@@ -21,9 +21,9 @@ LOCAL_TASK_METRICS = {
     "pdrop_local_yesno": "yesno_accuracy",
     "pdrop_local_mcq_ll": "acc",
 }
-METHOD_OF_FOLDER = {"vanilla": "vanilla", "pdrop": "PDrop λ=0.5", "fastv": "FastV K=2 R=0.5"}
+METHOD_OF_FOLDER = {"vanilla": "vanilla", "pdrop-lambda0.5": "PDrop λ=0.5", "fastv": "FastV K=2 R=0.5"}
 # (1/L)·Σ_l n_l by hand for N=64, 32 layers: PDrop 8/16/24 λ=0.5 keeps 32/16/8; FastV K=2 R=0.5 keeps 32.
-HAND_AVG_IMAGE_TOKENS = {"vanilla": "64.0", "pdrop": f"{(8 * 64 + 8 * 32 + 8 * 16 + 8 * 8) / 32:.1f}", "fastv": f"{(2 * 64 + 30 * 32) / 32:.1f}"}
+HAND_AVG_IMAGE_TOKENS = {"vanilla": "64.0", "pdrop-lambda0.5": f"{(8 * 64 + 8 * 32 + 8 * 16 + 8 * 8) / 32:.1f}", "fastv": f"{(2 * 64 + 30 * 32) / 32:.1f}"}
 
 
 def table(markdown: str) -> dict[tuple[str, str], dict[str, str]]:
@@ -60,7 +60,7 @@ def test_lmms_eval_runs_land_in_the_right_cells(demo_run):
     # Independent check of the paper convention: the tiny LLaVA has 64 image tokens per image, 32 layers.
     dims = stats["model_dims"]
     assert paper_flops["vanilla"] == pytest.approx(hand_tflops([64] * 32, dims["hidden_size"], dims["intermediate_size"]))
-    assert paper_flops["pdrop"] < paper_flops["fastv"] < paper_flops["vanilla"]
+    assert paper_flops["pdrop-lambda0.5"] < paper_flops["fastv"] < paper_flops["vanilla"]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def vlmeval_run(demo_run, tmp_path_factory):
     make_toy_datasets(root / "lmu")
     env = {**os.environ, "LMUData": str(root / "lmu")}
     command = ["pdrop-vlmeval", "--model", "llava_fastv", "--data", "PDropToyYN", "--work-dir", str(root / "work"),
-               "--judge", "exact_matching", "--model-args", f"pretrained={demo_dir / 'tiny-llava'},max_new_tokens=4"]
+               "--judge", "exact_matching", "--model-args", f"pretrained={demo_dir.parent / 'tiny-llava'},max_new_tokens=4"]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return root / "work"
@@ -137,7 +137,7 @@ def test_results_without_their_statistics_never_get_another_runs(demo_run, tmp_p
     """A run killed after lmms-eval saved its results has no statistics file; another run's file in the
     same folder (another λ) must not be pinned on it, and its own row stays apart."""
     demo_dir, _ = demo_run
-    results, _stats = copy_run(demo_dir, "pdrop", tmp_path / "runs")
+    results, _stats = copy_run(demo_dir, "pdrop-lambda0.5", tmp_path / "runs")
     killed = results.with_name("29990101_000000_results.json")
     shutil.copy(results, killed)
     edit_json(killed, set_lambda(0.3))
@@ -160,7 +160,7 @@ def drop_ratio(value):
 ])
 def test_statistics_that_disagree_with_their_results_are_refused(demo_run, tmp_path, damage, target, message):
     demo_dir, _ = demo_run
-    results, stats = copy_run(demo_dir, "pdrop", tmp_path / "run")
+    results, stats = copy_run(demo_dir, "pdrop-lambda0.5", tmp_path / "run")
     edit_json(stats if target == "stats" else results, damage)
     with pytest.raises(ReportInputError, match=re.escape(message)) as error:
         build_report([tmp_path / "run"])
@@ -181,7 +181,7 @@ def test_rows_are_keyed_by_the_full_checkpoint(demo_run, tmp_path):
     """Two checkpoints that share a folder name (two `final`s) are two rows, shown by unique names."""
     demo_dir, _ = demo_run
     for run in ("runA", "runB"):
-        results, stats = copy_run(demo_dir, "pdrop", tmp_path / run)
+        results, stats = copy_run(demo_dir, "pdrop-lambda0.5", tmp_path / run)
         for path in (results, stats):
             edit_json(path, set_checkpoint(f"/ckpt/{run}/final"))
     cells = table(build_report([tmp_path]).markdown)
@@ -191,7 +191,7 @@ def test_rows_are_keyed_by_the_full_checkpoint(demo_run, tmp_path):
 
 def test_a_task_the_report_cannot_score_keeps_the_runs_statistics(demo_run, tmp_path):
     demo_dir, _ = demo_run
-    results, stats = copy_run(demo_dir, "pdrop", tmp_path / "run")
+    results, stats = copy_run(demo_dir, "pdrop-lambda0.5", tmp_path / "run")
     edit_json(results, lambda data: data["results"].update(mmmu_val={"alias": "mmmu_val", "mmmu_acc,none": 0.3}))
     edit_json(stats, lambda data: data["samples"].append({**data["samples"][0], "task": "mmmu_val"}))
     report = build_report([tmp_path / "run"])
@@ -237,7 +237,7 @@ def infinite_tflops(path):
                                                (infinite_tflops, "samples[1].tflops_paper should be a finite number, got inf")])
 def test_bad_files_are_named_in_the_error(demo_run, tmp_path, capsys, damage, expected):
     demo_dir, _ = demo_run
-    shutil.copytree(demo_dir / "runs" / "pdrop", tmp_path / "run")
+    shutil.copytree(demo_dir / "runs" / "pdrop-lambda0.5", tmp_path / "run")
     (results,) = (tmp_path / "run").glob("*/*_results.json")
     named = damage(results) or results
     with pytest.raises(ReportInputError, match=re.escape(expected)) as error:

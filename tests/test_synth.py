@@ -32,7 +32,7 @@ def read_scene(image: Image.Image) -> synth.Scene:
                 continue
             (colour,) = colours
             mask = tuple("".join("#" if value == colour else "." for value in line) for line in marks)
-            (glyph,) = [name for name, drawing in synth.GLYPHS.items() if drawing == mask]
+            (glyph,) = [name for name, drawing in synth.SHAPES.items() if drawing == mask]
             (name,) = [name for name, value in synth.COLORS.items() if value == colour]
             items.append(synth.Item(glyph, name, row, col))
     return synth.Scene(image.width, image.height, tuple(items))
@@ -71,11 +71,27 @@ def test_splits_are_disjoint_and_varied():
     assert train_kinds == set(synth.KINDS) | set(synth.WARMUP_KINDS)  # warm-up rows in train only
     for row in splits["train"]:
         if row["kind"][0] == "background_color":  # most pixels show the answer colour
-            pixels = Image.open(io.BytesIO(row["image"])).convert("RGB").getdata()
-            assert sum(p == synth.COLORS[row["answer"][0]] for p in pixels) > 0.8 * len(pixels)
+            image = Image.open(io.BytesIO(row["image"])).convert("RGB")
+            fill = Image.new("RGB", image.size, synth.COLORS[row["answer"][0]])
+            same = sum(a == b for a, b in zip(image.tobytes(), fill.tobytes()))
+            assert same > 0.8 * len(image.tobytes())
     # Up to three distinct questions per train image (sparse scenes may allow fewer).
     assert all(1 <= len(r["question"]) == len(set(r["question"])) <= 3 for r in splits["train"])
     assert sum(len(r["question"]) == 3 for r in splits["train"]) > 0.9 * len(splits["train"])
+
+
+def test_train_split_is_a_curriculum_and_test_scenes_have_distractors():
+    def objects(row) -> int:
+        return len(read_scene(Image.open(io.BytesIO(row["image"]))).items)
+
+    train, _ = synth.make_split("train", 500, seed=0, turns=1)
+    plain = [row for row in train if row["kind"] != "background_color"]  # warm-up rows: coloured background
+    early, late = plain[:50], plain[len(plain) // 2 :]
+    assert max(map(objects, early)) <= 2 and objects(early[0]) == 1  # the first rows: one object or two
+    fewest, most = synth.OBJECTS_PER_IMAGE["train"]
+    assert {objects(row) for row in late} == set(range(fewest, most + 1))  # past the curriculum: every count
+    test, _ = synth.make_split("test", 120, seed=0)
+    assert {objects(row) for row in test} == set(range(synth.OBJECTS_PER_IMAGE["test"][0], synth.OBJECTS_PER_IMAGE["test"][1] + 1))
 
 
 def test_excluded_scenes_are_never_drawn():
@@ -94,13 +110,10 @@ def test_every_answer_is_read_from_its_boxes_and_lost_without_any_of_them():
         assert row["local"] == (row["kind"] not in synth.GLOBAL_KINDS)
         cells = {tuple(item.box()): item for item in read_scene(image).items}
         boxed = [cells[tuple(int(v) for v in box)] for box in row["boxes"]]  # every box holds an object
-        if row["kind"] == "left_of":
-            answer_cell, named = boxed
-            assert (answer_cell.row, answer_cell.col + 1) == (named.row, named.col)  # directly left of it
-            assert answer_cell.glyph == row["answer"] and f"the {named.color} {named.glyph}?" in row["question"]
-        elif row["local"]:
-            (cell,) = boxed  # the answer in one cell
-            assert row["answer"] in (cell.color, cell.glyph) and (cell.color in row["question"] or cell.glyph in row["question"])
+        if row["local"]:
+            (cell,) = boxed  # the answer in one cell, named by its other attribute
+            assert (row["answer"], row["kind"]) in ((cell.color, "color_of_shape"), (cell.glyph, "shape_of_color"))
+            assert (cell.glyph if row["kind"] == "color_of_shape" else cell.color) in row["question"]
         else:
             assert len(boxed) == int(row["answer"]) and all(f" {cell.color} " in row["question"] for cell in boxed)
         for box in row["boxes"]:

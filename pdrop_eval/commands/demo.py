@@ -1,19 +1,39 @@
-"""`pdrop-eval demo`: vanilla, PyramidDrop and FastV through the real lmms-eval, then the report.
+"""`pdrop-eval demo`: vanilla, PyramidDrop at four λ, FastV and the random control through the real
+lmms-eval, then the report with FLOPs and the score-vs-TFLOPs plot.
 
-Offline on CPU by default: a tiny random LLaVA checkpoint and the bundled local tasks. With
---pretrained and --tasks, the same pipeline on a real checkpoint and real benchmarks."""
+Offline on CPU by default: the small LLaVA-NeXT trained on `pdrop_synth` that ships with the project
+(`checkpoints/`) and the `pdrop_synth` test split. With --pretrained and --tasks, the same settings on
+any checkpoint and benchmarks."""
 
 from pdrop_eval.commands.sweep import add_eval_options, eval_options
 
-# The bundled offline tasks (tasks/pdrop_local): the generation group and a loglikelihood
-# multiple-choice task, which needs lmms-eval's simple request path (--force_simple).
-DEMO_TASKS = ("pdrop_local", "pdrop_local_mcq_ll")
+DEMO_TASKS = ("pdrop_synth",)
+DEMO_LAMBDAS = (0.3, 0.4, 0.5, 0.6)
+
+
+def demo_settings():
+    """The demo's settings, in the order they run: each PyramidDrop λ at 8/16/24, FastV K=2 R=0.5, and
+    random drop with PyramidDrop λ=0.5's counts."""
+    from pdrop_eval.engine.config import DropConfig
+    from pdrop_eval.pipeline import Setting
+
+    return [
+        Setting("vanilla", DropConfig.none()),
+        *(Setting(f"pdrop-lambda{ratio:g}", DropConfig.pyramid(ratio=ratio)) for ratio in DEMO_LAMBDAS),
+        Setting("fastv", DropConfig.fastv()),
+        Setting("random", DropConfig.random(DropConfig.pyramid())),
+    ]
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="vanilla, PyramidDrop and FastV through lmms-eval, ending in the report with FLOPs")
-    parser.add_argument("--pretrained", help="HF checkpoint (default: build a tiny random LLaVA in the output folder)")
+    parser = subparsers.add_parser(
+        "demo", help="vanilla, PyramidDrop, FastV and random drop through lmms-eval, ending in the report with FLOPs"
+    )
+    parser.add_argument("--pretrained", help="HF checkpoint (default: the shipped pdrop_synth-trained LLaVA-NeXT)")
     parser.add_argument("--tasks", help=f"lmms-eval tasks, comma-separated (default: {','.join(DEMO_TASKS)}; needed with --pretrained)")
+    parser.add_argument("--only", help="run only these settings, comma-separated names (default: all of "
+                        "vanilla, pdrop-lambda0.3 ... pdrop-lambda0.6, fastv, random)")
+    parser.add_argument("--force-simple", action="store_true", help="lmms-eval --force_simple (loglikelihood tasks)")
     parser.add_argument("--out-dir", help="output folder (default: a new folder under the system's temp dir)")
     add_eval_options(parser)
     parser.set_defaults(func=run)
@@ -24,33 +44,26 @@ def run(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from pdrop_eval.engine.config import DropConfig
-    from pdrop_eval.pipeline import PipelineError, Setting, evaluate_and_report
+    from pdrop_eval.checkpoints import shipped_checkpoint
+    from pdrop_eval.pipeline import PipelineError, evaluate_and_report
 
     if args.pretrained and not args.tasks:
         raise ValueError("--pretrained needs --tasks (real benchmarks, e.g. --tasks mme,pope)")
+    settings = demo_settings()
+    if args.only:
+        names = [name.strip() for name in args.only.split(",")]
+        unknown = sorted(set(names) - {setting.name for setting in settings})
+        if unknown:
+            raise ValueError(f"--only: unknown setting(s) {unknown}; choose from {[s.name for s in settings]}")
+        settings = [setting for setting in settings if setting.name in names]
     out_dir = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="pdrop-demo-"))
-    pretrained = args.pretrained or build_tiny_model(out_dir / "tiny-llava", args.force)
+    pretrained = args.pretrained or str(shipped_checkpoint("vanilla"))
     tasks = args.tasks.split(",") if args.tasks else list(DEMO_TASKS)
-    options = eval_options(args) | ({} if args.tasks else {"force_simple": True})
-    settings = [
-        Setting("vanilla", DropConfig.none()),
-        Setting("pdrop", DropConfig.pyramid()),
-        Setting("fastv", DropConfig.fastv()),
-    ]
+    options = eval_options(args) | ({"force_simple": True} if args.force_simple else {})
+    print(f"pdrop-eval demo: {len(settings)} lmms-eval runs of {pretrained} on {','.join(tasks)}, results in {out_dir}", flush=True)
     try:
-        print(evaluate_and_report(str(pretrained), settings, tasks, out_dir, options, "report", args.force))
+        print(evaluate_and_report(pretrained, settings, tasks, out_dir, options, "report", args.force))
     except PipelineError as error:
         print(f"pdrop-eval demo: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-def build_tiny_model(path, force: bool):
-    from pdrop_eval.report.files import OutputExistsError
-    from pdrop_eval.tiny import make_tiny_model
-
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path} exists; pass --force to rebuild the tiny model")
-    print(f"building a tiny random LLaVA checkpoint in {path}", flush=True)
-    return make_tiny_model(path, arch="llava")

@@ -29,6 +29,7 @@ def add_parser(subparsers) -> None:
         "precision": "float32, or bfloat16 / float16 mixed precision",
         "save_dtype": "dtype of the saved weights: float32, float16 or bfloat16",
         "workers": "data-loader worker processes",
+        "sequential": "take the rows in file order (a curriculum, e.g. pdrop_synth's train split) instead of shuffled",
     }
     defaults = {f.name: f.default for f in fields(TrainSettings)}
     for field in fields(TrainSettings):

@@ -1,0 +1,24 @@
+"""The small LLaVA-NeXT checkpoints trained here on `pdrop_synth` and committed under `checkpoints/`.
+
+How each was trained (the exact command, its time on a 2-core CPU) is in `checkpoints/README.md`
+and in the ``train_summary.json`` beside the weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+SHIPPED = {
+    "vanilla": "pdrop-synth-vanilla",  # trained without dropping
+    "pdrop": "pdrop-synth-pdrop",  # trained with PyramidDrop λ=0.5 at 8/16/24
+}
+
+
+def shipped_checkpoint(name: str) -> Path:
+    """The folder of a shipped checkpoint ("vanilla" or "pdrop")."""
+    if name not in SHIPPED:
+        raise ValueError(f"unknown shipped checkpoint {name!r}; choose from {sorted(SHIPPED)}")
+    path = CHECKPOINTS_DIR / SHIPPED[name]
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"the shipped checkpoint {path} is missing (run from a full clone of pdrop-eval)")
+    return path

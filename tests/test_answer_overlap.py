@@ -1,0 +1,65 @@
+"""`pdrop-eval overlap`: answer cells mapped to the image tokens that see them, and the kept share
+against chance, checked against the model's own features and by hand."""
+
+import pytest
+import torch
+
+from pdrop_eval import synth
+from pdrop_eval.answer_overlap import answer_tokens, stage_overlaps
+from pdrop_eval.cli import main
+from pdrop_eval.tiny import SYNTH, make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def synth_model(tmp_path_factory):
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+    checkpoint = make_tiny_model(tmp_path_factory.mktemp("synth_model"), arch="llava_next", spec=SYNTH)
+    return AutoProcessor.from_pretrained(checkpoint), LlavaNextForConditionalGeneration.from_pretrained(checkpoint).eval()
+
+
+def changed_tokens(processor, model, first, second) -> set[int]:
+    """Image tokens whose features differ between two pictures: where the model sees the change."""
+    def features(image):
+        encoded = processor(images=[image], text=["<image>"], return_tensors="pt")
+        with torch.no_grad():
+            return torch.cat(list(model.model.get_image_features(encoded.pixel_values, encoded.image_sizes).pooler_output))
+
+    return set(((features(first) - features(second)).abs().amax(-1) > 1e-6).nonzero().flatten().tolist())
+
+
+def test_answer_tokens_are_where_the_model_sees_the_answer_cell(synth_model):
+    from pdrop_eval.token_map import image_token_regions
+
+    processor, model = synth_model
+    base_tokens = (SYNTH.image_size // SYNTH.patch_size) ** 2
+    for width, height in synth.SIZES:
+        row, col = height // synth.CELL - 1, width // synth.CELL - 2
+        red = synth.Scene(width, height, (synth.Item("triangle", "red", row, col),))
+        blue = synth.Scene(width, height, (synth.Item("triangle", "blue", row, col),))
+        seen = {i for i in changed_tokens(processor, model, red.render(), blue.render()) if i >= base_tokens}  # full resolution
+        regions = image_token_regions(processor, [(width, height)])
+        assert answer_tokens(regions, [red.items[0].box()]) == seen and len(seen) == 1
+    assert answer_tokens(regions, [[0, 0, 1, 1]]) == set()  # a box holding no cell centre
+
+
+def test_stage_overlaps_by_hand():
+    samples = [
+        ({5}, 20, [[1, 5, 7, 9, 11], [5, 7]]),  # answer kept at both stages; 5/20 then 2/20 kept
+        ({3}, 10, [[1, 2, 3], [1]]),  # kept at stage 1 only; 3/10 then 1/10
+        ({4, 6}, 40, [[0, 1, 2, 6], [0, 1]]),  # two answer cells, one kept at stage 1; 4/40 then 2/40
+    ]
+    first, second = stage_overlaps(samples)
+    assert (first.stage, first.questions, second.stage) == (1, 3, 2)
+    assert first.answer_kept == pytest.approx(1.0) and second.answer_kept == pytest.approx(1 / 3)
+    assert first.chance == pytest.approx((5 / 20 + 3 / 10 + 4 / 40) / 3)
+    assert second.chance == pytest.approx((2 / 20 + 1 / 10 + 2 / 40) / 3)
+    with pytest.raises(ValueError, match="number of drop stages"):
+        stage_overlaps([samples[0], ({1}, 4, [[1]])])
+    with pytest.raises(ValueError, match="no local question"):
+        stage_overlaps([])
+
+
+def test_overlap_needs_a_run_with_kept_tokens(tmp_path, capsys):
+    assert main(["overlap", "--run", str(tmp_path)]) == 2
+    assert "save_kept=true" in capsys.readouterr().err
