@@ -86,7 +86,7 @@ def test_train_split_is_a_curriculum_and_test_scenes_have_distractors():
 
     train, _ = synth.make_split("train", 500, seed=0, turns=1)
     plain = [row for row in train if row["kind"] != "background_color"]  # warm-up rows: coloured background
-    early, late = plain[:50], plain[len(plain) // 2 :]
+    early, late = plain[:25], plain[len(plain) // 2 :]
     assert max(map(objects, early)) <= 2 and objects(early[0]) == 1  # the first rows: one object or two
     fewest, most = synth.OBJECTS_PER_IMAGE["train"]
     assert {objects(row) for row in late} == set(range(fewest, most + 1))  # past the curriculum: every count

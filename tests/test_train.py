@@ -175,3 +175,10 @@ def test_training_with_a_drop_config_runs_and_saves_the_stock_model(synth_rows, 
     assert pdrop["drop"] == DropConfig.pyramid().to_dict()
     assert pdrop["train_loss"] != pytest.approx(vanilla["train_loss"], abs=1e-6)
     assert mean_loss(tmp_path / "pdrop", data) < mean_loss(tiny_llava_next, data)
+
+
+def test_sequential_keeps_the_file_order():
+    """--sequential (pdrop_synth's curriculum) maps onto Trainer's sequential sampling; the default shuffles."""
+    common = dict(pretrained="p", data="d.parquet", output_dir="/tmp/unused-out")
+    assert TrainSettings(**common, sequential=True).training_arguments().train_sampling_strategy == "sequential"
+    assert TrainSettings(**common).training_arguments().train_sampling_strategy == "random"
