@@ -8,6 +8,7 @@ results file is checked afterwards.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import shlex
@@ -126,37 +127,33 @@ def prepare_out_dir(out_dir: Path, outputs: list[str], force: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def run_lmms_eval(command: list[str], output_path: Path, label: str = "") -> None:
-    """Run one lmms-eval command, its whole output into the log, and a progress line on stdout each time
-    one of its progress bars moves by a tenth (lmms-eval itself would be silent here for minutes)."""
+def run_lmms_eval(command: list[str], output_path: Path) -> None:
+    """Run one lmms-eval command, its output into the log as it comes, and a progress line on stdout each
+    time one of its progress bars moves by a tenth (lmms-eval itself would be silent here for minutes)."""
     output_path.mkdir(parents=True, exist_ok=True)
     log_path = output_path / LOG_FILE
     print(f"running lmms-eval: {shlex.join(command[3:])}", flush=True)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
-    progress = ProgressEcho(label or output_path.name)
+    progress = ProgressEcho(output_path.name)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     with log_path.open("w") as log:
         log.write(shlex.join(command) + "\n")
         log.flush()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace")
-        for line in _lines(process.stdout):
-            log.write(line + "\n")
-            progress.feed(line)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        pending = ""
+        while chunk := process.stdout.read1(4096):  # whatever is there: progress shows as it happens
+            text = decoder.decode(chunk)
+            log.write(text)
+            *lines, pending = re.split(r"[\r\n]", pending + text)  # a bar's carriage-return redraws count as lines
+            for line in lines:
+                progress.feed(line)
+        progress.feed(pending)
         returncode = process.wait()
     if returncode != 0 or not any(output_path.glob("*/*_results.json")):
         tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-25:])
         raise PipelineError(f"lmms-eval wrote no results into {output_path} (exit code {returncode}); see {log_path}:\n{tail}")
     print(f"  {progress.label}: done in {time.perf_counter() - started:.0f} s", flush=True)
-
-
-def _lines(stream):
-    """Lines of a text stream, a progress bar's carriage-return redraws counted as lines."""
-    pending = ""
-    while chunk := stream.read(4096):
-        *complete, pending = re.split(r"[\r\n]", pending + chunk)
-        yield from (line for line in complete if line)
-    if pending:
-        yield pending
 
 
 class ProgressEcho:

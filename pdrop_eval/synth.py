@@ -68,6 +68,8 @@ KINDS = {
 # on the text-only answer prior, because one object's token is too faint among dozens of background tokens.
 WARMUP_KINDS = {"background_color": 0.15}  # What color is the background?  -> colour
 GLOBAL_KINDS = ("count_color", "background_color")
+
+
 @dataclass(frozen=True)
 class Item:
     """One object: a shape of one colour in grid cell (row, col)."""
@@ -90,9 +92,6 @@ class Scene:
 
     def signature(self) -> tuple:
         return (self.width, self.height, self.fill, tuple(sorted((i.row, i.col, i.glyph, i.color) for i in self.items)))
-
-    def at(self, row: int, col: int) -> Item | None:
-        return next((item for item in self.items if (item.row, item.col) == (row, col)), None)
 
     def render(self) -> Image.Image:
         image = Image.new("RGB", (self.width, self.height), COLORS[self.fill] if self.fill else BACKGROUND)
@@ -205,9 +204,10 @@ def make_split(split: str, count: int, seed: int = 0, turns: int = 1, exclude: s
     rows = []
     fewest, most = OBJECTS_PER_IMAGE[split]
     for index in range(count):
+        cap = most
         if split == "train":  # easy first: the cap on objects rises linearly over the curriculum rows
-            most = min(OBJECTS_PER_IMAGE["train"][1], fewest + int(index / (CURRICULUM * count) * OBJECTS_PER_IMAGE["train"][1]))
-        scene, questions = _scene_with_questions(rng, turns, taken, (fewest, most), kinds)
+            cap = min(most, fewest + int(index / (CURRICULUM * count) * most))
+        scene, questions = _scene_with_questions(rng, turns, taken, (fewest, cap), kinds)
         taken.add(scene.signature())
         fields = {
             "question": [q.text for q in questions],

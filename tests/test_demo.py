@@ -1,6 +1,7 @@
 """`pdrop-eval demo` end to end: real lmms-eval runs, progress while they run, the leaderboard with FLOPs;
 by default on the shipped pdrop_synth-trained checkpoint."""
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def test_demo_ends_with_the_report(demo_run):
     # Progress while lmms-eval runs: its bar echoed per setting, and a line when each run ends.
     for name, model in (("vanilla", "llava_next_vanilla"), ("pdrop-lambda0.5", "llava_next_pdrop"), ("fastv", "llava_fastv")):
         assert f"  {name}: {model} answering 0/" in stdout and f"  {name}: done in " in stdout
+        assert re.search(rf"^  {name}: {model} answering (\d+)/\1$", stdout, re.MULTILINE)  # the finished bar too
 
 
 def test_demo_refuses_to_replace_results_without_force(demo_run, capsys):
