@@ -5,6 +5,11 @@ evaluated with ``save_kept=true``, each local question's answer cell is mapped t
 image token (`pdrop_eval.token_map`, the one place that knows the layout) and looked up in the tokens
 kept after each stage. Chance is what keeping the same number of image tokens uniformly at random
 would give: kept / all image tokens of the sample.
+
+`rank_layers` asks the question before any drop: on the unmodified model, at every decoder layer,
+does the answer cell's token rank among the best-scored image tokens by the score a PyramidDrop
+boundary placed at that layer would use (the engine's own `query_attention`, last prompt token)?
+It shows at which layers a model's ranking can find the answer, i.e. where boundaries can go.
 """
 
 from __future__ import annotations
@@ -25,6 +30,13 @@ class StageOverlap:
     questions: int  # local questions with kept tokens recorded
     answer_kept: float  # share of them whose answer cell's token survived this stage
     chance: float  # mean of kept / image tokens: the same share under a uniform draw
+
+
+@dataclass(frozen=True)
+class LayerRanking:
+    layer: int  # 0-based decoder layer whose input and attention weights score the image tokens
+    questions: int
+    in_top: dict[float, float]  # fraction f of the image tokens -> share of questions whose answer ranks in the best f
 
 
 def answer_tokens(regions: Sequence[TokenRegion], boxes: Sequence[Sequence[float]]) -> set[int]:
@@ -53,6 +65,76 @@ def stage_overlaps(samples: Sequence[tuple[set[int], int, Sequence[Sequence[int]
         chance = [len(kept[stage]) / total for _, total, kept in samples]
         overlaps.append(StageOverlap(stage + 1, len(samples), sum(hits) / len(hits), sum(chance) / len(chance)))
     return overlaps
+
+
+def _local_questions(data: str | Path, limit: int | None):
+    import pandas as pd
+
+    documents = pd.read_parquet(data)
+    documents = documents[documents["local"]]
+    if limit is not None:
+        documents = documents.head(limit)
+    if documents.empty:
+        raise ValueError(f"{data} holds no local question")
+    return documents
+
+
+def rank_layers(pretrained: str | Path, data: str | Path, fractions=(0.5, 0.25, 0.125), limit: int | None = None, progress=None) -> list[LayerRanking]:
+    """Per decoder layer of the unmodified `pretrained` (LLaVA-NeXT), the share of `data`'s local
+    questions (the first `limit`) whose answer cell's token is among the best `fraction` of the image
+    tokens, ranked by the head-averaged attention of the last prompt token at that layer (SPEC 2)."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from pdrop_eval.compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from pdrop_eval.engine.scoring import query_attention
+    from pdrop_eval.token_map import image_token_regions
+    from pdrop_eval.wrapper import LlavaRunner, Query
+
+    documents = _local_questions(data, limit)
+    runner = LlavaRunner.load(str(pretrained))
+    if runner.architecture != "llava_next":
+        raise ValueError(f"{TASK} is laid out for LLaVA-NeXT; {pretrained} is {runner.architecture}")
+    language_model = runner.model.model.language_model
+    image_token_id = runner.model.config.image_token_index
+    hits = torch.zeros(len(language_model.layers), len(fractions))
+    for done, doc in enumerate(documents.itertuples(index=False), start=1):
+        query = Query.from_text(doc.question, [Image.open(io.BytesIO(doc.image))], label=f"{data} doc {doc.id}")
+        inputs = runner._encode([query], [runner.render(query)])
+        with torch.no_grad():
+            hidden_states = runner.model(**inputs, output_hidden_states=True, use_cache=False).hidden_states  # layer l's input at l
+        image_slots = (inputs["input_ids"][0] == image_token_id).nonzero().flatten()  # (N,)
+        regions = image_token_regions(runner.processor, [(int(doc.width), int(doc.height))])
+        answer = answer_tokens(regions, [list(box) for box in doc.boxes])
+        if len(regions) != len(image_slots) or not answer:
+            raise ValueError(f"doc {doc.id}: {len(image_slots)} image tokens, {len(regions)} mapped, answer tokens {sorted(answer)}")
+        seq_len = inputs["input_ids"].shape[1]
+        query_slots = torch.tensor([[seq_len - 1]])  # the last prompt token (one sample, no padding)
+        for layer_idx, layer in enumerate(language_model.layers):
+            hidden = hidden_states[layer_idx]  # (1, T, d)
+            positions = torch.arange(seq_len).unsqueeze(0)
+            scores = query_attention(
+                layer,
+                hidden,
+                language_model.rotary_emb(hidden, positions),
+                key_mask=torch.ones(1, 1, seq_len, dtype=torch.bool),
+                query_slots=query_slots,
+                query_valid=torch.ones(1, 1, dtype=torch.bool),
+            )[0, image_slots]  # (N,)
+            order = scores.argsort(descending=True, stable=True).tolist()  # ties to the earlier token, as the drop
+            best = min(order.index(token) for token in answer)
+            for column, fraction in enumerate(fractions):
+                hits[layer_idx, column] += best < int(len(image_slots) * fraction)
+        if progress:
+            progress(done, len(documents))
+    return [
+        LayerRanking(layer, len(documents), {fraction: hits[layer, column].item() / len(documents) for column, fraction in enumerate(fractions)})
+        for layer in range(hits.shape[0])
+    ]
 
 
 def measure_run(run_dir: str | Path, data: str | Path) -> tuple[str, list[StageOverlap]]:

@@ -1,8 +1,12 @@
 """`pdrop-eval overlap`: answer cells mapped to the image tokens that see them, and the kept share
 against chance, checked against the model's own features and by hand."""
 
+import io
+
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from pdrop_eval import synth
 from pdrop_eval.answer_overlap import answer_tokens, stage_overlaps
@@ -63,3 +67,45 @@ def test_stage_overlaps_by_hand():
 def test_overlap_needs_a_run_with_kept_tokens(tmp_path, capsys):
     assert main(["overlap", "--run", str(tmp_path)]) == 2
     assert "save_kept=true" in capsys.readouterr().err
+
+
+def test_layer_ranking_agrees_with_the_unmodified_models_attention():
+    """`rank_layers` (the engine's scoring on each layer's input) against the eager attention weights
+    of the stock model: last prompt token's row, heads averaged, image columns."""
+    from pdrop_eval.answer_overlap import rank_layers
+    from pdrop_eval.checkpoints import shipped_checkpoint
+    from pdrop_eval.token_map import image_token_regions
+    from pdrop_eval.wrapper import LlavaRunner, Query
+
+    checkpoint, data, limit, fractions = shipped_checkpoint("vanilla"), synth.DEFAULT_FOLDER / "test.parquet", 12, (0.5, 0.25)
+    rankings = rank_layers(checkpoint, data, fractions, limit)
+
+    runner = LlavaRunner.load(str(checkpoint), attn_implementation="eager")
+    documents = pd.read_parquet(data)
+    hits = torch.zeros(len(rankings), len(fractions))
+    for doc in documents[documents["local"]].head(limit).itertuples():
+        query = Query.from_text(doc.question, [Image.open(io.BytesIO(doc.image))])
+        inputs = runner._encode([query], [runner.render(query)])
+        with torch.no_grad():
+            attentions = runner.model(**inputs, output_attentions=True, use_cache=False).attentions  # (1, H, T, T) each
+        image = (inputs["input_ids"][0] == runner.model.config.image_token_index).nonzero().flatten()
+        answer = answer_tokens(image_token_regions(runner.processor, [(doc.width, doc.height)]), list(doc.boxes))
+        for layer, weights in enumerate(attentions):
+            order = weights[0, :, -1, image].float().mean(0).argsort(descending=True, stable=True).tolist()
+            best = min(order.index(token) for token in answer)
+            hits[layer] += torch.tensor([float(best < int(len(image) * f)) for f in fractions])
+    assert [r.layer for r in rankings] == list(range(len(rankings))) and rankings[0].questions == limit
+    found = torch.tensor([[r.in_top[f] for f in fractions] for r in rankings])
+    assert torch.equal(found * limit, hits)
+    assert found.std() > 0  # the trained model's layers differ: a sanity check that ranking ran
+
+
+def test_layer_ranking_command(capsys):
+    from pdrop_eval.checkpoints import shipped_checkpoint
+
+    assert main(["overlap", "--pretrained", str(shipped_checkpoint("vanilla")), "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ranked 2/2 questions" in out and "| layer | best 50% | best 25% | best 12.5% |" in out
+    assert "| 31 | " in out
+    assert main(["overlap", "--run", "x", "--limit", "2"]) == 2
+    assert "--limit" in capsys.readouterr().err
