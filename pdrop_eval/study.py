@@ -101,6 +101,9 @@ def unfinished_reason(point: Point, out_dir: Path, tasks: list[str], limit: floa
         return f"made by checkpoint {run.stats.pretrained}"
     if run.stats.drop != point.setting.drop:
         return f"made with {run.stats.drop.describe()}"
+    changed = _checkpoint_files_newer_than(point.pretrained, results[0].stat().st_mtime)
+    if changed:
+        return f"the checkpoint changed after this run ({changed})"  # same path, new weights: a stale score
     done = set(data.get("results", {})) | set(data.get("group_subtasks", {}))
     missing = [task for task in tasks if task not in done]
     if missing:
@@ -108,6 +111,17 @@ def unfinished_reason(point: Point, out_dir: Path, tasks: list[str], limit: floa
     recorded = data.get("config", {}).get("limit")
     if (recorded is None) != (limit is None) or (limit is not None and float(recorded) != float(limit)):
         return f"made with --limit {recorded}"
+    return None
+
+
+def _checkpoint_files_newer_than(pretrained: str, moment: float) -> str | None:
+    """A file of the local checkpoint folder `pretrained` modified after `moment`, if any (a Hub id: None)."""
+    folder = Path(pretrained)
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.stat().st_mtime > moment:
+            return path.name
     return None
 
 

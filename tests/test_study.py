@@ -2,6 +2,7 @@
 one-stage schedules really applied, then a rerun that skips every finished point."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -62,6 +63,15 @@ def test_a_point_is_finished_only_for_its_own_setting(study_argv, tiny_llava):
     shutil.copytree(done.folder(out_dir), other.folder(out_dir))  # results of keep 0.25 where keep 0.5 belongs
     assert "made with PyramidDrop(layers=[2], ratios=[0.25]" in unfinished_reason(other, out_dir, [TASK], 2)
     shutil.rmtree(other.folder(out_dir))
+
+    config, results = tiny_llava / "config.json", next(done.folder(out_dir).glob("*/*_results.json"))
+    before = config.stat()
+    os.utime(config, (before.st_atime, results.stat().st_mtime + 5))  # weights re-trained in place after the run
+    try:
+        assert "the checkpoint changed after this run (config.json)" in unfinished_reason(done, out_dir, [TASK], 2)
+    finally:
+        os.utime(config, (before.st_atime, before.st_mtime))
+    assert unfinished_reason(done, out_dir, [TASK], 2) is None
 
 
 def test_vanilla_closes_each_curve_at_one(tmp_path):
