@@ -17,7 +17,7 @@ for variant in vanilla pdrop; do
     drop=""
     if [ "$variant" = pdrop ]; then drop="layer_list=8;16;24,lambda=0.5"; fi
     pdrop-eval train --pretrained "$work/stage1" --data "$work/data/train.parquet" --output-dir "checkpoints/pdrop-synth-$variant" \
-        --drop "$drop" --max-steps 2500 --batch-size 16 --lr 5e-4 --warmup 50 --scheduler cosine --seed 1 \
+        --drop "$drop" --max-steps 6000 --batch-size 16 --lr 5e-4 --warmup 50 --scheduler cosine --seed 1 \
         --logging-steps 50 --save-dtype float16 --threads 1 > "$work/stage2-$variant.log" 2>&1 &
     pids+=($!)
 done

@@ -127,15 +127,16 @@ def prepare_out_dir(out_dir: Path, outputs: list[str], force: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def run_lmms_eval(command: list[str], output_path: Path) -> None:
+def run_lmms_eval(command: list[str], output_path: Path, label: str | None = None) -> None:
     """Run one lmms-eval command, its output into the log as it comes, and a progress line on stdout each
-    time one of its progress bars moves by a tenth (lmms-eval itself would be silent here for minutes)."""
+    time one of its progress bars moves by a tenth (lmms-eval itself would be silent here for minutes).
+    Progress lines start with `label` (default: the output folder's name)."""
     output_path.mkdir(parents=True, exist_ok=True)
     log_path = output_path / LOG_FILE
     print(f"running lmms-eval: {shlex.join(command[3:])}", flush=True)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
-    progress = ProgressEcho(output_path.name)
+    progress = ProgressEcho(label or output_path.name)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     with log_path.open("w") as log:
         log.write(shlex.join(command) + "\n")
@@ -177,8 +178,7 @@ class ProgressEcho:
 
 
 def evaluate_and_report(
-    pretrained: str,
-    settings: list[Setting],
+    plan: list[tuple[str, list[Setting]]],
     tasks: list[str],
     out_dir: Path,
     options: dict,
@@ -186,16 +186,25 @@ def evaluate_and_report(
     force: bool = False,
     plot_x: str = "tflops",
 ) -> str:
-    """Run every setting, then write `<report_name>.md` and `.png` (x axis `plot_x`: TFLOPs or tokens)
-    into `out_dir`; returns the markdown."""
+    """Run every setting of each (checkpoint, settings) pair of `plan`, then write `<report_name>.md`
+    and `.png` (x axis `plot_x`: TFLOPs or tokens) into `out_dir`; returns the markdown. Runs go to
+    runs/<setting>/, or runs/<checkpoint>/<setting>/ when the plan holds several checkpoints."""
+    from pdrop_eval.report.runs import checkpoint_name
+
     out_dir = Path(out_dir)
-    check_settings_fit(pretrained, settings)
+    names = [checkpoint_name(pretrained) for pretrained, _ in plan]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the checkpoints' folder names must differ, got {names}")
+    for pretrained, settings in plan:
+        check_settings_fit(pretrained, settings)
     markdown_path, plot_path = out_dir / f"{report_name}.md", out_dir / f"{report_name}.png"
     prepare_out_dir(out_dir, [markdown_path.name, plot_path.name], force)
     runs_dir = out_dir / RUNS_FOLDER
-    for setting in settings:
-        output_path = runs_dir / setting.name
-        run_lmms_eval(lmms_eval_command(pretrained, setting, tasks, output_path, options), output_path)
+    for name, (pretrained, settings) in zip(names, plan):
+        for setting in settings:
+            label = f"{name}/{setting.name}" if len(plan) > 1 else setting.name
+            output_path = runs_dir / label
+            run_lmms_eval(lmms_eval_command(pretrained, setting, tasks, output_path, options), output_path, label)
     report = build_report([runs_dir])
     write_text(markdown_path, report.markdown, force=False)
     write_plot(report.runs, plot_path, x=plot_x)

@@ -1,5 +1,5 @@
 """`pdrop-eval demo` end to end: real lmms-eval runs, progress while they run, the leaderboard with FLOPs;
-by default on the shipped pdrop_synth-trained checkpoint."""
+by default on the two shipped pdrop_synth-trained checkpoints."""
 
 import re
 import subprocess
@@ -61,14 +61,16 @@ def test_shipped_checkpoints_load(name):
 
 
 def test_default_demo_runs_the_shipped_model_on_pdrop_synth(tmp_path):
-    """The README's command, a few documents per setting: the shipped checkpoint, pdrop_synth, and the
+    """The README's command, a few documents per setting: both shipped checkpoints, pdrop_synth, and the
     random control labelled as its own method."""
     out_dir = tmp_path / "out"
     command = ["pdrop-eval", "demo", "--only", "vanilla,random", "--limit", "6", "--out-dir", str(out_dir)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report = (out_dir / "report.md").read_text()
-    rows = {line.split("|")[2].strip(): line for line in report.splitlines() if line.startswith("| pdrop-synth-vanilla")}
-    assert set(rows) >= {"vanilla", "Random (PDrop λ=0.5)"}
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]) for line in report.splitlines() if line.startswith("| pdrop-synth-")}
+    assert rows == {(model, method) for model in ("pdrop-synth-vanilla", "pdrop-synth-pdrop") for method in ("vanilla", "Random (PDrop λ=0.5)")}
     assert " pdrop_synth " in report
-    assert f"of {shipped_checkpoint('vanilla')} on pdrop_synth" in completed.stdout
+    assert f"4 lmms-eval runs of {shipped_checkpoint('vanilla')} and {shipped_checkpoint('pdrop')} on pdrop_synth" in completed.stdout
+    assert "pdrop-synth-pdrop/random: done in" in completed.stdout  # progress lines name the checkpoint
+    assert sorted(path.name for path in (out_dir / "runs").iterdir()) == ["pdrop-synth-pdrop", "pdrop-synth-vanilla"]

@@ -1,14 +1,16 @@
 """`pdrop-eval demo`: vanilla, PyramidDrop at four λ, FastV and the random control through the real
 lmms-eval, then the report with FLOPs and the score-vs-TFLOPs plot.
 
-Offline on CPU by default: the small LLaVA-NeXT trained on `pdrop_synth` that ships with the project
-(`checkpoints/`) and the `pdrop_synth` test split. With --pretrained and --tasks, the same settings on
-any checkpoint and benchmarks."""
+Offline on CPU by default: the two small LLaVA-NeXT models trained on `pdrop_synth` that ship with the
+project (`checkpoints/`) on the `pdrop_synth` test split: every setting on the vanilla-trained one,
+and the paper's training comparison (vanilla, PyramidDrop λ=0.5, FastV, random) on the one trained with
+PyramidDrop. With --pretrained and --tasks, every setting on any one checkpoint and benchmarks."""
 
 from pdrop_eval.commands.sweep import add_eval_options, eval_options
 
 DEMO_TASKS = ("pdrop_synth",)
 DEMO_LAMBDAS = (0.3, 0.4, 0.5, 0.6)
+PDROP_TRAINED_SETTINGS = ("vanilla", "pdrop-lambda0.5", "fastv", "random")  # run on the PyramidDrop-trained model
 
 
 def demo_settings():
@@ -29,7 +31,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="vanilla, PyramidDrop, FastV and random drop through lmms-eval, ending in the report with FLOPs"
     )
-    parser.add_argument("--pretrained", help="HF checkpoint (default: the shipped pdrop_synth-trained LLaVA-NeXT)")
+    parser.add_argument("--pretrained", help="HF checkpoint (default: the two shipped pdrop_synth-trained LLaVA-NeXT models)")
     parser.add_argument("--tasks", help=f"lmms-eval tasks, comma-separated (default: {','.join(DEMO_TASKS)}; needed with --pretrained)")
     parser.add_argument("--only", help="run only these settings, comma-separated names (default: all of "
                         "vanilla, pdrop-lambda0.3 ... pdrop-lambda0.6, fastv, random)")
@@ -57,12 +59,19 @@ def run(args) -> int:
             raise ValueError(f"--only: unknown setting(s) {unknown}; choose from {[s.name for s in settings]}")
         settings = [setting for setting in settings if setting.name in names]
     out_dir = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="pdrop-demo-"))
-    pretrained = args.pretrained or str(shipped_checkpoint("vanilla"))
+    if args.pretrained:
+        plan = [(args.pretrained, settings)]
+    else:
+        trained_with_pdrop = [setting for setting in settings if setting.name in PDROP_TRAINED_SETTINGS]
+        plan = [(str(shipped_checkpoint("vanilla")), settings), (str(shipped_checkpoint("pdrop")), trained_with_pdrop)]
+        plan = [(pretrained, chosen) for pretrained, chosen in plan if chosen]
     tasks = args.tasks.split(",") if args.tasks else list(DEMO_TASKS)
     options = eval_options(args) | ({"force_simple": True} if args.force_simple else {})
-    print(f"pdrop-eval demo: {len(settings)} lmms-eval runs of {pretrained} on {','.join(tasks)}, results in {out_dir}", flush=True)
+    runs = sum(len(chosen) for _, chosen in plan)
+    print(f"pdrop-eval demo: {runs} lmms-eval runs of {' and '.join(pretrained for pretrained, _ in plan)} on "
+          f"{','.join(tasks)}, results in {out_dir}", flush=True)
     try:
-        print(evaluate_and_report(pretrained, settings, tasks, out_dir, options, "report", args.force))
+        print(evaluate_and_report(plan, tasks, out_dir, options, "report", args.force))
     except PipelineError as error:
         print(f"pdrop-eval demo: {error}", file=sys.stderr)
         return 1

@@ -82,7 +82,7 @@ def run(args) -> int:
         settings = sweep_settings(args.method, args.values, not args.no_vanilla, layer_list or (8, 16, 24), args.fastv_k)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:
-        print(evaluate_and_report(args.pretrained, settings, tasks, args.out_dir, eval_options(args), "sweep", args.force, args.x))
+        print(evaluate_and_report([(args.pretrained, settings)], tasks, args.out_dir, eval_options(args), "sweep", args.force, args.x))
     except PipelineError as error:
         print(f"pdrop-eval sweep: {error}", file=sys.stderr)
         return 1
