@@ -52,6 +52,20 @@ def answer_tokens(regions: Sequence[TokenRegion], boxes: Sequence[Sequence[float
     return found
 
 
+def document_answer_tokens(processor, doc_id, width: int, height: int, boxes, num_image_tokens: int, data) -> set[int]:
+    """The answer tokens of one pdrop_synth document of `data`, after checking that its token map has the
+    `num_image_tokens` the model saw and that some token lies in the answer boxes."""
+    from pdrop_eval.token_map import image_token_regions
+
+    regions = image_token_regions(processor, [(int(width), int(height))])
+    if len(regions) != num_image_tokens:
+        raise ValueError(f"doc {doc_id}: the model saw {num_image_tokens} image tokens, {data} maps to {len(regions)}")
+    answer = answer_tokens(regions, [list(box) for box in boxes])
+    if not answer:
+        raise ValueError(f"doc {doc_id}: no image token lies in the answer boxes {list(boxes)}")
+    return answer
+
+
 def stage_overlaps(samples: Sequence[tuple[set[int], int, Sequence[Sequence[int]]]]) -> list[StageOverlap]:
     """Per stage, from (answer token indices, image tokens, kept indices per stage) of each question."""
     if not samples:
@@ -92,7 +106,6 @@ def rank_layers(pretrained: str | Path, data: str | Path, fractions=(0.5, 0.25, 
 
     ensure_torchvision_importable()
     from pdrop_eval.engine.scoring import query_attention
-    from pdrop_eval.token_map import image_token_regions
     from pdrop_eval.wrapper import LlavaRunner, Query
 
     documents = _local_questions(data, limit)
@@ -108,23 +121,17 @@ def rank_layers(pretrained: str | Path, data: str | Path, fractions=(0.5, 0.25, 
         with torch.no_grad():
             hidden_states = runner.model(**inputs, output_hidden_states=True, use_cache=False).hidden_states  # layer l's input at l
         image_slots = (inputs["input_ids"][0] == image_token_id).nonzero().flatten()  # (N,)
-        regions = image_token_regions(runner.processor, [(int(doc.width), int(doc.height))])
-        answer = answer_tokens(regions, [list(box) for box in doc.boxes])
-        if len(regions) != len(image_slots) or not answer:
-            raise ValueError(f"doc {doc.id}: {len(image_slots)} image tokens, {len(regions)} mapped, answer tokens {sorted(answer)}")
+        answer = document_answer_tokens(runner.processor, doc.id, doc.width, doc.height, doc.boxes, len(image_slots), data)
         seq_len = inputs["input_ids"].shape[1]
-        query_slots = torch.tensor([[seq_len - 1]])  # the last prompt token (one sample, no padding)
+        # One sample without padding: the last prompt token is the query row and sees every key.
+        query_inputs = {
+            "position_embeddings": language_model.rotary_emb(hidden_states[0], torch.arange(seq_len).unsqueeze(0)),
+            "key_mask": torch.ones(1, 1, seq_len, dtype=torch.bool),
+            "query_slots": torch.tensor([[seq_len - 1]]),
+            "query_valid": torch.ones(1, 1, dtype=torch.bool),
+        }
         for layer_idx, layer in enumerate(language_model.layers):
-            hidden = hidden_states[layer_idx]  # (1, T, d)
-            positions = torch.arange(seq_len).unsqueeze(0)
-            scores = query_attention(
-                layer,
-                hidden,
-                language_model.rotary_emb(hidden, positions),
-                key_mask=torch.ones(1, 1, seq_len, dtype=torch.bool),
-                query_slots=query_slots,
-                query_valid=torch.ones(1, 1, dtype=torch.bool),
-            )[0, image_slots]  # (N,)
+            scores = query_attention(layer, hidden_states[layer_idx], **query_inputs)[0, image_slots]  # (N,)
             order = scores.argsort(descending=True, stable=True).tolist()  # ties to the earlier token, as the drop
             best = min(order.index(token) for token in answer)
             for column, fraction in enumerate(fractions):
@@ -144,7 +151,6 @@ def measure_run(run_dir: str | Path, data: str | Path) -> tuple[str, list[StageO
 
     from pdrop_eval.compat import ensure_torchvision_importable
     from pdrop_eval.stats import FILE_SUFFIX, read_run_stats
-    from pdrop_eval.token_map import image_token_regions
 
     ensure_torchvision_importable()
     from transformers import AutoProcessor
@@ -165,11 +171,6 @@ def measure_run(run_dir: str | Path, data: str | Path) -> tuple[str, list[StageO
         doc = documents.loc[int(sample.doc_id)]
         if not doc["local"]:
             continue
-        regions = image_token_regions(processor, [(int(doc["width"]), int(doc["height"]))])
-        if len(regions) != sample.stats.num_image_tokens:
-            raise ValueError(f"doc {sample.doc_id}: the run had {sample.stats.num_image_tokens} image tokens, {data} maps to {len(regions)}")
-        answer = answer_tokens(regions, [list(box) for box in doc["boxes"]])
-        if not answer:
-            raise ValueError(f"doc {sample.doc_id}: no image token lies in the answer boxes {doc['boxes']}")
+        answer = document_answer_tokens(processor, sample.doc_id, doc["width"], doc["height"], doc["boxes"], sample.stats.num_image_tokens, data)
         samples.append((answer, sample.stats.num_image_tokens, sample.stats.kept))
     return run.drop.describe(), stage_overlaps(samples)
