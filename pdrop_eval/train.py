@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from pdrop_eval.bench_settings import ATTN_IMPLEMENTATIONS
 from pdrop_eval.engine import DropConfig, apply_drop
 from pdrop_eval.options import resolve_pad_to_square
 from pdrop_eval.train_settings import TrainSettings
@@ -210,6 +211,8 @@ def train(settings: TrainSettings) -> dict:
 
     if settings.save_dtype not in DTYPES or settings.save_dtype == "auto":
         raise ValueError(f"--save-dtype must be float32, float16 or bfloat16, got {settings.save_dtype!r}")
+    if settings.attn_implementation not in (None, *ATTN_IMPLEMENTATIONS):
+        raise ValueError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {settings.attn_implementation!r}")
     unknown = sorted(set(settings.freeze) - set(FREEZABLE))
     if unknown:
         raise ValueError(f"--freeze: unknown part(s) {unknown}; choose from {sorted(FREEZABLE)}")
@@ -223,7 +226,7 @@ def train(settings: TrainSettings) -> dict:
     dataset = ConversationDataset(read_conversations(settings.data), processor, settings.max_length, pad_to_square)
     dataset.check_all()
 
-    model = model_class.from_pretrained(settings.pretrained, dtype=torch.float32)
+    model = model_class.from_pretrained(settings.pretrained, dtype=torch.float32, attn_implementation=settings.attn_implementation)
     for part in settings.freeze:
         getattr(model.model, FREEZABLE[part]).requires_grad_(False)
     # Trainer puts the model in training mode; the engine then ranks image tokens with the tokens
@@ -246,6 +249,7 @@ def train(settings: TrainSettings) -> dict:
         "settings": asdict(settings),
         "drop": drop.to_dict(),
         "steps": result.global_step,
+        "attn_implementation": model.config.text_config._attn_implementation,  # what transformers chose when not set
         "train_loss": result.training_loss,
         "train_seconds": seconds,
         "seconds_per_step": seconds / max(result.global_step, 1),

@@ -34,6 +34,7 @@ class TrainSettings:
     save_dtype: str = "float32"
     workers: int = 0
     sequential: bool = False  # rows in file order (a curriculum), instead of shuffled
+    attn_implementation: str | None = None  # None: transformers' default (sdpa)
 
     def training_arguments(self):
         from transformers import TrainingArguments

@@ -142,27 +142,34 @@ def test_cli_trains_and_saves_a_loadable_smaller_checkpoint(synth_rows, tiny_lla
     completed = subprocess.run(
         ["pdrop-eval", "train", "--pretrained", str(tiny_llava_next), "--data", data, "--output-dir", str(out),
          "--max-steps", "3", "--batch-size", "4", "--lr", "3e-3", "--warmup", "0", "--scheduler", "constant",
-         "--logging-steps", "1", "--save-dtype", "float16", "--threads", "1"],
+         "--logging-steps", "1", "--save-dtype", "float16", "--threads", "1", "--attn-implementation", "eager"],
         capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "trained 3 steps" in completed.stdout
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 3 and summary["drop"]["method"] == "none"
+    assert summary["attn_implementation"] == "eager"  # the model was loaded with it, not only asked for it
     assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
     assert (out / "model.safetensors").stat().st_size < 0.6 * (tiny_llava_next / "model.safetensors").stat().st_size
     # Three steps on the same four rows lower their loss; the saved model loads as a stock LLaVA-NeXT.
     assert mean_loss(out, data) < mean_loss(tiny_llava_next, data) - 0.05
 
 
-def test_cli_reports_bad_input_by_option(synth_rows, tiny_llava_next, tmp_path):
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--drop", "layer_list=8;16;24,lambda=1.5"], "lambda must be in (0, 1]"),
+        (["--attn-implementation", "flash"], "--attn-implementation must be one of eager, sdpa, flash_attention_2, got 'flash'"),
+    ],
+)
+def test_cli_reports_bad_input_by_option(option, message, synth_rows, tiny_llava_next, tmp_path):
     data = write_rows(tmp_path / "rows.parquet", synth_rows[:2])
     completed = subprocess.run(
-        ["pdrop-eval", "train", "--pretrained", str(tiny_llava_next), "--data", data, "--output-dir", str(tmp_path / "o"),
-         "--drop", "layer_list=8;16;24,lambda=1.5"],
+        ["pdrop-eval", "train", "--pretrained", str(tiny_llava_next), "--data", data, "--output-dir", str(tmp_path / "o"), *option],
         capture_output=True, text=True, timeout=120,
     )
-    assert completed.returncode == 2 and "lambda must be in (0, 1]" in completed.stderr
+    assert completed.returncode == 2 and message in completed.stderr
 
 
 def test_training_with_a_drop_config_runs_and_saves_the_stock_model(synth_rows, tiny_llava_next, tmp_path):
