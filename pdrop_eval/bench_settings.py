@@ -9,6 +9,12 @@ BENCH_DTYPES = ("float32", "float16", "bfloat16")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 
 
+def check_attn_implementation(value: str) -> None:
+    """The --attn-implementation check shared by `pdrop-eval bench` and `pdrop-eval train`."""
+    if value not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class BenchSettings:
     # The paper's depth (32 layers, so boundaries 8/16/24 and FastV K=2 as published) and LLaMA's
@@ -50,8 +56,7 @@ class BenchSettings:
             raise ValueError(f"--num-kv-heads ({self.num_kv_heads}) must divide --num-heads ({self.num_heads})")
         if self.dtype not in BENCH_DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(BENCH_DTYPES)}, got {self.dtype!r}")
-        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {self.attn_implementation!r}")
+        check_attn_implementation(self.attn_implementation)
         if self.device.startswith("cuda"):
             import torch
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from pdrop_eval.bench_settings import ATTN_IMPLEMENTATIONS
+from pdrop_eval.bench_settings import check_attn_implementation
 from pdrop_eval.engine import DropConfig, apply_drop
 from pdrop_eval.options import resolve_pad_to_square
 from pdrop_eval.train_settings import TrainSettings
@@ -211,8 +211,8 @@ def train(settings: TrainSettings) -> dict:
 
     if settings.save_dtype not in DTYPES or settings.save_dtype == "auto":
         raise ValueError(f"--save-dtype must be float32, float16 or bfloat16, got {settings.save_dtype!r}")
-    if settings.attn_implementation not in (None, *ATTN_IMPLEMENTATIONS):
-        raise ValueError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {settings.attn_implementation!r}")
+    if settings.attn_implementation is not None:  # None: transformers' choice
+        check_attn_implementation(settings.attn_implementation)
     unknown = sorted(set(settings.freeze) - set(FREEZABLE))
     if unknown:
         raise ValueError(f"--freeze: unknown part(s) {unknown}; choose from {sorted(FREEZABLE)}")
