@@ -148,9 +148,7 @@ def check_budget_options(method: str, drop_options: dict, drop_preset: str | Non
     if solved or drop_preset:
         given = solved + (["drop_preset"] if drop_preset else [])
         raise ValueError(f"budget=... sets λ / R itself; leave out {given} (layer_list, fastv_k and position_mode shape it)")
-    stray = sorted(set(drop_options) - set(METHODS[method].keys))
-    if stray:
-        raise ValueError(f"{METHODS[method].title} does not take {stray} (its options: {list(METHODS[method].keys)})")
+    METHODS[method].check_keys(drop_options)
 
 
 def budget_drop(method: str, options: dict, model_config: dict) -> DropConfig:

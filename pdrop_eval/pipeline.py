@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.engine.config import SWEPT_METHODS, DropConfig, MethodSpec
 from pdrop_eval.report import build_report
 from pdrop_eval.report.files import OutputExistsError, write_text
 from pdrop_eval.report.plot import write_plot
@@ -45,19 +45,25 @@ class Setting:
     drop: DropConfig
 
 
-SWEEP_METHODS = {"pdrop": "pyramid", "fastv": "fastv"}
+def swept_method(method: str, shape: dict) -> MethodSpec:
+    """The method a sweep names by its kind (pdrop, fastv, random), after checking that it takes the
+    drop options in `shape`."""
+    if method not in SWEPT_METHODS:
+        raise ValueError(f"method must be one of {', '.join(SWEPT_METHODS)}, got {method!r}")
+    SWEPT_METHODS[method].check_keys(shape)
+    return SWEPT_METHODS[method]
 
 
-def sweep_settings(method: str, values: list[float], with_vanilla: bool, layer_list=(8, 16, 24), fastv_k: int = 2) -> list[Setting]:
-    """Vanilla (optional) plus one setting per λ (pdrop) or R (fastv)."""
+def sweep_settings(method: str, values: list[float], with_vanilla: bool, shape: dict | None = None) -> list[Setting]:
+    """Vanilla (optional) plus one setting per value of `method`'s swept option (its `sweep_key`: λ for
+    pdrop and random, R for fastv); `shape` holds other drop options (layer_list, fastv_k), the
+    method's defaults where left out."""
+    shape = shape or {}
+    spec = swept_method(method, shape)
     settings = [Setting("vanilla", DropConfig.none())] if with_vanilla else []
     for value in values:
-        if method == "pdrop":
-            settings.append(Setting(f"pdrop-lambda{value:g}", DropConfig.pyramid(layer_list=layer_list, ratio=value)))
-        elif method == "fastv":
-            settings.append(Setting(f"fastv-k{fastv_k}-r{value:g}", DropConfig.fastv(k=fastv_k, r=value)))
-        else:
-            raise ValueError(f"method must be pdrop or fastv, got {method!r}")
+        config = DropConfig.from_args({**shape, spec.sweep_key: value}, method=spec.name)
+        settings.append(Setting(f"{method}-{spec.sweep_key}{value:g}", config))
     return settings
 
 
@@ -67,28 +73,42 @@ def budget_settings(
     budgets: list[str],
     with_vanilla: bool,
     convention: str = "avg_layer",
-    layer_list=None,
-    fastv_k: int = 2,
+    shape: dict | None = None,
     image_tokens: int | None = None,
 ) -> list[Setting]:
     """Vanilla (optional) plus one setting per token budget (e.g. "128", "25%" of N), each solved for the
-    checkpoint (`pdrop_eval.engine.budget.solve_for_checkpoint`) and printed."""
+    checkpoint (`pdrop_eval.engine.budget.solve_for_checkpoint`, whose layer_list / fastv_k defaults
+    apply where `shape` leaves them out) and printed."""
     from pdrop_eval.engine import budget
     from pdrop_eval.options import load_config
 
+    shape = shape or {}
+    spec = swept_method(method, shape)
+    if spec.name not in budget.BUDGET_METHODS:
+        solved = [kind for kind, swept in SWEPT_METHODS.items() if swept.name in budget.BUDGET_METHODS]
+        raise ValueError(f"token budgets are solved for {', '.join(solved)}, not {method}; sweep {method} with --values instead")
     model_config = load_config(pretrained).to_dict()
-    shape = {"layer_list": layer_list or budget.BUDGET_LAYER_LIST} if method == "pdrop" else {"fastv_k": fastv_k}
     settings = [Setting("vanilla", DropConfig.none())] if with_vanilla else []
     for text in budgets:
-        solution = budget.solve_for_checkpoint(
-            text, model_config, SWEEP_METHODS[method], convention=convention, image_tokens=image_tokens, **shape
-        )
+        solution = budget.solve_for_checkpoint(text, model_config, spec.name, convention=convention, image_tokens=image_tokens, **shape)
         schedule = solution.schedule
         print(f"budget {solution.budget.describe()}: {schedule.config.describe()}; at N={schedule.num_image_tokens} "
               f"{schedule.avg_image_tokens:g} image tokens per layer on average, {schedule.kept_after_drop} after the "
               f"drop, {schedule.tflops:.4g} TFLOPs", flush=True)
         settings.append(Setting(f"{method}-{convention}-{text.replace('%', 'pct')}", schedule.config))
     return settings
+
+
+def checkpoint_folders(checkpoints: list[str]) -> list[str]:
+    """One folder name per checkpoint for its runs: the name the report labels it with
+    (`short_names`: the last path part, with parent parts where two would clash), '/' written '__'."""
+    from pdrop_eval.report.runs import short_names
+
+    keys = [pretrained.rstrip("/") for pretrained in checkpoints]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a checkpoint is named twice: {checkpoints}")
+    names = short_names(keys)
+    return [names[key].replace("/", "__") for key in keys]
 
 
 def check_settings_fit(pretrained: str, settings: list[Setting]) -> None:
@@ -189,12 +209,8 @@ def evaluate_and_report(
     """Run every setting of each (checkpoint, settings) pair of `plan`, then write `<report_name>.md`
     and `.png` (x axis `plot_x`: TFLOPs or tokens) into `out_dir`; returns the markdown. Runs go to
     runs/<setting>/, or runs/<checkpoint>/<setting>/ when the plan holds several checkpoints."""
-    from pdrop_eval.report.runs import checkpoint_name
-
     out_dir = Path(out_dir)
-    names = [checkpoint_name(pretrained) for pretrained, _ in plan]
-    if len(set(names)) != len(names):
-        raise ValueError(f"the checkpoints' folder names must differ, got {names}")
+    names = checkpoint_folders([pretrained for pretrained, _ in plan])
     for pretrained, settings in plan:
         check_settings_fit(pretrained, settings)
     markdown_path, plot_path = out_dir / f"{report_name}.md", out_dir / f"{report_name}.png"

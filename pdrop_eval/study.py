@@ -19,7 +19,6 @@ the others from scratch.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +28,12 @@ from pdrop_eval.pipeline import (
     RUNS_FOLDER,
     Setting,
     check_settings_fit,
+    checkpoint_folders,
     lmms_eval_command,
     run_lmms_eval,
 )
 from pdrop_eval.report.files import ReportInputError, read_json_object, write_text
-from pdrop_eval.report.runs import checkpoint_name, find_runs
+from pdrop_eval.report.runs import find_runs
 
 VANILLA_KEEP = 1.0
 
@@ -69,15 +69,8 @@ def study_points(checkpoints: list[str], layers: list[int], keeps: list[float], 
     bad = [keep for keep in keeps if not 0.0 < keep < 1.0]
     if bad:
         raise ValueError(f"--keep fractions must lie strictly between 0 and 1 (1 is the vanilla run), got {bad}")
-    names = [checkpoint_name(pretrained) for pretrained in checkpoints]
-    if len(set(checkpoints)) != len(checkpoints):
-        raise ValueError(f"--pretrained names a checkpoint twice: {checkpoints}")
-    folders = [  # same last path part: tell them apart by a hash of the full name
-        name if names.count(name) == 1 else f"{name}-{hashlib.sha1(pretrained.encode()).hexdigest()[:8]}"
-        for name, pretrained in zip(names, checkpoints)
-    ]
     points = []
-    for pretrained, folder in zip(checkpoints, folders):
+    for pretrained, folder in zip(checkpoints, checkpoint_folders(checkpoints)):
         points += [Point(pretrained, folder, None, VANILLA_KEEP)] if with_vanilla else []
         points += [Point(pretrained, folder, layer, keep) for layer in layers for keep in keeps]
     return points

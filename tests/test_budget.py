@@ -222,7 +222,7 @@ def test_sweep_budgets_are_solved_for_the_checkpoint(tiny_llava, tiny_llava_next
     assert [setting.name for setting in settings] == ["vanilla", "pdrop-avg_layer-16", "pdrop-avg_layer-25pct"]
     assert [setting.drop for setting in settings[1:]] == [DropConfig.for_budget(16, model=str(tiny_llava)),
                                                           DropConfig.for_budget("25%", model=str(tiny_llava))]
-    (fastv,) = budget_settings(str(tiny_llava_next), "fastv", ["22%"], False, convention="after_drop", fastv_k=3)
+    (fastv,) = budget_settings(str(tiny_llava_next), "fastv", ["22%"], False, convention="after_drop", shape={"fastv_k": 3})
     assert fastv.drop == DropConfig.for_budget("22%", "fastv", model=str(tiny_llava_next), convention="after_drop", fastv_k=3)
     argv = ["sweep", "--pretrained", str(tiny_llava_next), "--method", "pdrop", "--tokens", "64", "--tasks", "pdrop_local_vqa",
             "--out-dir", str(tmp_path / "sweep")]

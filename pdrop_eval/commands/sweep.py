@@ -1,6 +1,8 @@
-"""`pdrop-eval sweep`: one method over several λ (PyramidDrop) or R (FastV) values, or token budgets,
-through lmms-eval, ending in the table (TFLOPs and avg image tokens) and the score-vs-TFLOPs (or
--tokens) plot."""
+"""`pdrop-eval sweep`: one method over several values of its swept option (`MethodSpec.sweep_key`: λ
+for PyramidDrop and the random control, R for FastV), or token budgets, through lmms-eval, ending in
+the table (TFLOPs and avg image tokens) and the score-vs-TFLOPs (or -tokens) plot."""
+
+from pdrop_eval.engine.config import SWEPT_METHODS
 
 
 def _floats(text: str) -> list[float]:
@@ -23,12 +25,13 @@ def parse_layer_list(text: str) -> tuple[int, ...]:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "sweep",
-        help="evaluate PyramidDrop λ or FastV R values through lmms-eval; table and plot of score vs TFLOPs",
+        help="evaluate PyramidDrop λ, FastV R or random-drop λ values through lmms-eval; table and plot of score vs TFLOPs",
     )
     parser.add_argument("--pretrained", required=True, help="HF checkpoint (path or hub id)")
-    parser.add_argument("--method", choices=("pdrop", "fastv"), required=True)
+    parser.add_argument("--method", choices=tuple(SWEPT_METHODS), required=True,
+                        help="random: the random-drop control with PyramidDrop λ's counts")
     values = parser.add_mutually_exclusive_group(required=True)
-    values.add_argument("--values", type=_floats, help="λ values (pdrop) or R values (fastv), e.g. 0.3,0.4,0.5,0.6")
+    values.add_argument("--values", type=_floats, help="λ values (pdrop, random) or R values (fastv), e.g. 0.3,0.4,0.5,0.6")
     values.add_argument(
         "--tokens", type=lambda text: [part.strip() for part in text.split(",") if part.strip()], metavar="LIST",
         help="token budgets instead, e.g. 192,128,64 or 33%%,22%% of N, each solved for the checkpoint (see pdrop-eval schedule)",
@@ -37,14 +40,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out-dir", required=True, help="folder for the runs, the report (sweep.md) and the plot (sweep.png)")
     parser.add_argument(
         "--layer-list", default=None,
-        help="PyramidDrop stage boundaries, e.g. 8,16,24 or 8;16;24 (default: 8,16,24 with --values, 2,8,16 with --tokens)",
+        help="PyramidDrop (and random) stage boundaries, e.g. 8,16,24 or 8;16;24 (default: 8,16,24 with --values, 2,8,16 with --tokens)",
     )
     parser.add_argument(
         "--convention", choices=("avg_layer", "after_drop"), default="avg_layer",
         help="what --tokens counts: the average over all decoder layers (default) or the tokens kept after the drop layer",
     )
     parser.add_argument("--image-tokens", type=int, default=None, metavar="N", help="the N absolute --tokens count with (needed for LLaVA-NeXT, whose N varies)")
-    parser.add_argument("--fastv-k", type=int, default=2, help="FastV layer K (default: %(default)s)")
+    parser.add_argument("--fastv-k", type=int, default=None, help="FastV layer K (default: 2)")
     parser.add_argument("--no-vanilla", action="store_true", help="skip the no-drop reference run")
     parser.add_argument("--x", choices=("tflops", "tokens"), default="tflops", help="the plot's x axis: TFLOPs or avg image tokens per layer (default: %(default)s)")
     add_eval_options(parser)
@@ -74,12 +77,12 @@ def run(args) -> int:
         sweep_settings,
     )
 
-    layer_list = parse_layer_list(args.layer_list) if args.layer_list else None
+    shape = {"layer_list": parse_layer_list(args.layer_list) if args.layer_list else None, "fastv_k": args.fastv_k}
+    shape = {key: value for key, value in shape.items() if value is not None}  # given ones only: a stray one is an error
     if args.tokens:
-        settings = budget_settings(args.pretrained, args.method, args.tokens, not args.no_vanilla, args.convention,
-                                   layer_list, args.fastv_k, args.image_tokens)
+        settings = budget_settings(args.pretrained, args.method, args.tokens, not args.no_vanilla, args.convention, shape, args.image_tokens)
     else:
-        settings = sweep_settings(args.method, args.values, not args.no_vanilla, layer_list or (8, 16, 24), args.fastv_k)
+        settings = sweep_settings(args.method, args.values, not args.no_vanilla, shape)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:
         print(evaluate_and_report([(args.pretrained, settings)], tasks, args.out_dir, eval_options(args), "sweep", args.force, args.x))

@@ -109,6 +109,7 @@ class MethodSpec:
     default_model_preset: str  # checkpoint of a VLMEvalKit model given neither pretrained nor model_preset
     alternatives: tuple[frozenset, ...] = ()  # fields that stand for each other: giving one drops the others' defaults
     schedule_methods: tuple[str, ...] = ()  # methods whose settings (and drop presets) give this one its counts
+    sweep_key: str | None = None  # the option `pdrop-eval sweep --values` varies; None: not swept
 
     @property
     def lmms_chat_class(self) -> str:
@@ -127,6 +128,12 @@ class MethodSpec:
                 for name in group:
                     defaults.pop(name, None)
         return {**defaults, **values}
+
+    def check_keys(self, keys) -> None:
+        """Raise ValueError naming the option keys in `keys` this method does not take."""
+        stray = sorted(set(keys) - set(self.keys))
+        if stray:
+            raise ValueError(f"{self.title} does not take {stray} (its options: {list(self.keys)})")
 
     def check(self, config: DropConfig) -> None:
         """Raise ValueError / TypeError naming the option if `config`'s values are invalid."""
@@ -303,20 +310,21 @@ METHODS: dict[str, MethodSpec] = {
         _FastV(
             name="fastv", title="FastV", kind="fastv", series="FastV", marker="s",
             keys=_FASTV_KEYS, defaults={"fastv_k": 2, "fastv_r": 0.5, "position_mode": "original"}, ranking="attention",
-            lmms_model="llava_fastv", lmms_class="LlavaFastV", vlmeval_class="LLaVAFastV",
+            sweep_key="fastv_r", lmms_model="llava_fastv", lmms_class="LlavaFastV", vlmeval_class="LLaVAFastV",
             default_model_preset="llava-1.5-7b",  # FastV's own evaluation model
         ),
         _PyramidDrop(
             name="pyramid", title="PyramidDrop", kind="pdrop", series="PDrop", marker="o",
             keys=_PYRAMID_KEYS, defaults={"layer_list": (8, 16, 24), "ratio": 0.5, "position_mode": "compact"},
-            alternatives=(_RATIO_FORMS,), ranking="attention",
+            alternatives=(_RATIO_FORMS,), ranking="attention", sweep_key="lambda",
             lmms_model="llava_next_pdrop", lmms_class="LlavaNextPDrop", vlmeval_class="LLaVAPyramidDrop",
             default_model_preset="llava-next-7b",
         ),
         _RandomDrop(
-            name="random", title="Random drop", kind="random", series="Random", marker="x",
+            name="random", title="Random drop", kind="random", series="Random", marker="X",
             keys=(*_PYRAMID_KEYS, "fastv_k", "fastv_r", "seed"), defaults={"seed": 0},
             alternatives=(_RATIO_FORMS,), schedule_methods=("pyramid", "fastv"), ranking="random",
+            sweep_key="lambda",  # PyramidDrop λ's counts: the control's curve beside PyramidDrop's
             lmms_model="llava_random_drop", lmms_class="LlavaRandomDrop", vlmeval_class="LLaVARandomDrop",
             default_model_preset="llava-next-7b",
         ),
@@ -328,6 +336,9 @@ def method_spec(method: str) -> MethodSpec:
     if method not in METHODS:
         raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
     return METHODS[method]
+
+
+SWEPT_METHODS = {spec.kind: spec for spec in METHODS.values() if spec.sweep_key}  # by the name sweeps use: its kind
 
 
 # ----- the config -------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Each point is one run's score on one benchmark at the mean paper-convention TFLOPs of that run's
 samples of the benchmark, or with ``x="tokens"`` at their mean image tokens per decoder layer,
-(1/L)·Σ_l n_l; the points of one checkpoint and method (e.g. a λ sweep) form a line.
+(1/L)·Σ_l n_l; the points of one checkpoint and method (e.g. a λ sweep) form a line. A method has
+one colour and marker on every checkpoint; a checkpoint has one line style and marker fill.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pdrop_eval.report.runs import Run, short_names
 from pdrop_eval.report.table import method_kind
 
 SPECS_BY_KIND = {spec.kind: spec for spec in METHODS.values()}  # series name and marker per method kind
+CHECKPOINT_STYLES = (("-", "full"), ("--", "none"), (":", "left"), ("-.", "bottom"))  # line style, marker fill
 X_AXES = {"tflops": "TFLOPs (paper convention)", "tokens": "avg image tokens per layer, (1/L)·Σ_l n_l"}
 
 
@@ -52,37 +54,55 @@ def pyplot():
     return plt
 
 
-def write_plot(runs: list[Run], path: Path, force: bool = False, x: str = "tflops") -> Path:
+def draw_plot(runs: list[Run], x: str = "tflops"):
+    """The matplotlib figure of `runs` (close it when done): one panel per benchmark, one curve per
+    checkpoint and method, one legend beside the panels."""
     plt = pyplot()
-    path = Path(path)
-    check_writable(path, force)
+    from matplotlib.lines import Line2D
+
     points = plot_points(runs, x)
     if not points:
         raise ValueError("nothing to plot: no run has both scores and a statistics file with TFLOPs")
     benchmarks: list[Benchmark] = order(score.benchmark for run in runs for score in run.scores if score.benchmark.key in points)
-    all_series = sorted({series for by_series in points.values() for series in by_series})
-    colors = {series: f"C{index % 10}" for index, series in enumerate(all_series)}  # same colour in every panel
+    # One colour (and marker) per method, one line style and marker fill per checkpoint, the same in every
+    # panel: a method's curve reads the same on every model, and one legend serves every panel.
+    kinds = [kind for kind in SPECS_BY_KIND if any(kind == k for by_series in points.values() for _, k in by_series)]
+    checkpoints = sorted({checkpoint for by_series in points.values() for checkpoint, _ in by_series})
+    colors = {kind: f"C{index % 10}" for index, kind in enumerate(kinds)}
+    styles = {checkpoint: CHECKPOINT_STYLES[index % len(CHECKPOINT_STYLES)] for index, checkpoint in enumerate(checkpoints)}
     columns = min(3, len(benchmarks))
     rows = math.ceil(len(benchmarks) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
     for ax, benchmark in zip(axes.flat, benchmarks):
         for (checkpoint, kind), xy in sorted(points[benchmark.key].items()):
-            spec = SPECS_BY_KIND[kind]
-            label = f"{checkpoint} · {spec.series}"
-            ax.plot([x for x, _ in xy], [y for _, y in xy], marker=spec.marker, color=colors[(checkpoint, kind)], label=label)
+            linestyle, fillstyle = styles[checkpoint]
+            ax.plot([x for x, _ in xy], [y for _, y in xy], marker=SPECS_BY_KIND[kind].marker, color=colors[kind],
+                    linestyle=linestyle, fillstyle=fillstyle, markersize=7)
         ax.set_title(benchmark.label)
         ax.set_xlabel(X_AXES[x])
         ax.set_ylabel("points" if benchmark.max_points != 100.0 else "score (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    handles = [Line2D([], [], color=colors[kind], marker=SPECS_BY_KIND[kind].marker, linestyle="-", label=SPECS_BY_KIND[kind].series)
+               for kind in kinds]
+    if len(checkpoints) > 1:
+        handles += [Line2D([], [], color="0.35", marker="o", linestyle=styles[checkpoint][0], fillstyle=styles[checkpoint][1],
+                           label=checkpoint) for checkpoint in checkpoints]
+    figure.tight_layout()
+    figure.legend(handles=handles, loc="center left", bbox_to_anchor=(1, 0.5), fontsize=8, frameon=False)  # beside the panels
     for ax in list(axes.flat)[len(benchmarks):]:
         ax.set_visible(False)
-    figure.tight_layout()
+    return figure
+
+
+def write_plot(runs: list[Run], path: Path, force: bool = False, x: str = "tflops") -> Path:
+    path = Path(path)
+    check_writable(path, force)
+    figure = draw_plot(runs, x)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=120)
+        figure.savefig(path, dpi=120, bbox_inches="tight")  # "tight" takes in the legend
     except OSError as error:
         raise OutputPathError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
-        plt.close(figure)
+        pyplot().close(figure)
     return path
