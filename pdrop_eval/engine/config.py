@@ -133,7 +133,8 @@ class MethodSpec:
         """Raise ValueError naming the option keys in `keys` this method does not take."""
         stray = sorted(set(keys) - set(self.keys))
         if stray:
-            raise ValueError(f"{self.title} does not take {stray} (its options: {list(self.keys)})")
+            takes = f"its options: {list(self.keys)}" if self.keys else "it takes no drop options"
+            raise ValueError(f"{self.title} does not take {stray} ({takes})")
 
     def check(self, config: DropConfig) -> None:
         """Raise ValueError / TypeError naming the option if `config`'s values are invalid."""
@@ -446,10 +447,7 @@ class DropConfig:
                 raise ValueError(f"the drop preset's method {preset_method!r} conflicts with the model's method {method!r}")
             values, keys = _overlay(preset_values, values, method), {**preset_keys, **keys}
         spec = method_spec(method or _infer_method(set(values)))
-        stray = sorted(keys[name] for name in values if name not in spec.fields)
-        if stray:
-            takes = f"its options: {list(spec.keys)}" if spec.keys else "it takes no drop options"
-            raise ValueError(f"{spec.title} does not take {stray} ({takes})")
+        spec.check_keys(keys[name] for name in values)
         return cls(method=spec.name, **_as_field_types(spec.complete(values)))
 
     @classmethod

@@ -66,7 +66,8 @@ def draw_plot(runs: list[Run], x: str = "tflops"):
     benchmarks: list[Benchmark] = order(score.benchmark for run in runs for score in run.scores if score.benchmark.key in points)
     # One colour (and marker) per method, one line style and marker fill per checkpoint, the same in every
     # panel: a method's curve reads the same on every model, and one legend serves every panel.
-    kinds = [kind for kind in SPECS_BY_KIND if any(kind == k for by_series in points.values() for _, k in by_series)]
+    drawn = {kind for by_series in points.values() for _, kind in by_series}
+    kinds = [kind for kind in SPECS_BY_KIND if kind in drawn]  # in the registry's order
     checkpoints = sorted({checkpoint for by_series in points.values() for checkpoint, _ in by_series})
     colors = {kind: f"C{index % 10}" for index, kind in enumerate(kinds)}
     styles = {checkpoint: CHECKPOINT_STYLES[index % len(CHECKPOINT_STYLES)] for index, checkpoint in enumerate(checkpoints)}
