@@ -250,6 +250,7 @@ def train(settings: TrainSettings) -> dict:
         "drop": drop.to_dict(),
         "steps": result.global_step,
         "attn_implementation": model.config.text_config._attn_implementation,  # what transformers chose when not set
+        "torch_threads": torch.get_num_threads(),  # the order of float sums, and so the trained model, can depend on it
         "train_loss": result.training_loss,
         "train_seconds": seconds,
         "seconds_per_step": seconds / max(result.global_step, 1),

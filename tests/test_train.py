@@ -150,6 +150,7 @@ def test_cli_trains_and_saves_a_loadable_smaller_checkpoint(synth_rows, tiny_lla
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 3 and summary["drop"]["method"] == "none"
     assert summary["attn_implementation"] == "eager"  # the model was loaded with it, not only asked for it
+    assert summary["torch_threads"] == 1  # --threads is recorded: it can change the trained model
     assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
     assert (out / "model.safetensors").stat().st_size < 0.6 * (tiny_llava_next / "model.safetensors").stat().st_size
     # Three steps on the same four rows lower their loss; the saved model loads as a stock LLaVA-NeXT.
