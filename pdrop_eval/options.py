@@ -22,7 +22,7 @@ MODEL_PRESET_KEYS = ("pretrained", "dtype", "device_map", "attn_implementation")
 MODEL_KEYS = (*MODEL_PRESET_KEYS, "model_preset", "device", "max_new_tokens", "drop_preset", "pad_to_square", "save_kept")
 # budget=128 (or 25%, of N) instead of λ / R: `pdrop_eval.engine.budget` solves it for the checkpoint
 BUDGET_KEYS = ("budget", "budget_convention", "budget_image_tokens")
-BUDGET_METHODS = ("pyramid", "fastv", "random")
+BUDGET_METHODS = ("pyramid", "fastv", "random")  # take budget=...; the random control solves it as the schedule it copies
 # lmms-eval's LLaVA adapters generate up to this many tokens when a task sets none; VLMEvalKit's
 # allow more, but benchmark answers need far less, so it is the default cap there too.
 DEFAULT_MAX_NEW_TOKENS = 1024

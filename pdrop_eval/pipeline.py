@@ -84,8 +84,8 @@ def budget_settings(
 
     shape = shape or {}
     spec = swept_method(method, shape)
-    if spec.name not in budget.BUDGET_METHODS:
-        solved = [kind for kind, swept in SWEPT_METHODS.items() if swept.name in budget.BUDGET_METHODS]
+    if spec.name not in budget.SOLVABLE_METHODS:
+        solved = [kind for kind, swept in SWEPT_METHODS.items() if swept.name in budget.SOLVABLE_METHODS]
         raise ValueError(f"token budgets are solved for {', '.join(solved)}, not {method}; sweep {method} with --values instead")
     model_config = load_config(pretrained).to_dict()
     settings = [Setting("vanilla", DropConfig.none())] if with_vanilla else []

@@ -49,7 +49,7 @@ CONVENTION_TEXT = {
 # PyramidDrop boundaries for budgets: the paper's 8/16/24 cannot average below N/4 (its first 8 of 32
 # layers see all N tokens); 2/8/16 is what the PyramidDrop authors suggest for low budgets.
 BUDGET_LAYER_LIST = (2, 8, 16)
-BUDGET_METHODS = ("pyramid", "fastv")
+SOLVABLE_METHODS = ("pyramid", "fastv")  # schedule families whose λ / R a budget is solved for
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ def solve(
         return _solve_family(budget, dims, _pyramid_family(tuple(layer_list), position_mode))
     if method == "fastv":
         return _solve_family(budget, dims, _fastv_family(fastv_k, position_mode))
-    raise ValueError(f"a budget is solved for one of the methods {', '.join(BUDGET_METHODS)}, got {method!r}")
+    raise ValueError(f"a budget is solved for one of the methods {', '.join(SOLVABLE_METHODS)}, got {method!r}")
 
 
 def solve_for_checkpoint(
