@@ -43,8 +43,9 @@ def _build_model(settings: BenchSettings):
     config = LlavaConfig(vision_config=vision_config, text_config=text_config, image_token_id=3)
     config.text_config._attn_implementation = settings.attn_implementation
     config._attn_implementation = settings.attn_implementation
-    model = LlavaForConditionalGeneration(config)
-    return model.to(device=settings.device, dtype=getattr(torch, settings.dtype)).eval()
+    with torch.device(settings.device):  # initialised where it runs: a 7B-shaped init takes minutes on CPU
+        model = LlavaForConditionalGeneration(config)
+    return model.to(dtype=getattr(torch, settings.dtype)).eval()
 
 
 def _prompt_ids(settings: BenchSettings, image_token_id: int) -> torch.Tensor:
@@ -121,6 +122,15 @@ def _timed_scoring(settings: BenchSettings):
         scoring.query_attention = original
 
 
+def _median_and_peak(measure, model, input_ids, settings: BenchSettings) -> tuple[float, int | None]:
+    """Median seconds of `measure`'s timed runs, and the peak CUDA memory they took in bytes (None off CUDA)."""
+    on_cuda = settings.device.startswith("cuda")
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(settings.device)
+    seconds = statistics.median(measure(model, input_ids, settings))
+    return seconds, torch.cuda.max_memory_allocated(settings.device) if on_cuda else None
+
+
 def run_bench(settings: BenchSettings) -> dict:
     model = _build_model(settings)
     input_ids = _prompt_ids(settings, model.config.image_token_id)
@@ -128,15 +138,15 @@ def run_bench(settings: BenchSettings) -> dict:
     fastv = DropConfig.fastv(k=settings.fastv_k, r=settings.fastv_r)
     measure = _train_step_seconds if settings.train else _prefill_seconds
 
-    vanilla_s = statistics.median(measure(model, input_ids, settings))
+    vanilla_s, vanilla_peak = _median_and_peak(measure, model, input_ids, settings)
     with apply_drop(model, pyramid):
-        pdrop_s = statistics.median(measure(model, input_ids, settings))
+        pdrop_s, pdrop_peak = _median_and_peak(measure, model, input_ids, settings)
         # A separate, already warm pass with the ranking timed, so its timers do not touch pdrop_s.
         with _timed_scoring(settings) as spent:
             instrumented = measure(model, input_ids, replace(settings, warmup=0))
         scoring_overhead = sum(spent) / sum(instrumented)
     with apply_drop(model, fastv):
-        fastv_s = statistics.median(measure(model, input_ids, settings))
+        fastv_s, fastv_peak = _median_and_peak(measure, model, input_ids, settings)
 
     def actual_tflops(config: DropConfig) -> float:
         counts = tokens_per_layer(settings.image_tokens, config, settings.num_layers, settings.text_tokens)
@@ -152,6 +162,8 @@ def run_bench(settings: BenchSettings) -> dict:
         # Forward FLOPs of every token each layer sees; a backward pass costs the same tokens again (twice).
         "theory_pdrop": actual_tflops(pyramid) / vanilla_tflops,
         "theory_fastv": actual_tflops(fastv) / vanilla_tflops,
-        "scoring_overhead": scoring_overhead,  # share of the PyramidDrop prefill (or training step) spent ranking
+        "scoring_overhead": scoring_overhead,
+        # Peak CUDA memory of each method's runs (weights included), bytes; None off CUDA.
+        "peak_bytes": {"vanilla": vanilla_peak, "pdrop": pdrop_peak, "fastv": fastv_peak},  # share of the PyramidDrop prefill (or training step) spent ranking
         "settings": settings_dict,
     }

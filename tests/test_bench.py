@@ -25,6 +25,7 @@ def test_bench_json_reports_times_flops_ratios_and_overhead(capsys):
     assert abs(result["theory_pdrop"] - sum(map(spec_layer_flops, pyramid)) / vanilla) < 1e-12
     assert abs(result["theory_fastv"] - sum(map(spec_layer_flops, fastv)) / vanilla) < 1e-12
     assert 0 < result["scoring_overhead"] < 1
+    assert result["peak_bytes"] == {"vanilla": None, "pdrop": None, "fastv": None}  # CUDA memory only, measured there
 
 
 def test_bench_table_and_bad_settings(capsys):

@@ -49,6 +49,12 @@ def run(args) -> int:
         ["PyramidDrop", f"{result['pdrop_s'] * 1e3:.1f}", f"{result['pdrop_s'] / vanilla:.3f}", f"{result['theory_pdrop']:.3f}"],
         ["FastV", f"{result['fastv_s'] * 1e3:.1f}", f"{result['fastv_s'] / vanilla:.3f}", f"{result['theory_fastv']:.3f}"],
     ]
+    headers = ["method", "train step ms" if result["settings"]["train"] else "prefill ms", "time ratio", "FLOPs ratio"]
+    peaks = result["peak_bytes"]
+    if peaks["vanilla"] is not None:  # measured on CUDA
+        headers.append("peak GiB")
+        for row, method in zip(rows, ("vanilla", "pdrop", "fastv")):
+            row.append(f"{peaks[method] / 2**30:.2f}")
     s = result["settings"]
     what = f"training step (forward + backward, {s['answer_tokens']} answer tokens)" if s["train"] else "prefill"
     print(
@@ -56,6 +62,6 @@ def run(args) -> int:
         f"N={s['image_tokens']} text={s['text_tokens']} batch={s['batch_size']} {s['dtype']} on {s['device']} "
         f"({s['attn_implementation']}), median of {s['repeats']}"
     )
-    print(tabulate(rows, headers=["method", "train step ms" if s["train"] else "prefill ms", "time ratio", "FLOPs ratio"], tablefmt="github"))
+    print(tabulate(rows, headers=headers, tablefmt="github"))
     print(f"ranking overhead: {result['scoring_overhead'] * 100:.2f}% of PyramidDrop {'training step' if s['train'] else 'prefill'}")
     return 0
