@@ -1,4 +1,4 @@
-"""Prefill (or training-step) timing of vanilla, PyramidDrop and FastV on a random LLaVA model of a chosen shape.
+"""Prefill (or training-step, or generate) timing of vanilla, PyramidDrop and FastV on a random LLaVA model of a chosen shape.
 
 The model is built from a config (no checkpoint), and the prompt holds N image-token ids without
 pixel values, so only the language model is timed: the part the methods change. Each method gets
@@ -7,7 +7,9 @@ scoring function during the PyramidDrop prefill (or training step), as a fractio
 
 With `train=True` a timed run is one training step instead: forward with labels on the last
 `answer_tokens` text tokens (the answer; everything before it is instruction) and backward, in
-training mode, which is where the paper claims PyramidDrop's training speed-up.
+training mode, which is where the paper claims PyramidDrop's training speed-up. With
+`generate_tokens=n` it is one greedy `generate` call of n new tokens: the prefill, then n - 1 cached
+decoding steps over each method's pruned KV cache (end-to-end latency; throughput is batch / time).
 """
 
 from __future__ import annotations
@@ -79,6 +81,16 @@ def _prefill_seconds(model, input_ids, settings: BenchSettings) -> list[float]:
         return [_timed(settings.device, model, input_ids=input_ids, use_cache=True)[1] for _ in range(settings.repeats)]
 
 
+def _generate_seconds(model, input_ids, settings: BenchSettings) -> list[float]:
+    """`warmup` untimed greedy generations of `generate_tokens` new tokens, then the seconds of each of `repeats`."""
+    n = settings.generate_tokens
+    kwargs = {"attention_mask": torch.ones_like(input_ids), "max_new_tokens": n, "min_new_tokens": n, "do_sample": False, "pad_token_id": 0}
+    with torch.inference_mode():
+        for _ in range(settings.warmup):
+            model.generate(input_ids=input_ids, **kwargs)
+        return [_timed(settings.device, model.generate, input_ids=input_ids, **kwargs)[1] for _ in range(settings.repeats)]
+
+
 def _answer_labels(input_ids: torch.Tensor, settings: BenchSettings) -> torch.Tensor:
     """HF labels supervising the last `answer_tokens` tokens of each prompt; -100 elsewhere."""
     labels = torch.full_like(input_ids, -100)
@@ -102,6 +114,15 @@ def _train_step_seconds(model, input_ids, settings: BenchSettings) -> list[float
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
+
+
+def _measure(settings: BenchSettings):
+    """The function that times what `settings` asks for: training steps, generate calls or prefills."""
+    if settings.train:
+        return _train_step_seconds
+    if settings.generate_tokens:
+        return _generate_seconds
+    return _prefill_seconds
 
 
 @contextmanager
@@ -136,7 +157,7 @@ def run_bench(settings: BenchSettings) -> dict:
     input_ids = _prompt_ids(settings, model.config.image_token_id)
     pyramid = DropConfig.pyramid(layer_list=settings.pyramid_layers(), ratio=settings.ratio)
     fastv = DropConfig.fastv(k=settings.fastv_k, r=settings.fastv_r)
-    measure = _train_step_seconds if settings.train else _prefill_seconds
+    measure = _measure(settings)
 
     vanilla_s, vanilla_peak = _median_and_peak(measure, model, input_ids, settings)
     with apply_drop(model, pyramid):

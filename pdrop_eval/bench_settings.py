@@ -28,6 +28,7 @@ class BenchSettings:
     text_tokens: int = 32
     answer_tokens: int = 8  # supervised text tokens at the end of the prompt (train mode)
     train: bool = False  # time forward + backward in training mode instead of prefill
+    generate_tokens: int = 0  # > 0: time greedy generate() of this many new tokens (prefill + cached decoding) instead
     batch_size: int = 1
     layer_list: tuple[int, ...] | None = None  # default: the paper's quarters of the depth
     ratio: float = 0.5
@@ -43,11 +44,13 @@ class BenchSettings:
     def __post_init__(self):
         """Every setting checked before a model is built; the message names the command-line flag."""
         positive = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "image_tokens", "batch_size", "repeats")
-        for name in (*positive, "text_tokens", "warmup"):
+        for name in (*positive, "text_tokens", "warmup", "generate_tokens"):
             value = getattr(self, name)
             minimum = 1 if name in positive else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
+        if self.train and self.generate_tokens:
+            raise ValueError("--train and --generate-tokens time different things; give one of them")
         if self.train and not 0 < self.answer_tokens < self.text_tokens:
             raise ValueError(f"--answer-tokens must be between 1 and --text-tokens - 1 ({self.text_tokens - 1}), got {self.answer_tokens}")
         if self.hidden_size % self.num_heads:
@@ -62,6 +65,14 @@ class BenchSettings:
 
             if not torch.cuda.is_available():
                 raise ValueError(f"--device {self.device}: CUDA is not available on this machine (torch {torch.__version__})")
+
+    def timed_call(self) -> str:
+        """What one timed run is, in words."""
+        if self.train:
+            return f"training step (forward + backward, {self.answer_tokens} answer tokens)"
+        if self.generate_tokens:
+            return f"generate ({self.generate_tokens} new tokens, greedy)"
+        return "prefill"
 
     def pyramid_layers(self) -> tuple[int, ...]:
         if self.layer_list is not None:

@@ -51,6 +51,33 @@ def test_bench_train_times_training_steps(capsys):
     assert "--answer-tokens must be between 1 and --text-tokens - 1 (7)" in capsys.readouterr().err
 
 
+def test_bench_generate_times_prefill_then_cached_decoding(capsys):
+    from dataclasses import replace
+
+    from pdrop_eval import bench
+    from pdrop_eval.bench_settings import BenchSettings
+
+    settings = BenchSettings(hidden_size=32, intermediate_size=64, num_layers=4, num_heads=2, num_kv_heads=2,
+                             image_tokens=12, text_tokens=6, generate_tokens=4, warmup=1, repeats=2)
+    model = bench._build_model(settings)
+    input_ids = bench._prompt_ids(settings, model.config.image_token_id)
+    lengths = []  # tokens given to each language-model forward
+    model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    assert len(bench._generate_seconds(model, input_ids, settings)) == 2
+    assert lengths == [18, 1, 1, 1] * 3  # warm-up + repeats: the prompt, then one token per cached step
+    assert bench._measure(settings) is bench._generate_seconds and bench._measure(replace(settings, generate_tokens=0)) is bench._prefill_seconds
+
+    shape = ["--hidden-size", "64", "--intermediate-size", "172", "--num-layers", "8", "--num-heads", "4", "--num-kv-heads", "2"]
+    args = ["bench", *shape, "--image-tokens", "40", "--text-tokens", "8", "--generate-tokens", "3", "--repeats", "1", "--warmup", "0"]
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("generate (3 new tokens, greedy), d=64") and "generate ms" in out and "% of PyramidDrop generate" in out
+    assert cli_main([*args, "--train"]) == 2
+    assert "--train and --generate-tokens" in capsys.readouterr().err
+
+
 def test_train_step_runs_backward_on_the_answer_tokens_only():
     import torch
 

@@ -234,6 +234,25 @@ def test_cached_decoding_matches_uncached_pruned_forward(llava_next, position_mo
     torch.testing.assert_close(cached_logits, uncached, rtol=1e-4, atol=1e-4)
 
 
+def test_decode_step_builds_every_stage_mask_before_running_layers(llava, monkeypatch):
+    """Building a mask may read the GPU back (transformers checks whether it can skip it); between two
+    stages that read would stall the layers already queued, so a decode step builds all of them first."""
+    import pdrop_eval.engine.staged as staged
+
+    model, processor = llava
+    inputs = _batch(processor, [_prompt(QUESTIONS[0])], [_image(0)])
+    calls = []
+    for name in ("_stage_inputs", "_run_layers"):
+        original = getattr(staged, name)
+        monkeypatch.setattr(staged, name, lambda *args, _name=name, _original=original, **kwargs: calls.append(_name) or _original(*args, **kwargs))
+    with apply_drop(model, DropConfig.pyramid(ratio=0.5)), torch.no_grad():
+        prefill = model(**inputs, use_cache=True)
+        calls.clear()
+        mask = torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], dim=1)
+        model(input_ids=prefill.logits[:, -1:].argmax(-1), attention_mask=mask, past_key_values=prefill.past_key_values)
+    assert calls == ["_stage_inputs"] * 4 + ["_run_layers"] * 4  # four stages: layers 0-7, 8-15, 16-23, 24-31
+
+
 # ----- positions: compact renumbering against an independent recompute ---------------------------------
 
 

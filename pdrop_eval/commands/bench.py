@@ -1,5 +1,5 @@
-"""`pdrop-eval bench`: prefill (or, with --train, training-step) time of vanilla, PyramidDrop and FastV
-next to their FLOPs ratios."""
+"""`pdrop-eval bench`: prefill (or, with --train, training-step; with --generate-tokens, generate) time of
+vanilla, PyramidDrop and FastV next to their FLOPs ratios."""
 
 from dataclasses import fields
 
@@ -15,6 +15,8 @@ def add_parser(subparsers) -> None:
             parser.add_argument(flag, type=int, nargs="+", default=None, help="PyramidDrop boundaries (default: quarters of the depth)")
         elif field.name == "train":
             parser.add_argument(flag, action="store_true", help="time training steps (forward with labels + backward) instead of prefill")
+        elif field.name == "generate_tokens":
+            parser.add_argument(flag, type=int, default=0, metavar="N", help="time greedy generate() of N new tokens instead of prefill")
         else:
             parser.add_argument(flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -49,19 +51,19 @@ def run(args) -> int:
         ["PyramidDrop", f"{result['pdrop_s'] * 1e3:.1f}", f"{result['pdrop_s'] / vanilla:.3f}", f"{result['theory_pdrop']:.3f}"],
         ["FastV", f"{result['fastv_s'] * 1e3:.1f}", f"{result['fastv_s'] / vanilla:.3f}", f"{result['theory_fastv']:.3f}"],
     ]
-    headers = ["method", "train step ms" if result["settings"]["train"] else "prefill ms", "time ratio", "FLOPs ratio"]
+    unit = "train step ms" if settings.train else "generate ms" if settings.generate_tokens else "prefill ms"
+    headers = ["method", unit, "time ratio", "prefill FLOPs ratio" if settings.generate_tokens else "FLOPs ratio"]
     peaks = result["peak_bytes"]
     if peaks["vanilla"] is not None:  # measured on CUDA
         headers.append("peak GiB")
         for row, method in zip(rows, ("vanilla", "pdrop", "fastv")):
             row.append(f"{peaks[method] / 2**30:.2f}")
     s = result["settings"]
-    what = f"training step (forward + backward, {s['answer_tokens']} answer tokens)" if s["train"] else "prefill"
     print(
-        f"{what}, d={s['hidden_size']} m={s['intermediate_size']} layers={s['num_layers']} "
+        f"{settings.timed_call()}, d={s['hidden_size']} m={s['intermediate_size']} layers={s['num_layers']} "
         f"N={s['image_tokens']} text={s['text_tokens']} batch={s['batch_size']} {s['dtype']} on {s['device']} "
         f"({s['attn_implementation']}), median of {s['repeats']}"
     )
     print(tabulate(rows, headers=headers, tablefmt="github"))
-    print(f"ranking overhead: {result['scoring_overhead'] * 100:.2f}% of PyramidDrop {'training step' if s['train'] else 'prefill'}")
+    print(f"ranking overhead: {result['scoring_overhead'] * 100:.2f}% of PyramidDrop {settings.timed_call().split(' (')[0]}")
     return 0

@@ -266,15 +266,20 @@ def staged_decode(
     """
     new_mask = attention_mask[:, state.prefill_len :].bool()  # decode tokens so far plus the new ones
     ends = [stage.first_layer for stage in state.stages[1:]] + [len(lm.layers)]
-    for stage, end in zip(state.stages, ends):
-        stage_positions = positions - stage.shift.unsqueeze(1) if config.position_mode == "compact" else positions
-        inputs = _stage_inputs(
+    # Every stage's mask and RoPE first, then the layers: building a mask may read the GPU back (transformers
+    # checks whether it can skip it), and between stages that read would stall the queued layers. A stage's
+    # inputs depend on its own layers' cache only, which the earlier stages do not touch.
+    stage_inputs = [
+        _stage_inputs(
             lm,
             hidden=hidden,
             valid_2d=torch.cat([stage.valid, new_mask], dim=1),
-            positions=stage_positions,
+            positions=positions - stage.shift.unsqueeze(1) if config.position_mode == "compact" else positions,
             cache=cache,
             first_layer=stage.first_layer,
         )
+        for stage in state.stages
+    ]
+    for stage, end, inputs in zip(state.stages, ends, stage_inputs):
         hidden = _run_layers(lm, range(stage.first_layer, end), hidden, inputs=inputs, cache=cache, use_cache=True, layer_kwargs=layer_kwargs)
     return hidden
