@@ -183,8 +183,8 @@ def run_bench(settings: BenchSettings) -> dict:
         # Forward FLOPs of every token each layer sees; a backward pass costs the same tokens again (twice).
         "theory_pdrop": actual_tflops(pyramid) / vanilla_tflops,
         "theory_fastv": actual_tflops(fastv) / vanilla_tflops,
-        "scoring_overhead": scoring_overhead,
+        "scoring_overhead": scoring_overhead,  # share of the PyramidDrop prefill (or training step, or generate) spent ranking
         # Peak CUDA memory of each method's runs (weights included), bytes; None off CUDA.
-        "peak_bytes": {"vanilla": vanilla_peak, "pdrop": pdrop_peak, "fastv": fastv_peak},  # share of the PyramidDrop prefill (or training step) spent ranking
+        "peak_bytes": {"vanilla": vanilla_peak, "pdrop": pdrop_peak, "fastv": fastv_peak},
         "settings": settings_dict,
     }

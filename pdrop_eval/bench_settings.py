@@ -66,13 +66,18 @@ class BenchSettings:
             if not torch.cuda.is_available():
                 raise ValueError(f"--device {self.device}: CUDA is not available on this machine (torch {torch.__version__})")
 
+    @property
+    def timed_name(self) -> str:
+        """What one timed run is: "training step", "generate" or "prefill"."""
+        return "training step" if self.train else "generate" if self.generate_tokens else "prefill"
+
     def timed_call(self) -> str:
-        """What one timed run is, in words."""
+        """What one timed run is, in words, with its details."""
         if self.train:
-            return f"training step (forward + backward, {self.answer_tokens} answer tokens)"
+            return f"{self.timed_name} (forward + backward, {self.answer_tokens} answer tokens)"
         if self.generate_tokens:
-            return f"generate ({self.generate_tokens} new tokens, greedy)"
-        return "prefill"
+            return f"{self.timed_name} ({self.generate_tokens} new tokens, greedy)"
+        return self.timed_name
 
     def pyramid_layers(self) -> tuple[int, ...]:
         if self.layer_list is not None:

@@ -39,11 +39,12 @@ def test_cuda_keeps_the_tokens_the_cpu_keeps(tiny_llava_next, attn):
 
 
 def test_sample_output_does_not_depend_on_batch_on_cuda(tiny_llava_next):
-    model, processor, batched = _on_cuda(tiny_llava_next, questions=(0, 1, 2), sizes=((64, 128), (128, 128), (64, 64)))
+    questions, sizes = (0, 1, 2), ((64, 128), (128, 128), (64, 64))
+    model, processor, batched = _on_cuda(tiny_llava_next, questions=questions, sizes=sizes)
     with apply_drop(model, DropConfig.pyramid(ratio=0.5)) as handle:
         together = _generate(model, batched)
         together_kept = [stats.kept for stats in handle.last_stats]
-        for b, (question, size) in enumerate(zip((0, 1, 2), ((64, 128), (128, 128), (64, 64)))):
+        for b, (question, size) in enumerate(zip(questions, sizes)):
             alone = _generate(model, _batch(processor, [_prompt(QUESTIONS[question])], [_image(question, size)]).to("cuda"))
             assert torch.equal(alone[0], together[b])
             assert handle.last_stats[0].kept == together_kept[b]

@@ -51,8 +51,7 @@ def run(args) -> int:
         ["PyramidDrop", f"{result['pdrop_s'] * 1e3:.1f}", f"{result['pdrop_s'] / vanilla:.3f}", f"{result['theory_pdrop']:.3f}"],
         ["FastV", f"{result['fastv_s'] * 1e3:.1f}", f"{result['fastv_s'] / vanilla:.3f}", f"{result['theory_fastv']:.3f}"],
     ]
-    unit = "train step ms" if settings.train else "generate ms" if settings.generate_tokens else "prefill ms"
-    headers = ["method", unit, "time ratio", "prefill FLOPs ratio" if settings.generate_tokens else "FLOPs ratio"]
+    headers = ["method", f"{settings.timed_name} ms", "time ratio", "prefill FLOPs ratio" if settings.generate_tokens else "FLOPs ratio"]
     peaks = result["peak_bytes"]
     if peaks["vanilla"] is not None:  # measured on CUDA
         headers.append("peak GiB")
@@ -65,5 +64,5 @@ def run(args) -> int:
         f"({s['attn_implementation']}), median of {s['repeats']}"
     )
     print(tabulate(rows, headers=headers, tablefmt="github"))
-    print(f"ranking overhead: {result['scoring_overhead'] * 100:.2f}% of PyramidDrop {settings.timed_call().split(' (')[0]}")
+    print(f"ranking overhead: {result['scoring_overhead'] * 100:.2f}% of PyramidDrop {settings.timed_name}")
     return 0

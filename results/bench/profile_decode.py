@@ -1,4 +1,5 @@
-import time
+"""Torch-profiler view of `generate` (LLaVA-NeXT-7B shape, batch 8, 16 new tokens) for vanilla, PyramidDrop
+and FastV, with the staged engine's steps labelled; output in profile-decode-gpu.txt (README.md here)."""
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -6,6 +7,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from pdrop_eval.compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()
+import pdrop_eval.engine.apply as apply_module  # noqa: E402
 import pdrop_eval.engine.staged as staged  # noqa: E402
 from pdrop_eval.bench import _build_model, _prompt_ids  # noqa: E402
 from pdrop_eval.bench_settings import BenchSettings  # noqa: E402
@@ -22,10 +24,7 @@ def labelled(name, function):
 
 staged._stage_inputs = labelled("pdrop::stage_inputs", staged._stage_inputs)
 staged._run_layers = labelled("pdrop::run_layers", staged._run_layers)
-staged.staged_decode = labelled("pdrop::staged_decode", staged.staged_decode)
-import pdrop_eval.engine.apply as apply_module  # noqa: E402
-if hasattr(apply_module, "staged_decode"):
-    apply_module.staged_decode = staged.staged_decode
+apply_module.staged_decode = labelled("pdrop::staged_decode", staged.staged_decode)  # apply.py calls its own import
 
 s = BenchSettings(hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32, image_tokens=2880, text_tokens=60,
                   batch_size=8, dtype="bfloat16", device="cuda")
