@@ -253,6 +253,45 @@ def test_decode_step_builds_every_stage_mask_before_running_layers(llava, monkey
     assert calls == ["_stage_inputs"] * 4 + ["_run_layers"] * 4  # four stages: layers 0-7, 8-15, 16-23, 24-31
 
 
+class _DeviceReads(torch.overrides.TorchFunctionMode):
+    """Counts the tensor calls that copy a value from the device to the host while the decoder layers run
+    (from the first layer's start to the last layer's end): on a GPU each one waits for every layer
+    queued before it."""
+
+    READS = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy", "nonzero", "repeat_interleave"}
+
+    def __init__(self, layers):
+        super().__init__()
+        self.calls, self.running = [], False
+        self.hooks = [
+            layers[0].register_forward_pre_hook(lambda *_: setattr(self, "running", True)),
+            layers[-1].register_forward_hook(lambda *_: setattr(self, "running", False)),
+        ]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if self.running and name in self.READS:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+    def __exit__(self, *exc):
+        for hook in self.hooks:
+            hook.remove()
+        return super().__exit__(*exc)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_prefill_boundaries_read_nothing_back_from_the_device_without_padding(tiny_llava, attn, batch):
+    """Without padding, each stage's length is known on the host from the prompt's layout (read before
+    the first layer), so no boundary reads the device and waits for the layers queued before it."""
+    model, processor = _load(tiny_llava, attn=attn)
+    inputs = _batch(processor, [_prompt(QUESTIONS[0])] * batch, [_image(seed) for seed in range(batch)])  # equal lengths
+    with apply_drop(model, DropConfig.pyramid(ratio=0.5)), torch.no_grad(), _DeviceReads(model.model.language_model.layers) as reads:
+        model(**inputs)
+    assert reads.calls == []
+
+
 # ----- positions: compact renumbering against an independent recompute ---------------------------------
 
 

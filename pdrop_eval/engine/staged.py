@@ -43,9 +43,9 @@ class Slots:
             image_rank=is_image.long().cumsum(1) - 1,
         )
 
-    def keep_only(self, keep: torch.Tensor) -> Slots:
-        """The slots marked in `keep` (B, T_s), in their order, left-padded to the longest sample."""
-        new_len = int(keep.sum(1).max())  # the boundary's host sync: the next stage's length
+    def keep_only(self, keep: torch.Tensor, new_len: int) -> Slots:
+        """The slots marked in `keep` (B, T_s), in their order, left-padded to `new_len`: the longest
+        sample's kept count, which the caller knows without reading `keep` back from the device."""
         # A stable sort puts dropped and filler slots first, kept ones last in their original order.
         order = torch.sort(keep.long(), dim=1, stable=True).indices[:, keep.shape[1] - new_len :]
         valid = keep.gather(1, order)
@@ -107,11 +107,15 @@ class _StageInputs:
     position_embeddings: tuple[torch.Tensor, torch.Tensor]  # RoPE (cos, sin), each (B, T_s, head_dim)
 
 
-def _stage_inputs(lm: nn.Module, *, hidden: torch.Tensor, valid_2d: torch.Tensor, positions: torch.Tensor, cache, first_layer: int) -> _StageInputs:
+def _stage_inputs(
+    lm: nn.Module, *, hidden: torch.Tensor, valid_2d: torch.Tensor, positions: torch.Tensor, cache, first_layer: int, padded: bool = True
+) -> _StageInputs:
+    """padded=False: the caller knows every slot is real. The mask is then built without `valid_2d`,
+    because transformers reads a given mask back from the device to see whether it may skip it."""
     mask = create_causal_mask(
         config=lm.config,
         inputs_embeds=hidden,
-        attention_mask=valid_2d,
+        attention_mask=valid_2d if padded else None,
         past_key_values=cache,
         position_ids=None,  # positions may be non-contiguous by design: never read them as packing
         # The layers of a stage hold a shorter KV cache than the layers before it; the mask must be
@@ -156,11 +160,16 @@ def _rank(ranking, layer: nn.Module, slots: Slots, queries: QueryRows, position_
     )
 
 
-def _kept_counts(config: DropConfig, *, num_image: torch.Tensor, ranked: torch.Tensor) -> torch.Tensor:
-    """(B, S) image tokens kept after each boundary; a sample without query rows keeps them all."""
-    counts = [config.kept_counts(n) for n in num_image.tolist()]
-    counts = torch.tensor(counts, dtype=torch.long, device=num_image.device).view(len(counts), -1)
-    return torch.where(ranked.unsqueeze(1), counts, num_image.unsqueeze(1))
+def _kept_counts(config: DropConfig, slots: Slots, *, ranked: torch.Tensor, num_stages: int) -> tuple[torch.Tensor, list[list[int]]]:
+    """(B, S) image tokens kept after each boundary (a sample without query rows keeps them all), and for
+    each stage after a boundary the real tokens of every sample (text is never dropped). Read from the
+    device once, before any layer: every later stage's length is then known on the host, and no
+    boundary waits for the layers queued before it."""
+    num_image = slots.is_image.sum(1)
+    layout = torch.stack([num_image, (slots.valid & ~slots.is_image).sum(1), ranked.long()], dim=1).tolist()  # (B, 3)
+    counts = [config.kept_counts(images) if has_queries else [images] * num_stages for images, _, has_queries in layout]
+    stage_tokens = [[text + kept[stage] for (_, text, _), kept in zip(layout, counts)] for stage in range(num_stages)]
+    return torch.tensor(counts, dtype=torch.long, device=num_image.device).view(len(counts), num_stages), stage_tokens
 
 
 def _store_outputs(outputs: torch.Tensor, slots: Slots) -> torch.Tensor:
@@ -176,8 +185,9 @@ def _kept_image_mask(slots: Slots, selected: torch.Tensor, seq_len: int) -> torc
     return kept.scatter(1, index, True)[:, :seq_len]
 
 
-def _drop(slots: Slots, *, selected: torch.Tensor, position_mode: str) -> tuple[Slots, torch.Tensor]:
-    """Keep the text and the `selected` image slots. Returns the next stage's slots and (B,) the number dropped."""
+def _drop(slots: Slots, *, selected: torch.Tensor, position_mode: str, new_len: int) -> tuple[Slots, torch.Tensor]:
+    """Keep the text and the `selected` image slots (`new_len`: the most any sample keeps). Returns the
+    next stage's slots and (B,) the number dropped."""
     keep = slots.valid & (~slots.is_image | selected)
     dropped = slots.valid & ~keep
     positions = slots.positions
@@ -185,7 +195,7 @@ def _drop(slots: Slots, *, selected: torch.Tensor, position_mode: str) -> tuple[
         # Each kept token moves up by the tokens dropped before it: the kept sequence is numbered
         # contiguously, as if the dropped tokens had never been there (the PyramidDrop reference).
         positions = positions - dropped.long().cumsum(1)
-    return replace(slots, positions=positions).keep_only(keep), dropped.sum(1)
+    return replace(slots, positions=positions).keep_only(keep, new_len), dropped.sum(1)
 
 
 def staged_prefill(
@@ -205,7 +215,7 @@ def staged_prefill(
     token_ids (B, T) long: the prompt's ids (the random control seeds each sample's draw with them)."""
     batch, seq_len, width = slots.hidden.shape
     num_layers = len(lm.layers)
-    kept_counts = _kept_counts(config, num_image=slots.is_image.sum(1), ranked=queries.valid.any(1))
+    kept_counts, stage_tokens = _kept_counts(config, slots, ranked=queries.valid.any(1), num_stages=len(boundaries))
     # Outputs by original index; row `seq_len` is a sink for filler slots.
     outputs = slots.hidden.new_zeros(batch, seq_len + 1, width)
     stages = [StageLayout.of(slots, first_layer=0, shift=torch.zeros(batch, dtype=torch.long, device=slots.valid.device))]
@@ -228,11 +238,18 @@ def staged_prefill(
         # state per input position) is its hidden state at the drop layer; kept tokens are written
         # again later. No text position reads it: only image tokens are dropped.
         outputs = _store_outputs(outputs, slots)
-        slots, dropped = _drop(slots, selected=selected, position_mode=config.position_mode)
+        tokens = stage_tokens[stage_index]
+        slots, dropped = _drop(slots, selected=selected, position_mode=config.position_mode, new_len=max(tokens))
 
         stages.append(StageLayout.of(slots, first_layer=boundary.drop_layer, shift=stages[-1].shift + dropped))
         inputs = _stage_inputs(
-            lm, hidden=slots.hidden, valid_2d=slots.valid, positions=slots.positions, cache=cache, first_layer=boundary.drop_layer
+            lm,
+            hidden=slots.hidden,
+            valid_2d=slots.valid,
+            positions=slots.positions,
+            cache=cache,
+            first_layer=boundary.drop_layer,
+            padded=min(tokens) < max(tokens),
         )
         next_layer = boundary.drop_layer
 
