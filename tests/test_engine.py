@@ -237,7 +237,7 @@ def test_cached_decoding_matches_uncached_pruned_forward(llava_next, position_mo
 def test_decode_step_builds_every_stage_mask_before_running_layers(llava, monkeypatch):
     """Building a mask may read the GPU back (transformers checks whether it can skip it); between two
     stages that read would stall the layers already queued, so a decode step builds all of them first."""
-    import pdrop_eval.engine.staged as staged
+    from pdrop_eval.engine import staged
 
     model, processor = llava
     inputs = _batch(processor, [_prompt(QUESTIONS[0])], [_image(0)])
@@ -258,7 +258,7 @@ class _DeviceReads(torch.overrides.TorchFunctionMode):
     (from the first layer's start to the last layer's end): on a GPU each one waits for every layer
     queued before it."""
 
-    READS = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy", "nonzero", "repeat_interleave"}
+    READS = frozenset({"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy", "nonzero", "repeat_interleave"})
 
     def __init__(self, layers):
         super().__init__()

@@ -107,15 +107,13 @@ class _StageInputs:
     position_embeddings: tuple[torch.Tensor, torch.Tensor]  # RoPE (cos, sin), each (B, T_s, head_dim)
 
 
-def _stage_inputs(
-    lm: nn.Module, *, hidden: torch.Tensor, valid_2d: torch.Tensor, positions: torch.Tensor, cache, first_layer: int, padded: bool = True
-) -> _StageInputs:
-    """padded=False: the caller knows every slot is real. The mask is then built without `valid_2d`,
-    because transformers reads a given mask back from the device to see whether it may skip it."""
+def _stage_inputs(lm: nn.Module, *, hidden: torch.Tensor, valid_2d: torch.Tensor | None, positions: torch.Tensor, cache, first_layer: int) -> _StageInputs:
+    """valid_2d None: the caller knows every slot is real. Transformers reads a given 2D mask back from
+    the device to see whether it may skip it; without one there is nothing to read."""
     mask = create_causal_mask(
         config=lm.config,
         inputs_embeds=hidden,
-        attention_mask=valid_2d if padded else None,
+        attention_mask=valid_2d,
         past_key_values=cache,
         position_ids=None,  # positions may be non-contiguous by design: never read them as packing
         # The layers of a stage hold a shorter KV cache than the layers before it; the mask must be
@@ -169,7 +167,7 @@ def _kept_counts(config: DropConfig, slots: Slots, *, ranked: torch.Tensor, num_
     layout = torch.stack([num_image, (slots.valid & ~slots.is_image).sum(1), ranked.long()], dim=1).tolist()  # (B, 3)
     counts = [config.kept_counts(images) if has_queries else [images] * num_stages for images, _, has_queries in layout]
     stage_tokens = [[text + kept[stage] for (_, text, _), kept in zip(layout, counts)] for stage in range(num_stages)]
-    return torch.tensor(counts, dtype=torch.long, device=num_image.device).view(len(counts), num_stages), stage_tokens
+    return torch.tensor(counts, dtype=torch.long, device=num_image.device), stage_tokens
 
 
 def _store_outputs(outputs: torch.Tensor, slots: Slots) -> torch.Tensor:
@@ -245,11 +243,10 @@ def staged_prefill(
         inputs = _stage_inputs(
             lm,
             hidden=slots.hidden,
-            valid_2d=slots.valid,
+            valid_2d=slots.valid if min(tokens) < max(tokens) else None,  # no padding: nothing to read back
             positions=slots.positions,
             cache=cache,
             first_layer=boundary.drop_layer,
-            padded=min(tokens) < max(tokens),
         )
         next_layer = boundary.drop_layer
 
