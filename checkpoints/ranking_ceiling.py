@@ -6,8 +6,8 @@ image tokens (`pdrop_eval.answer_overlap.document_answer_tokens`); at a told bou
 above every other image token and the rest keep the method's own attention order, so the kept counts,
 the positions and everything else stay the drop's. With no boundary told this is the drop itself (the
 same greedy answers as `lmms-eval --model llava_next_pdrop`); told at every boundary, the score is what a
-perfect ranking could reach within the drop's token budget. A measurement script (checkpoints/README.md,
-"What a perfect ranking would score"), not part of the package.
+ranking that never loses the answer's tokens reaches within the drop's token budget. A measurement script
+(checkpoints/README.md, "What a ranking told the answer would score"), not part of the package.
 
 Usage, from the repository root:
     python checkpoints/ranking_ceiling.py [--pretrained DIR] [--drop OPTIONS] [--told 1,2,3] [--limit N]
@@ -25,12 +25,11 @@ from pdrop_eval.compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()
 from pdrop_eval.answer_overlap import document_answer_tokens, stage_overlaps  # noqa: E402
+from pdrop_eval.checkpoints import shipped_checkpoint  # noqa: E402
 from pdrop_eval.engine import scoring  # noqa: E402
 from pdrop_eval.engine.config import DropConfig  # noqa: E402
-from pdrop_eval.synth import exact_match  # noqa: E402
+from pdrop_eval.synth import DEFAULT_FOLDER, exact_match  # noqa: E402
 from pdrop_eval.wrapper import LlavaRunner, Query  # noqa: E402
-
-TEST_SPLIT = "tasks/pdrop_synth/data/test.parquet"
 
 
 class ToldRanking(scoring.AttentionRanking):
@@ -64,10 +63,10 @@ def attention_ranking_told(told: frozenset):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pretrained", default="checkpoints/pdrop-synth-vanilla")
+    parser.add_argument("--pretrained", default=str(shipped_checkpoint("vanilla")))
     parser.add_argument("--drop", default="method=pyramid,layer_list=8;16;24,lambda=0.5", help="an attention-ranked drop (default: %(default)s)")
     parser.add_argument("--told", default="", help="1-based boundaries whose ranking is told the answer, e.g. 1,2,3 (default: none)")
-    parser.add_argument("--data", default=TEST_SPLIT)
+    parser.add_argument("--data", default=str(DEFAULT_FOLDER / "test.parquet"))
     parser.add_argument("--limit", type=int, default=None, help="the first N questions only")
     args = parser.parse_args()
 

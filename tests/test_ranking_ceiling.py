@@ -18,9 +18,9 @@ def answer_kept(told: str, limit: int) -> list[float]:
 
 
 def test_told_boundary_keeps_every_answer_that_reached_it():
-    # Told at the second boundary only: the first ranks by attention and misses some answers (the
-    # shipped vanilla-trained model keeps 83.7% of them); the second keeps every answer still there.
+    # Told at the second boundary only: the first and third rank by attention and miss some answers (the
+    # shipped vanilla-trained model keeps 83.7% after the first); the second keeps every answer still there.
     first, second, third = answer_kept("2", limit=40)
     assert first < 100.0
     assert second == first
-    assert third <= second
+    assert third < second
