@@ -3,6 +3,7 @@ line can build its parser from them and stay light."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -36,6 +37,24 @@ class TrainSettings:
     sequential: bool = False  # rows in file order (a curriculum), instead of shuffled
     attn_implementation: str | None = None  # None: transformers' default (sdpa)
 
+    def __post_init__(self):
+        """Refuse counts Trainer would read otherwise than written (max_steps 0 trains one step, any
+        negative one means "use epochs", 0 epochs saves an untrained copy), naming the flag."""
+        _check(self.max_steps == -1 or _is_int(self.max_steps, 1), "max_steps", self.max_steps, "-1 (train for --epochs) or a positive integer")
+        _check(_is_number(self.epochs) and self.epochs > 0, "epochs", self.epochs, "a positive number")
+        for name in ("batch_size", "grad_accum", "logging_steps"):
+            _check(_is_int(getattr(self, name), 1), name, getattr(self, name), "a positive integer")
+        _check(self.max_length is None or _is_int(self.max_length, 1), "max_length", self.max_length, "a positive integer")
+        _check(_is_int(self.save_steps, 0), "save_steps", self.save_steps, "0 (only the final model) or a positive integer")
+        _check(_is_int(self.workers, 0), "workers", self.workers, "an integer >= 0")
+        _check(_is_number(self.lr) and self.lr > 0, "lr", self.lr, "a positive number")
+        _check(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        _check(_is_number(self.max_grad_norm) and self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a number >= 0 (0: no clipping)")
+        # transformers reads a warm-up below 1 as a fraction of the steps and one of 1 or more as steps
+        whole_steps = _is_number(self.warmup) and self.warmup >= 1 and float(self.warmup).is_integer()
+        _check(whole_steps or (_is_number(self.warmup) and 0 <= self.warmup < 1), "warmup", self.warmup,
+               "a fraction of the steps in [0, 1) or a whole number of steps")
+
     def training_arguments(self):
         from transformers import TrainingArguments
 
@@ -64,3 +83,16 @@ class TrainSettings:
             remove_unused_columns=False,  # the collator's keys are the model's inputs
             report_to="none",
         )
+
+
+def _is_int(value, lowest: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= lowest
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(holds: bool, name: str, value, what: str) -> None:
+    if not holds:
+        raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {value!r}")

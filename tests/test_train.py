@@ -190,3 +190,34 @@ def test_sequential_keeps_the_file_order():
     common = dict(pretrained="p", data="d.parquet", output_dir="/tmp/unused-out")
     assert TrainSettings(**common, sequential=True).training_arguments().train_sampling_strategy == "sequential"
     assert TrainSettings(**common).training_arguments().train_sampling_strategy == "random"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max-steps", "0"], "--max-steps must be -1 (train for --epochs) or a positive integer, got 0"),
+        (["--max-steps", "-5"], "--max-steps must be -1 (train for --epochs) or a positive integer, got -5"),
+        (["--epochs", "0"], "--epochs must be a positive number, got 0.0"),
+        (["--epochs", "nan"], "--epochs must be a positive number, got nan"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+        (["--grad-accum", "0"], "--grad-accum must be a positive integer, got 0"),
+        (["--logging-steps", "0"], "--logging-steps must be a positive integer, got 0"),
+        (["--save-steps", "-1"], "--save-steps must be 0 (only the final model) or a positive integer, got -1"),
+        (["--lr=-0.001"], "--lr must be a positive number, got -0.001"),
+        (["--warmup", "-1"], "--warmup must be a fraction of the steps in [0, 1) or a whole number of steps, got -1.0"),
+        (["--warmup", "2.5"], "--warmup must be a fraction of the steps in [0, 1) or a whole number of steps, got 2.5"),
+        (["--max-length", "0"], "--max-length must be a positive integer, got 0"),
+        (["--workers", "-1"], "--workers must be an integer >= 0, got -1"),
+        (["--threads", "0"], "--threads must be a positive integer, got 0"),
+    ],
+)
+def test_settings_that_would_train_otherwise_than_asked_are_refused(argv, message, tmp_path, capsys):
+    """--max-steps 0 trained one step, -5 meant --epochs, --epochs 0 saved an untrained copy with a mean
+    loss of 0.0: every count is checked before any model loads."""
+    from pdrop_eval.cli import main
+
+    out = tmp_path / "out"
+    assert main(["train", "--pretrained", str(tmp_path / "unused"), "--data", "unused.parquet", "--output-dir", str(out), *argv]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("pdrop-eval train: error: ") and message in error, error
+    assert not out.exists()

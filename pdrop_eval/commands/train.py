@@ -59,12 +59,13 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import torch
 
+    from pdrop_eval.options import positive_int
     from pdrop_eval.train import train
     from pdrop_eval.train_settings import TrainSettings
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    settings = TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)})
+    settings = TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)})  # checks every count
+    if args.threads is not None:
+        torch.set_num_threads(positive_int("--threads", args.threads))
     summary = train(settings)
     print(
         f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s ({summary['seconds_per_step']:.2f} s/step), "
