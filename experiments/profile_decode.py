@@ -1,5 +1,5 @@
 """Torch-profiler view of `generate` (LLaVA-NeXT-7B shape, batch 8, 16 new tokens) for vanilla, PyramidDrop
-and FastV, with the staged engine's steps labelled; output in profile-decode-gpu.txt (README.md here)."""
+and FastV, with the staged engine's steps labelled; output in results/bench/profile-decode-gpu.txt (results/bench/README.md)."""
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function

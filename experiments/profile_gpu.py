@@ -1,5 +1,5 @@
 """Torch-profiler view of one prefill (7B shapes, batch 1, N=576 and 2880) for vanilla, PyramidDrop and FastV:
-wall, host and GPU-kernel time; output in profile-gpu.txt (README.md here)."""
+wall, host and GPU-kernel time; output in results/bench/profile-gpu.txt (results/bench/README.md)."""
 
 import time
 

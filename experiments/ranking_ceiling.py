@@ -10,7 +10,7 @@ ranking that never loses the answer's tokens reaches within the drop's token bud
 (checkpoints/README.md, "What a ranking told the answer would score"), not part of the package.
 
 Usage, from the repository root:
-    python checkpoints/ranking_ceiling.py [--pretrained DIR] [--drop OPTIONS] [--told 1,2,3] [--limit N]
+    python experiments/ranking_ceiling.py [--pretrained DIR] [--drop OPTIONS] [--told 1,2,3] [--limit N]
 """
 
 import argparse

@@ -3,7 +3,7 @@
 # a randomly initialised decoder built on the GPU (timing does not depend on weight values).
 # LLaVA-NeXT-7B (Vicuna): d=4096, m=11008, 32 heads, N=2880 image tokens (anyres 2x2 + base, newlines
 # included) and ~60 text tokens; LLaVA-1.5-7B: the same decoder, N=576.
-# Usage: bash results/bench/run_gpu.sh OUT_DIR [all|prefill|generate]
+# Usage: bash experiments/run_gpu.sh OUT_DIR [all|prefill|generate]
 #   prefill: env.txt, pytest-cuda.log, bench.jsonl (prefill and training step); generate: generate.jsonl
 set -uo pipefail
 out=${1:?usage: run_gpu.sh OUT_DIR [all|prefill|generate]}

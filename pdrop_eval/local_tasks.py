@@ -1,10 +1,10 @@
-"""Data of the offline lmms-eval tasks in `tasks/pdrop_local/`: coloured shapes drawn with PIL.
+"""Data of the offline lmms-eval tasks in `pdrop_eval/tasks/pdrop_local/`: coloured shapes drawn with PIL.
 
 Each task is one parquet file with columns ``id``, ``question``, ``answer``, ``image`` (PNG bytes,
 decoded by the task's `doc_to_visual`, so a broken image fails inside the model, naming the document)
 and, for the multiple-choice tasks, ``A``..``D``. Images come in three aspect ratios so LLaVA-NeXT
 samples get different numbers of image tokens. Everything is deterministic; rebuild with
-``python -m pdrop_eval.local_tasks [FOLDER]`` (default: the repository's tasks/pdrop_local/data).
+``python -m pdrop_eval.local_tasks [FOLDER]`` (default: the package's tasks/pdrop_local/data).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-DEFAULT_FOLDER = Path(__file__).resolve().parent.parent / "tasks" / "pdrop_local" / "data"
+from pdrop_eval.package_data import TASKS_DIR
+
+DEFAULT_FOLDER = TASKS_DIR / "pdrop_local" / "data"
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (235, 205, 40)}
 SHAPES = ("circle", "square", "triangle", "star")
 SIZES = ((64, 64), (128, 64), (64, 128))  # width, height

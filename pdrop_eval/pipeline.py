@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pdrop_eval.engine.config import SWEPT_METHODS, DropConfig, MethodSpec
+from pdrop_eval.package_data import TASKS_DIR
 from pdrop_eval.report import build_report
 from pdrop_eval.report.files import OutputExistsError, write_text
 from pdrop_eval.report.plot import write_plot
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TASKS_DIR = REPO_ROOT / "tasks"
 # lmms-eval's own entry point, after pdrop_eval.compat makes torchvision importable on CPU-only torch.
 LMMS_EVAL_MAIN = (
     "import runpy; from pdrop_eval.compat import ensure_torchvision_importable; ensure_torchvision_importable(); "

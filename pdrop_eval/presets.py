@@ -1,8 +1,8 @@
-"""Named presets from the repository's `configs/` folder: drop settings and model settings.
+"""Named presets shipped in the package's `data/` folder: drop settings and model settings.
 
-`configs/drop_presets.yaml` maps a name (e.g. ``pdrop-0.5``, ``fastv-k2-r0.5``) to `DropConfig.from_args`
-keys; `configs/model_presets.yaml` maps a name (e.g. ``llava-next-7b``) to model arguments
-(``pretrained``, ``dtype``, ...). The folder is found next to the package (editable installs).
+`pdrop_eval/data/drop_presets.yaml` maps a name (e.g. ``pdrop-0.5``, ``fastv-k2-r0.5``) to
+`DropConfig.from_args` keys; `pdrop_eval/data/model_presets.yaml` maps a name (e.g. ``llava-next-7b``)
+to model arguments (``pretrained``, ``dtype``, ...).
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ from pathlib import Path
 import yaml
 
 from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.package_data import DATA_DIR
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DROP_PRESETS_FILE = CONFIG_DIR / "drop_presets.yaml"
-MODEL_PRESETS_FILE = CONFIG_DIR / "model_presets.yaml"
+DROP_PRESETS_FILE = DATA_DIR / "drop_presets.yaml"
+MODEL_PRESETS_FILE = DATA_DIR / "model_presets.yaml"
 
 
 def _load(path: Path) -> dict:
     try:
         presets = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"preset file {path} is missing (presets need the repository's configs/ folder)") from None
+        raise FileNotFoundError(f"preset file {path} is missing (pdrop-eval was installed without its package data)") from None
     if not isinstance(presets, dict) or not all(isinstance(value, dict) for value in presets.values()):
         raise ValueError(f"{path} must map preset names to mappings of settings")
     return presets

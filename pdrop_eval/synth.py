@@ -29,6 +29,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from pdrop_eval.package_data import TASKS_DIR
+
 CELL = 8  # pixels per grid cell (= one patch of the trainable tiny model)
 BACKGROUND = (245, 245, 245)
 COLORS = {
@@ -229,7 +231,7 @@ def make_splits(train_images: int = 6000, test_questions: int = 400, turns: int 
     return {"train": train, "test": test}
 
 
-DEFAULT_FOLDER = Path(__file__).resolve().parent.parent / "tasks" / "pdrop_synth" / "data"
+DEFAULT_FOLDER = TASKS_DIR / "pdrop_synth" / "data"
 TSV_NAME = "PDropSynth"
 
 

@@ -1,5 +1,5 @@
 """The engine's invariants on a CUDA GPU, where the attention kernels and rounding differ from the CPU's.
-Skipped without one (CI has none); `results/bench/run_gpu.sh` runs it on a GPU machine."""
+Skipped without one (CI has none); `experiments/run_gpu.sh` runs it on a GPU machine."""
 
 import pytest
 import torch

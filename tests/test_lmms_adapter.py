@@ -1,14 +1,13 @@
 """The lmms-eval adapters in-process, with lmms-eval's real registry and task objects: registration,
 start-up validation of --model_args, and the simple and chat paths building the same prompt."""
 
-from pathlib import Path
-
 import pytest
 
 from pdrop_eval.adapters.lmms import models as adapters
 from pdrop_eval.engine.config import METHODS, DropConfig
+from pdrop_eval.package_data import TASKS_DIR
 
-TASKS = Path(__file__).resolve().parents[1] / "tasks"
+TASKS = TASKS_DIR
 
 
 def test_models_are_registered_through_the_entry_point():

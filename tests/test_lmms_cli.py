@@ -1,5 +1,5 @@
 """The real `lmms-eval` console script (and `accelerate launch -m lmms_eval`) on the tiny checkpoints and
-the offline tasks in tasks/pdrop_local. lmms-eval exits 0 even when an evaluation fails, so every check
+the offline tasks in pdrop_eval/tasks/pdrop_local. lmms-eval exits 0 even when an evaluation fails, so every check
 reads the files it writes (or the error it prints), never the exit code."""
 
 import dataclasses
@@ -22,11 +22,12 @@ from conftest import hand_image_tokens_per_layer, hand_tflops
 from pdrop_eval import flops, stats
 from pdrop_eval.engine import budget
 from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.package_data import TASKS_DIR
 from pdrop_eval.report import build_report
 from pdrop_eval.report.plot import plot_points
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = REPO / "tasks"
+TASKS = TASKS_DIR
 LOCAL_TASK_DIR = TASKS / "pdrop_local"
 CPU_STARTUP = REPO / "pdrop_eval" / "adapters" / "lmms" / "cpu_startup"
 GENERATION_TASKS = {"pdrop_local_vqa": "vqa", "pdrop_local_yesno": "yesno", "pdrop_local_mcq": "mcq"}

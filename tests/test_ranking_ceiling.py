@@ -1,4 +1,4 @@
-"""checkpoints/ranking_ceiling.py: the ranking is told the answer's tokens at the named boundaries only."""
+"""experiments/ranking_ceiling.py: the ranking is told the answer's tokens at the named boundaries only."""
 
 import re
 import subprocess
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def answer_kept(told: str, limit: int) -> list[float]:
     """Per boundary, the share of local questions whose answer token survived (the script's own report)."""
     done = subprocess.run(
-        [sys.executable, "checkpoints/ranking_ceiling.py", "--told", told, "--limit", str(limit)],
+        [sys.executable, "experiments/ranking_ceiling.py", "--told", told, "--limit", str(limit)],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )
     return [float(share) for share in re.findall(r"answer kept after boundary \d: ([\d.]+)%", done.stdout)]

@@ -1,4 +1,4 @@
-"""results/paper: the paper's own tables re-rendered, cross-checked against each other and the
+"""pdrop_eval/data/paper: the paper's own tables re-rendered, cross-checked against each other and the
 FLOPs accountant; the CLI's overwrite rule."""
 
 import re
@@ -9,11 +9,12 @@ import yaml
 
 from pdrop_eval.cli import main
 from pdrop_eval.flops import paper_tflops, resolve_dims
+from pdrop_eval.package_data import TASKS_DIR
 from pdrop_eval.report import render_paper_table
 from pdrop_eval.report.benchmarks import LMMS_TASKS
 from pdrop_eval.report.paper import PRESET_OF_MODEL, TABLES, load_table, model_name
 
-TASKS = Path(__file__).resolve().parents[1] / "tasks"
+TASKS = TASKS_DIR
 ROUNDING = 0.05 + 1e-9  # the paper prints one decimal
 
 

@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="the run's output folder (its pdrop-eval statistics file is found below it)")
     source.add_argument("--pretrained", help="a LLaVA-NeXT checkpoint to rank layer by layer, without dropping")
-    parser.add_argument("--data", help="the test split (default: tasks/pdrop_synth/data/test.parquet)")
+    parser.add_argument("--data", help="the test split (default: pdrop_eval/tasks/pdrop_synth/data/test.parquet)")
     parser.add_argument("--limit", type=int, help="with --pretrained: the first N local questions only")
     parser.set_defaults(func=run)
 

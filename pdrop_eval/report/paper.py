@@ -1,4 +1,4 @@
-"""The paper's reported numbers (results/paper/tableN.json) as report rows.
+"""The paper's reported numbers (pdrop_eval/data/paper/tableN.json) as report rows.
 
 Rows keep the paper's printed values; averages and deltas are recomputed by the renderer, so
 re-rendering a table checks the data against the paper's own Avg and Δ columns.
@@ -12,19 +12,20 @@ from pathlib import Path
 from pdrop_eval.engine.budget import average_image_tokens
 from pdrop_eval.engine.config import DropConfig
 from pdrop_eval.flops import PRESETS
+from pdrop_eval.package_data import DATA_DIR
 from pdrop_eval.report.benchmarks import KNOWN, Benchmark
 from pdrop_eval.report.files import ReportInputError, read_json_object, require
 from pdrop_eval.report.runs import Score, checkpoint_name
 from pdrop_eval.report.table import Row, method_label
 
-PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
+PAPER_DIR = DATA_DIR / "paper"
 SCHEMA = "pdrop-eval/paper-table/v1"
 TABLES = (1, 2, 3, 4, 5)
 # FLOPs presets (pdrop_eval.flops.PRESETS) and default #patches of the paper's models.
 PRESET_OF_MODEL = {"LLaVA-1.5-7B": "llava-1.5-7b", "LLaVA-NeXT-7B": "llava-next-7b"}
 DEFAULT_PATCHES = {"LLaVA-1.5-7B": 1, "LLaVA-NeXT-7B": 5}
 # HF checkpoints that stand for the paper's models (the paper's LLaVA-NeXT-7B is trained with
-# Open-LLaVA-NeXT, so scores of the llava-hf checkpoint differ somewhat; see results/paper/README.md).
+# Open-LLaVA-NeXT, so scores of the llava-hf checkpoint differ somewhat; see pdrop_eval/data/paper/README.md).
 MODEL_OF_CHECKPOINT = {"llava-1.5-7b-hf": "LLaVA-1.5-7B", "llava-v1.6-vicuna-7b-hf": "LLaVA-NeXT-7B"}
 
 
