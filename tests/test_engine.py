@@ -7,6 +7,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
 from pdrop_eval import DropConfig, apply_drop
+from pdrop_eval.engine.hf_binding import cache_argument, output_cache
 from pdrop_eval.tiny import make_tiny_model
 
 QUESTIONS = [
@@ -249,7 +250,7 @@ def test_decode_step_builds_every_stage_mask_before_running_layers(llava, monkey
         prefill = model(**inputs, use_cache=True)
         calls.clear()
         mask = torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], dim=1)
-        model(input_ids=prefill.logits[:, -1:].argmax(-1), attention_mask=mask, past_key_values=prefill.past_key_values)
+        model(input_ids=prefill.logits[:, -1:].argmax(-1), attention_mask=mask, **cache_argument(model, output_cache(prefill)))
     assert calls == ["_stage_inputs"] * 4 + ["_run_layers"] * 4  # four stages: layers 0-7, 8-15, 16-23, 24-31
 
 
@@ -341,7 +342,7 @@ def test_generated_image_token_id_decodes_as_text(llava):
         with torch.no_grad():
             prefill = model(**inputs, use_cache=True)
             mask = torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], dim=1)
-            logits[name] = model(input_ids=image_step, attention_mask=mask, past_key_values=prefill.past_key_values).logits
+            logits[name] = model(input_ids=image_step, attention_mask=mask, **cache_argument(model, output_cache(prefill))).logits
         if handle:
             handle.remove()
     torch.testing.assert_close(logits["lossless"], logits["stock"], rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ from PIL import Image, ImageFile
 from conftest import hand_image_tokens_per_layer, hand_tflops
 from pdrop_eval import flops, local_tasks, presets, stats
 from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.engine.hf_binding import cache_argument, output_cache
 from pdrop_eval.wrapper import LlavaRunner, Query, plan_batches
 
 LOCAL_DATA = local_tasks.DEFAULT_FOLDER
@@ -88,7 +89,7 @@ def test_loglikelihood_equals_generation_prefill_then_teacher_forced_decoding(pd
                 input_ids=targets[:, :-1],
                 attention_mask=torch.ones(1, total - 1, dtype=torch.long),
                 position_ids=torch.arange(inputs.input_ids.shape[1], total - 1)[None],
-                past_key_values=prefill.past_key_values,
+                **cache_argument(pdrop_next.model, output_cache(prefill)),
                 use_cache=True,
             )
         logits = torch.cat([prefill.logits[:, -1:], decode.logits], dim=1).float()  # (1, len, vocab)

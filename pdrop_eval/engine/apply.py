@@ -13,7 +13,6 @@ The language-model call that follows consumes both.
 from __future__ import annotations
 
 import inspect
-import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -22,7 +21,9 @@ from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalG
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from pdrop_eval.engine.cache import StagedCache
 from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.engine.hf_binding import cache_field, cache_parameter, pop_cache
 from pdrop_eval.engine.staged import QueryRows, Slots, staged_decode, staged_prefill
 from pdrop_eval.engine.stats import SampleDropStats, sample_stats
 
@@ -46,7 +47,7 @@ class _Batch:
     hidden: torch.Tensor  # (B, q, d) input embeddings
     attention_mask: torch.Tensor  # (B, past + q) bool over the original sequence
     position_ids: torch.Tensor  # (B, q) long
-    cache: object  # a transformers Cache, or None without caching
+    cache: StagedCache | None  # the prompt's cache (a decode step's: filled by the prefill); None without caching
     use_cache: bool
     past_len: int
 
@@ -78,9 +79,9 @@ class DropHandle:
         self._input_ids = None  # set by the pre-hooks for the language-model call that follows
         self._labels = None
         self._query_index = None
-        self._prefill_states = weakref.WeakKeyDictionary()  # cache -> PrefillState
 
         self._forward_signature = inspect.signature(type(model).forward)  # the class's: wrappers may hide it
+        self._language_model_signature = inspect.signature(type(language_model).forward)
         self._hooks = [
             model.model.register_forward_pre_hook(self._record_input_ids, with_kwargs=True),
             model.register_forward_pre_hook(self._record_labels, with_kwargs=True),
@@ -100,7 +101,6 @@ class DropHandle:
             hook.remove()
         del self._language_model.forward
         del self.model.generate
-        self._prefill_states = weakref.WeakKeyDictionary()
         self._removed = True
 
     def __enter__(self) -> "DropHandle":
@@ -130,11 +130,10 @@ class DropHandle:
 
     def _checked_generate(self, *args, **kwargs):
         if self.boundaries:
-            self._check_generate_options(self._generate_signature.bind_partial(*args, **kwargs).arguments)
+            self._check_generate_options(_named_arguments(self._generate_signature, *args, **kwargs))
         return self._stock_generate(*args, **kwargs)
 
-    def _check_generate_options(self, arguments: dict) -> None:
-        options = {**arguments.pop("kwargs", {}), **arguments}  # generate's named parameters and its **kwargs
+    def _check_generate_options(self, options: dict) -> None:
         generation_config = options.get("generation_config") or self.model.generation_config
         num_beams = options.get("num_beams", generation_config.num_beams)
         if num_beams is not None and num_beams > 1:
@@ -147,44 +146,42 @@ class DropHandle:
                 raise ValueError(f"{name} ({option}) is not supported with {self.config.describe()}")
 
     # ----- the language model's forward -----------------------------------------------------------
-    def _language_model_forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        past_key_values=None,
-        inputs_embeds=None,
-        use_cache=None,
-        **kwargs,
-    ):
+    def _language_model_forward(self, *args, **kwargs):
+        """The language model's forward, its arguments bound by the names of the stock signature (the
+        KV cache under either name transformers has used)."""
         recorded_ids, labels = self._input_ids, self._labels
         self._input_ids = self._labels = None
-        token_ids = input_ids if input_ids is not None else recorded_ids
-        inputs = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "position_ids": position_ids,
-            "past_key_values": past_key_values,
-            "inputs_embeds": inputs_embeds,
-            "use_cache": use_cache,
-        }
         if not self.boundaries:  # nothing to drop: the stock forward
-            return self._undropped_forward(token_ids, **inputs, **kwargs)
+            return self._undropped_forward(recorded_ids, args, kwargs)
+        arguments = _named_arguments(self._language_model_signature, self._language_model, *args, **kwargs)
+        cache = pop_cache(arguments)
         for flag in ("output_attentions", "output_hidden_states"):
-            if kwargs.pop(flag, None):
+            if arguments.pop(flag, None):
                 raise ValueError(f"{flag} is not available while {self.config.describe()} is applied")
-        kwargs.pop("return_dict", None)
-        batch = self._complete_inputs(**inputs)
+        arguments.pop("return_dict", None)
+        input_ids = arguments.pop("input_ids", None)
+        token_ids = input_ids if input_ids is not None else recorded_ids
+        batch = self._complete_inputs(
+            input_ids=input_ids,
+            attention_mask=arguments.pop("attention_mask", None),
+            position_ids=arguments.pop("position_ids", None),
+            cache=cache,
+            inputs_embeds=arguments.pop("inputs_embeds", None),
+            use_cache=arguments.pop("use_cache", None),
+        )
         if batch.past_len:
-            return self._decode(batch, layer_kwargs=kwargs)
-        return self._prefill(batch, token_ids=token_ids, labels=labels, layer_kwargs=kwargs)
+            return self._decode(batch, layer_kwargs=arguments)
+        return self._prefill(batch, token_ids=token_ids, labels=labels, layer_kwargs=arguments)
 
-    def _undropped_forward(self, token_ids, **inputs):
+    def _undropped_forward(self, recorded_ids, args: tuple, kwargs: dict):
         """The stock forward; a prefill still records its statistics."""
         lm = self._language_model
-        cache = inputs["past_key_values"]
+        given = _named_arguments(self._language_model_signature, lm, *args, **kwargs)
+        token_ids = given.get("input_ids")
+        token_ids = recorded_ids if token_ids is None else token_ids
+        cache = pop_cache(given)
         if token_ids is not None and (cache is None or cache.get_seq_length() == 0):
-            mask = inputs["attention_mask"]
+            mask = given.get("attention_mask")
             valid = mask.bool() if mask is not None else torch.ones_like(token_ids, dtype=torch.bool)
             self.last_stats = sample_stats(
                 num_layers=len(lm.layers),
@@ -193,20 +190,20 @@ class DropHandle:
                 tokens=valid.sum(1, keepdim=True),
                 kept=torch.zeros(token_ids.shape[0], 0, 0, dtype=torch.bool),
             )
-        return type(lm).forward(lm, **inputs)
+        return type(lm).forward(lm, *args, **kwargs)
 
-    def _complete_inputs(self, *, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache) -> _Batch:
+    def _complete_inputs(self, *, input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache) -> _Batch:
         lm = self._language_model
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_len = cache.get_seq_length() if cache is not None else 0
         if lm.training:
             use_cache = self._check_training_cache(past_len, use_cache)
         hidden = lm.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, seq_len, _ = hidden.shape
         use_cache = lm.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=lm.config)
+        if use_cache:
+            cache = self._prompt_cache(cache, past_len)
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + seq_len, device=hidden.device).unsqueeze(0)
         if attention_mask is None:
@@ -219,10 +216,27 @@ class DropHandle:
             hidden=hidden,
             attention_mask=attention_mask.bool(),
             position_ids=position_ids.expand(batch, seq_len),
-            cache=past_key_values if use_cache else None,
+            cache=cache if use_cache else None,
             use_cache=use_cache,
             past_len=past_len,
         )
+
+    def _prompt_cache(self, cache, past_len: int) -> StagedCache:
+        """The cache a prefill fills (a new `StagedCache`, returned in the output, where generate() and
+        callers decoding by hand take the next step's cache from), or the one a decode step continues."""
+        if past_len:
+            if not isinstance(cache, StagedCache) or cache.layout is None:
+                raise ValueError(
+                    f"this KV cache ({type(cache).__name__}) was not filled by a prefill under {self.config.describe()}: "
+                    "decode with the cache the prefill returned (its output's past_key_values, or cache since transformers 5.24)"
+                )
+            return cache
+        if cache is not None and type(cache) not in (DynamicCache, StagedCache):
+            raise ValueError(
+                f"{type(cache).__name__} is not supported with {self.config.describe()}: its layers would hold "
+                "different lengths; use the default DynamicCache"
+            )
+        return StagedCache(config=self._language_model.config)
 
     def _check_training_cache(self, past_len: int, use_cache) -> bool:
         """Under model.train() there is no KV cache: a training forward ranks the image tokens by its
@@ -237,20 +251,17 @@ class DropHandle:
     def _decode(self, batch: _Batch, *, layer_kwargs: dict) -> BaseModelOutputWithPast:
         """Decode steps are text: a generated image-token id carries no image features."""
         lm = self._language_model
-        state = self._prefill_states.get(batch.cache)
-        if state is None:
-            raise ValueError("this KV cache was not filled by a prefill under the applied drop config")
         hidden = staged_decode(
             lm,
             config=self.config,
-            state=state,
+            layout=batch.cache.layout,
             hidden=batch.hidden,
             attention_mask=batch.attention_mask,
             positions=batch.position_ids,
             cache=batch.cache,
             layer_kwargs=layer_kwargs,
         )
-        return BaseModelOutputWithPast(last_hidden_state=lm.norm(hidden), past_key_values=batch.cache)
+        return _model_output(lm.norm(hidden), batch.cache)
 
     def _prefill(self, batch: _Batch, *, token_ids, labels, layer_kwargs: dict) -> BaseModelOutputWithPast:
         lm = self._language_model
@@ -273,8 +284,8 @@ class DropHandle:
         )
         self.last_stats = result.stats
         if batch.use_cache:
-            self._prefill_states[batch.cache] = result.state
-        return BaseModelOutputWithPast(last_hidden_state=lm.norm(result.hidden), past_key_values=batch.cache)
+            batch.cache.layout = result.layout
+        return _model_output(lm.norm(result.hidden), batch.cache)
 
     # ----- where the image tokens are and who ranks them ------------------------------------------
     def _image_mask(self, token_ids, shape) -> torch.Tensor:
@@ -338,6 +349,20 @@ class DropHandle:
         return QueryRows(index=index, valid=before_answer.gather(1, index))
 
 
+def _named_arguments(signature: inspect.Signature, *args, **kwargs) -> dict:
+    """The call's arguments by name: the signature's named parameters and what its **kwargs took."""
+    arguments = dict(signature.bind_partial(*args, **kwargs).arguments)
+    for name, parameter in signature.parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(arguments.pop(name, {}))
+    arguments.pop("self", None)
+    return arguments
+
+
+def _model_output(last_hidden_state: torch.Tensor, cache) -> BaseModelOutputWithPast:
+    return BaseModelOutputWithPast(last_hidden_state=last_hidden_state, **{cache_field(BaseModelOutputWithPast): cache})
+
+
 def _check_decoder(language_model) -> None:
     """The staged loop needs a LLaMA-style decoder (LLaMA/Vicuna, Mistral, Qwen2) with full attention."""
     needed = ("layers", "rotary_emb", "norm", "embed_tokens")
@@ -348,6 +373,10 @@ def _check_decoder(language_model) -> None:
         missing += [f"self_attn.{n}" for n in ("q_proj", "k_proj", "head_dim", "scaling", "num_key_value_groups") if not hasattr(getattr(layer, "self_attn", None), n)]
     if missing:
         raise TypeError(f"unsupported decoder {type(language_model).__name__}: lacks {missing}")
+    # Raise now, naming the installed transformers, if a name the engine binds to is gone.
+    cache_parameter(type(language_model).forward)
+    cache_parameter(type(layer).forward)
+    cache_field(BaseModelOutputWithPast)
     layer_types = getattr(language_model.config, "layer_types", None)
     sliding = getattr(language_model.config, "sliding_window", None) is not None
     if sliding and (layer_types is None or any(t != "full_attention" for t in layer_types)):

@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask
 
+from pdrop_eval.engine.cache import PrefillLayout, StageLayout
 from pdrop_eval.engine.config import Boundary, DropConfig
+from pdrop_eval.engine.hf_binding import cache_parameter
 from pdrop_eval.engine.scoring import ranking_for, select_top_images
 from pdrop_eval.engine.stats import SampleDropStats, sample_stats
 
@@ -72,30 +74,14 @@ class QueryRows:
     valid: torch.Tensor  # (B, Q) bool; a sample without any valid row is not dropped
 
 
-@dataclass
-class StageLayout:
-    """The prefill as layers `first_layer`.. of one stage hold it in their KV cache."""
-
-    first_layer: int
-    valid: torch.Tensor  # (B, T_s) bool: slot holds a real prompt token (not padding/filler)
-    shift: torch.Tensor  # (B,) long: prompt tokens dropped before this stage (compact positions)
-    image_tokens: torch.Tensor  # (B,) long: image tokens the stage's layers see (statistics)
-
-    @classmethod
-    def of(cls, slots: Slots, *, first_layer: int, shift: torch.Tensor) -> StageLayout:
-        return cls(first_layer=first_layer, valid=slots.valid, shift=shift, image_tokens=(slots.is_image & slots.valid).sum(1))
-
-
-@dataclass
-class PrefillState:
-    prefill_len: int  # T of the original prompt batch
-    stages: list[StageLayout]
+def _stage_layout(slots: Slots, *, first_layer: int, shift: torch.Tensor) -> StageLayout:
+    return StageLayout(first_layer=first_layer, valid=slots.valid, shift=shift, image_tokens=(slots.is_image & slots.valid).sum(1))
 
 
 @dataclass
 class PrefillResult:
     hidden: torch.Tensor  # (B, T, d) final-layer output scattered back to original positions
-    state: PrefillState
+    layout: PrefillLayout
     stats: list[SampleDropStats]
 
 
@@ -114,7 +100,7 @@ def _stage_inputs(lm: nn.Module, *, hidden: torch.Tensor, valid_2d: torch.Tensor
         config=lm.config,
         inputs_embeds=hidden,
         attention_mask=valid_2d,
-        past_key_values=cache,
+        **{cache_parameter(create_causal_mask): cache},
         position_ids=None,  # positions may be non-contiguous by design: never read them as packing
         # The layers of a stage hold a shorter KV cache than the layers before it; the mask must be
         # sized against this stage's own cache, not the first layer's (transformers' default).
@@ -125,11 +111,12 @@ def _stage_inputs(lm: nn.Module, *, hidden: torch.Tensor, valid_2d: torch.Tensor
 
 def _run_layers(lm: nn.Module, layers: range, hidden: torch.Tensor, *, inputs: _StageInputs, cache, use_cache: bool, layer_kwargs: dict) -> torch.Tensor:
     for layer_idx in layers:
-        hidden = lm.layers[layer_idx](
+        layer = lm.layers[layer_idx]
+        hidden = layer(
             hidden,  # positional: the gradient-checkpointing wrapper needs it so
             attention_mask=inputs.mask,
             position_ids=None,  # RoPE comes through position_embeddings (flash-attn would read ids as packing)
-            past_key_values=cache,
+            **{cache_parameter(type(layer).forward): cache},
             use_cache=use_cache,
             position_embeddings=inputs.position_embeddings,
             **layer_kwargs,
@@ -216,7 +203,7 @@ def staged_prefill(
     kept_counts, stage_tokens = _kept_counts(config, slots, ranked=queries.valid.any(1), num_stages=len(boundaries))
     # Outputs by original index; row `seq_len` is a sink for filler slots.
     outputs = slots.hidden.new_zeros(batch, seq_len + 1, width)
-    stages = [StageLayout.of(slots, first_layer=0, shift=torch.zeros(batch, dtype=torch.long, device=slots.valid.device))]
+    stages = [_stage_layout(slots, first_layer=0, shift=torch.zeros(batch, dtype=torch.long, device=slots.valid.device))]
     kept = []  # per boundary (B, seq_len) bool, by index in the image block
 
     inputs = _stage_inputs(lm, hidden=slots.hidden, valid_2d=slots.valid, positions=slots.positions, cache=cache, first_layer=0)
@@ -239,7 +226,7 @@ def staged_prefill(
         tokens = stage_tokens[stage_index]
         slots, dropped = _drop(slots, selected=selected, position_mode=config.position_mode, new_len=max(tokens))
 
-        stages.append(StageLayout.of(slots, first_layer=boundary.drop_layer, shift=stages[-1].shift + dropped))
+        stages.append(_stage_layout(slots, first_layer=boundary.drop_layer, shift=stages[-1].shift + dropped))
         inputs = _stage_inputs(
             lm,
             hidden=slots.hidden,
@@ -259,14 +246,14 @@ def staged_prefill(
         tokens=torch.stack([stage.valid.sum(1) for stage in stages], 1),
         kept=torch.stack(kept, 1) if kept else torch.zeros(batch, 0, seq_len, dtype=torch.bool),
     )
-    return PrefillResult(outputs[:, :seq_len], PrefillState(seq_len, stages), stats)
+    return PrefillResult(outputs[:, :seq_len], PrefillLayout(seq_len, stages), stats)
 
 
 def staged_decode(
     lm: nn.Module,
     *,
     config: DropConfig,
-    state: PrefillState,
+    layout: PrefillLayout,
     hidden: torch.Tensor,
     attention_mask: torch.Tensor,
     positions: torch.Tensor,
@@ -278,8 +265,8 @@ def staged_decode(
     attention_mask (B, past + q) is generate()'s 2D mask over the original sequence; positions
     (B, q) are original positions.
     """
-    new_mask = attention_mask[:, state.prefill_len :].bool()  # decode tokens so far plus the new ones
-    ends = [stage.first_layer for stage in state.stages[1:]] + [len(lm.layers)]
+    new_mask = attention_mask[:, layout.prefill_len :].bool()  # decode tokens so far plus the new ones
+    ends = [stage.first_layer for stage in layout.stages[1:]] + [len(lm.layers)]
     # Every stage's mask and RoPE first, then the layers: building a mask may read the GPU back (transformers
     # checks whether it can skip it), and between stages that read would stall the queued layers. A stage's
     # inputs depend on its own layers' cache only, which the earlier stages do not touch.
@@ -292,8 +279,8 @@ def staged_decode(
             cache=cache,
             first_layer=stage.first_layer,
         )
-        for stage in state.stages
+        for stage in layout.stages
     ]
-    for stage, end, inputs in zip(state.stages, ends, stage_inputs):
+    for stage, end, inputs in zip(layout.stages, ends, stage_inputs):
         hidden = _run_layers(lm, range(stage.first_layer, end), hidden, inputs=inputs, cache=cache, use_cache=True, layer_kwargs=layer_kwargs)
     return hidden
