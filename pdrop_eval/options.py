@@ -74,15 +74,8 @@ def resolve_model_options(
     if unknown:
         raise ValueError(f"{owner}: unknown option(s) {unknown}; accepted: {sorted({*MODEL_KEYS, *spec.keys, *budget_keys})}")
     if "budget" in options:
-        try:
-            drop_options = {key: value for key, value in options.items() if key in OPTION_KEYS}
-            check_budget_options(method, drop_options, options.get("drop_preset"))
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{owner}: bad drop settings: {error}") from None
+        check_budget_options(method, options, owner=owner)
     else:
-        stray = sorted(set(options) & set(budget_keys))
-        if stray:
-            raise ValueError(f"{owner}: bad drop settings: {stray} go with budget=..., which is not given")
         drop = resolve_drop(method, options, owner=owner)
 
     model_preset = options.get("model_preset")
@@ -107,10 +100,10 @@ def resolve_model_options(
     architecture = checkpoint_architecture(str(pretrained))  # the last checks: they read the checkpoint
     try:
         pad_to_square = resolve_pad_to_square(architecture, pad_to_square)
-        if "budget" in options:
-            drop = budget_drop(method, options, load_config(str(pretrained)).to_dict())
     except ValueError as error:
         raise ValueError(f"{owner}: {error}") from None
+    if "budget" in options:
+        drop = budget_drop(method, options, load_config(str(pretrained)).to_dict(), owner=owner)
     return ModelOptions(
         pretrained=str(pretrained),
         architecture=architecture,
@@ -125,9 +118,13 @@ def resolve_model_options(
     )
 
 
-def resolve_drop(method: str, options: dict, *, owner: str) -> DropConfig:
+def resolve_drop(method: str | None, options: dict, *, owner: str) -> DropConfig:
     """The drop config of a model of drop method `method`: its drop options in `options` (other keys
-    are ignored) over the optional ``drop_preset``. Also how the report reads lmms-eval's model_args."""
+    are ignored) over the optional ``drop_preset``; budget keys without ``budget`` are refused. Also how
+    the report reads lmms-eval's model_args. `method` None: the one the options (or the preset) name."""
+    stray = sorted(set(options) & set(BUDGET_KEYS))
+    if stray:
+        raise ValueError(f"{owner}: bad drop settings: {stray} go with budget=..., which is not given")
     drop_preset = options.get("drop_preset")
     try:
         return DropConfig.from_args(
@@ -139,41 +136,83 @@ def resolve_drop(method: str, options: dict, *, owner: str) -> DropConfig:
         raise ValueError(f"{owner}: bad drop settings: {error}") from None
 
 
-def check_budget_options(method: str, drop_options: dict, drop_preset: str | None) -> None:
-    """What a budget may come with: the schedule's shape (layer_list, fastv_k, position_mode, seed), not
-    the λ / R it solves for, nor a drop preset."""
+def resolve_drop_option(text: str, model, *, owner: str) -> DropConfig:
+    """A command's ``--drop`` (show, train, flops): the `--model_args` drop keys (a method's options,
+    ``drop_preset``, ``budget`` and its keys) with ``method=``, else the method the keys name;
+    ``budget=...`` alone is PyramidDrop's. A budget is solved for `model`: a checkpoint (folder or Hub
+    id) or the `ModelDims` a command counts with (flops: a preset's, or --image-tokens)."""
+    from pdrop_eval.keyvalue import parse_key_values
+
+    options = parse_key_values(text, f"{owner} key")
+    method = options.pop("method", None)
+    unknown = sorted(set(options) - set(OPTION_KEYS) - set(BUDGET_KEYS) - {"drop_preset"})
+    if unknown:
+        raise ValueError(f"{owner}: unknown key(s) {unknown}; it takes method and the --model_args drop keys {sorted({*OPTION_KEYS, *BUDGET_KEYS, 'drop_preset'})}")
+    if "budget" not in options:
+        return resolve_drop(method, options, owner=owner)
+    if method is None:
+        shape = {key: value for key, value in options.items() if key in OPTION_KEYS}
+        method = resolve_drop(None, shape, owner=owner).method if shape else "pyramid"
+    check_budget_options(method, options, owner=owner)
+    return budget_drop(method, options, load_config(model).to_dict() if isinstance(model, str) else model, owner=owner)
+
+
+def check_budget_options(method: str, options: dict, *, owner: str) -> None:
+    """What a budget may come with: the schedule's shape (layer_list, fastv_k, position_mode, seed) of one
+    method, valid as it would be without a budget; not the λ / R it solves for, nor a drop preset."""
     if method not in BUDGET_METHODS:
-        raise ValueError(f"budget applies to the methods that drop ({', '.join(BUDGET_METHODS)}), not {METHODS[method].title}")
+        raise ValueError(f"{owner}: bad drop settings: budget applies to the methods that drop ({', '.join(BUDGET_METHODS)}), not {METHODS[method].title}")
+    drop_options = {key: value for key, value in options.items() if key in OPTION_KEYS}
     solved = sorted(set(drop_options) & {"lambda", "ratio", "image_token_ratio_list", "fastv_r"})
-    if solved or drop_preset:
-        given = solved + (["drop_preset"] if drop_preset else [])
-        raise ValueError(f"budget=... sets λ / R itself; leave out {given} (layer_list, fastv_k and position_mode shape it)")
-    METHODS[method].check_keys(drop_options)
+    if solved or "drop_preset" in options:
+        given = solved + (["drop_preset"] if "drop_preset" in options else [])
+        raise ValueError(f"{owner}: bad drop settings: budget=... sets λ / R itself; leave out {given} (layer_list, fastv_k and position_mode shape it)")
+    # the shape as a config with the default λ / R: its values, and a random control's one schedule
+    resolve_drop(method, drop_options, owner=owner)
 
 
-def budget_drop(method: str, options: dict, model_config: dict) -> DropConfig:
+def budget_drop(method: str, options: dict, model, *, owner: str) -> DropConfig:
     """The drop config for ``budget=...`` (`check_budget_options` passed): the method's schedule closest
-    to the budget for this checkpoint (`pdrop_eval.engine.budget.solve_for_checkpoint`), in the
-    convention ``budget_convention`` (avg_layer, the default; after_drop; tflops), at the checkpoint's
-    N or ``budget_image_tokens``. The random control takes a FastV schedule's counts when fastv_k is
-    given, else a PyramidDrop one's."""
+    to the budget (`pdrop_eval.engine.budget`), in the convention ``budget_convention`` (avg_layer, the
+    default; after_drop; tflops). `model` is a checkpoint's HF config as a dict (solved at its N, or at
+    ``budget_image_tokens``, `checked_image_tokens`) or the `ModelDims` a command counts with. The random
+    control takes a FastV schedule's counts when fastv_k is given, else a PyramidDrop one's."""
     from pdrop_eval.engine import budget
 
     values = {OPTION_KEYS[key][0]: OPTION_KEYS[key][1](value) for key, value in options.items() if key in OPTION_KEYS}
     schedule_method = method if method != "random" else ("fastv" if "fastv_k" in values else "pyramid")
     shape = {name: values[name] for name in ("layer_list", "fastv_k", "position_mode") if name in values}
-    image_tokens = options.get("budget_image_tokens")
-    solution = budget.solve_for_checkpoint(
-        options["budget"],
-        model_config,
-        schedule_method,
-        convention=options.get("budget_convention", "avg_layer"),
-        image_tokens=None if image_tokens is None else positive_int("budget_image_tokens", image_tokens),
-        **shape,
-    )
+    convention = options.get("budget_convention", "avg_layer")
+    try:
+        if isinstance(model, dict):
+            image_tokens = checked_image_tokens(model, options.get("budget_image_tokens"), "budget_image_tokens")
+            solution = budget.solve_for_checkpoint(options["budget"], model, schedule_method, convention=convention, image_tokens=image_tokens, **shape)
+        elif "budget_image_tokens" in options:
+            raise ValueError("budget_image_tokens: the N a budget counts with is the command's own (--image-tokens)")
+        else:
+            solution = budget.solve(options["budget"], model, schedule_method, convention=convention, **shape)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{owner}: bad drop settings: {error}") from None
     if method != "random":
         return solution.config
     return DropConfig.random(solution.config, seed=values.get("seed", 0))
+
+
+def checked_image_tokens(model_config: dict, image_tokens, option: str) -> int | None:
+    """`image_tokens`, the N a budget counts with (None: the checkpoint's own), given as `option`, for a
+    checkpoint of HF config `model_config`: one no image exceeds. Where N is the same for every image
+    (LLaVA-1.5) any other N would solve a schedule that the run then applies at the real N."""
+    from pdrop_eval.flops import image_tokens_from_config
+
+    if image_tokens is None:
+        return None
+    number = positive_int(option, image_tokens)
+    largest, varies = image_tokens_from_config(model_config)
+    if not varies and number != largest:
+        raise ValueError(f"{option}={number}: this checkpoint has N={largest} image tokens for every image; leave it out")
+    if number > largest:
+        raise ValueError(f"{option}={number}: no image of this checkpoint has more than N={largest} image tokens")
+    return number
 
 
 def resolve_pad_to_square(architecture: str, pad_to_square: bool | None) -> bool:

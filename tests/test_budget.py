@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pdrop_eval import presets
 from pdrop_eval.cli import main as cli_main
@@ -202,7 +203,7 @@ def test_budget_model_option_is_solved_for_the_checkpoint(method, options, expec
 @pytest.mark.parametrize(
     "method, options, message",
     [
-        ("pyramid", {"budget": "128"}, r"model: budget 128 avg image tokens/layer at N=64 is more than the no-drop value \(64 tokens\)"),
+        ("pyramid", {"budget": "128"}, r"model: bad drop settings: budget 128 avg image tokens/layer at N=64 is more than the no-drop value \(64 tokens\)"),
         ("pyramid", {"budget": "16", "lambda": "0.5"}, r"budget=... sets λ / R itself; leave out \['lambda'\]"),
         ("fastv", {"budget": "16", "drop_preset": "fastv-64"}, r"leave out \['drop_preset'\]"),
         ("fastv", {"budget": "16", "layer_list": "2;8"}, r"FastV does not take \['layer_list'\]"),
@@ -249,3 +250,81 @@ def test_schedule_command_reports_unreachable_budgets(capsys):
     captured = capsys.readouterr()
     assert "PDrop, 64 avg image tokens/layer: budget 64" in captured.err and "reachable: 144 tokens" in captured.err
     assert "fastv_k=2,fastv_r=0.948" in captured.out  # FastV still solved
+
+
+@pytest.mark.parametrize(
+    "checkpoint, method, options, message",
+    [
+        # LLaVA-1.5's N is fixed (64 here): a budget counted at 500 would average 12.25 tokens a layer at the real N
+        ("tiny_llava", "pyramid", {"budget": "100", "budget_image_tokens": "500"},
+         r"model: bad drop settings: budget_image_tokens=500: this checkpoint has N=64 image tokens for every image"),
+        ("tiny_llava", "fastv", {"budget": "25%", "budget_image_tokens": "63"}, r"budget_image_tokens=63: .* N=64"),
+        ("tiny_llava_next", "pyramid", {"budget": "100", "budget_image_tokens": "500"},
+         r"budget_image_tokens=500: no image of this checkpoint has more than N=336 image tokens"),
+        # the random control takes one schedule's counts: FastV's K and PyramidDrop's layers together were
+        # solved as FastV with layer_list dropped (the same mix without budget is refused)
+        ("tiny_llava", "random", {"budget": "30%", "fastv_k": "3", "layer_list": "2;8;16"},
+         r"takes the counts of one schedule; got options of PyramidDrop and FastV"),
+        ("tiny_llava", "pyramid", {"budget": "16", "layer_list": "8;4"}, r"layer_list must be strictly increasing"),
+    ],
+)
+def test_budget_options_that_would_be_ignored_or_misread_are_refused(checkpoint, method, options, message, request):
+    pretrained = str(request.getfixturevalue(checkpoint))
+    with pytest.raises(ValueError, match=message):
+        resolve_model_options(method, {"pretrained": pretrained, **options}, owner="model")
+
+
+def test_budget_image_tokens_is_taken_where_it_is_the_checkpoints_n(tiny_llava, tiny_llava_next):
+    at_n = resolve_model_options("pyramid", {"pretrained": str(tiny_llava), "budget": "16", "budget_image_tokens": "64"}, owner="m")
+    assert at_n.drop == DropConfig.for_budget(16, model=str(tiny_llava))
+    next_options = {"pretrained": str(tiny_llava_next), "budget": "16", "budget_image_tokens": "200"}
+    assert resolve_model_options("fastv", next_options, owner="m").drop == DropConfig.for_budget(16, "fastv", model=str(tiny_llava_next), image_tokens=200)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tokens", "16", "--image-tokens", "500"], "--image-tokens=500: this checkpoint has N=64 image tokens for every image"),
+        (["--values", "0.5", "--image-tokens", "64"], "--image-tokens and --convention go with --tokens"),
+        (["--values", "0.5", "--convention", "after_drop"], "--image-tokens and --convention go with --tokens"),
+    ],
+)
+def test_sweep_refuses_budget_flags_it_would_ignore_or_misread(argv, message, tiny_llava, tmp_path, capsys):
+    out_dir = tmp_path / "sweep"
+    common = ["sweep", "--pretrained", str(tiny_llava), "--method", "pdrop", "--tasks", "pdrop_local_vqa", "--out-dir", str(out_dir)]
+    assert cli_main([*common, *argv]) == 2
+    assert message in capsys.readouterr().err and not out_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "drop, expected",
+    [
+        ("budget=128", DropConfig.for_budget(128)),  # budget=... alone: PyramidDrop's schedule (layers 2/8/16)
+        ("method=fastv,budget=25%,budget_convention=after_drop", DropConfig.for_budget("25%", "fastv", convention="after_drop")),
+        ("budget=1.5,budget_convention=tflops,layer_list=4;12;20", DropConfig.for_budget(1.5, convention="tflops", layer_list=(4, 12, 20))),
+        ("method=random,budget=64,fastv_k=3,seed=2", DropConfig.random(DropConfig.for_budget(64, "fastv", fastv_k=3), seed=2)),
+        ("drop_preset=pdrop-0.5,lambda=0.3", DropConfig.pyramid(ratio=0.3)),
+    ],
+)
+def test_flops_drop_takes_the_model_args_drop_keys(drop, expected, capsys):
+    """README: `--drop` takes the `--model_args` drop keys; budget=... and drop_preset were unknown keys."""
+    assert cli_main(["flops", "--model", "llava-1.5-7b", "--drop", drop]) == 0
+    assert f"| {expected.describe()} " in capsys.readouterr().out
+
+
+def test_show_and_train_drop_solve_a_budget_for_their_checkpoint(tiny_llava, tiny_llava_next, tmp_path, capsys):
+    from pdrop_eval.options import resolve_drop_option
+
+    assert resolve_drop_option("budget=25%", str(tiny_llava_next), owner="--drop") == DropConfig.for_budget("25%", model=str(tiny_llava_next))
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (32, 32)).save(picture)
+    argv = ["show", str(picture), "--question", "?", "--pretrained", str(tiny_llava), "--out", str(tmp_path), "--drop", "budget=100"]
+    assert cli_main(argv) == 2  # solved at the checkpoint's own N=64, before the model loads
+    assert "--drop: bad drop settings: budget 100 avg image tokens/layer at N=64 is more than the no-drop value" in capsys.readouterr().err
+    argv = ["train", "--pretrained", str(tiny_llava), "--data", "unused.parquet", "--output-dir", str(tmp_path / "trained"), "--drop", "budget=100"]
+    assert cli_main(argv) == 2
+    assert "--drop: bad drop settings: budget 100 avg image tokens/layer at N=64" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"--drop: unknown key\(s\) \['lambdaa'\]"):
+        resolve_drop_option("lambdaa=0.5", str(tiny_llava), owner="--drop")
+    with pytest.raises(ValueError, match=r"budget_image_tokens: the N a budget counts with is the command's own \(--image-tokens\)"):
+        resolve_drop_option("budget=16,budget_image_tokens=64", budgets.model_dims("llava-1.5-7b"), owner="--drop")

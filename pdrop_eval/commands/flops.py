@@ -10,8 +10,9 @@ def add_parser(subparsers) -> None:
         action="append",
         default=None,
         metavar="ARGS",
-        help="drop config as key=value pairs, e.g. 'method=pyramid,layer_list=8;16;24,lambda=0.5' "
-        "or 'method=fastv,fastv_k=2,fastv_r=0.5'; repeatable (default: vanilla, PDrop 0.5, FastV 2/0.5)",
+        help="drop config as the --model_args drop keys, e.g. 'method=pyramid,layer_list=8;16;24,lambda=0.5', "
+        "'method=fastv,fastv_k=2,fastv_r=0.5', 'drop_preset=pdrop-128' or 'budget=128' (solved at this N; method=fastv "
+        "for FastV's); repeatable (default: vanilla, PDrop 0.5, FastV 2/0.5)",
     )
     parser.set_defaults(func=run)
 
@@ -21,9 +22,10 @@ def run(args) -> int:
 
     from pdrop_eval.engine.config import DropConfig
     from pdrop_eval.flops import paper_tflops, resolve_dims
+    from pdrop_eval.options import resolve_drop_option
 
     dims = resolve_dims(args.model, args.image_tokens)
-    configs = [DropConfig.from_args(text) for text in args.drop] if args.drop else [
+    configs = [resolve_drop_option(text, dims, owner="--drop") for text in args.drop] if args.drop else [
         DropConfig.none(),
         DropConfig.pyramid(),
         DropConfig.fastv(),

@@ -22,7 +22,8 @@ def add_parser(subparsers) -> None:
         "--drop",
         default="layer_list=8;16;24,lambda=0.5",
         metavar="ARGS",
-        help="drop config as key=value pairs, e.g. 'fastv_k=2,fastv_r=0.5' (default: PyramidDrop %(default)s)",
+        help="drop config as the --model_args drop keys, e.g. 'fastv_k=2,fastv_r=0.5', 'drop_preset=pdrop-0.5' or "
+        "'budget=25%%' (solved for the checkpoint; method=fastv for FastV's) (default: PyramidDrop %(default)s)",
     )
     parser.add_argument("--out", default=".", metavar="DIR", help="folder for the PNGs (default: current folder)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -51,8 +52,7 @@ def run(args) -> int:
 def run_prompt(args) -> int:
     from pathlib import Path
 
-    from pdrop_eval.engine.config import DropConfig
-    from pdrop_eval.options import boolean
+    from pdrop_eval.options import boolean, resolve_drop_option
     from pdrop_eval.report.files import check_writable
     from pdrop_eval.show import caption, drop_stages, write_pictures
     from pdrop_eval.token_map import image_token_regions
@@ -65,7 +65,7 @@ def run_prompt(args) -> int:
     outputs = [Path(args.out) / f"image{number}_{path.stem}.png" for number, path in enumerate(paths, 1)]
     for output in outputs:
         check_writable(output, args.force)  # before the model loads, so a refusal costs nothing
-    drop = DropConfig.from_args(args.drop)
+    drop = resolve_drop_option(args.drop, args.pretrained, owner="--drop")
     query = Query.from_text(args.question, paths)
     pad_to_square = None if args.pad_to_square is None else boolean("--pad-to-square", args.pad_to_square)
     runner = LlavaRunner.load(args.pretrained, drop=drop, dtype=args.dtype, device=args.device, pad_to_square=pad_to_square)

@@ -43,8 +43,8 @@ def add_parser(subparsers) -> None:
         help="PyramidDrop (and random) stage boundaries, e.g. 8,16,24 or 8;16;24 (default: 8,16,24 with --values, 2,8,16 with --tokens)",
     )
     parser.add_argument(
-        "--convention", choices=("avg_layer", "after_drop"), default="avg_layer",
-        help="what --tokens counts: the average over all decoder layers (default) or the tokens kept after the drop layer",
+        "--convention", choices=("avg_layer", "after_drop"), default=None,
+        help="what --tokens counts: the average over all decoder layers (default: avg_layer) or the tokens kept after the drop layer",
     )
     parser.add_argument("--image-tokens", type=int, default=None, metavar="N", help="the N absolute --tokens count with (needed for LLaVA-NeXT, whose N varies)")
     parser.add_argument("--fastv-k", type=int, default=None, help="FastV layer K (default: 2)")
@@ -80,8 +80,14 @@ def run(args) -> int:
     shape = {"layer_list": parse_layer_list(args.layer_list) if args.layer_list else None, "fastv_k": args.fastv_k}
     shape = {key: value for key, value in shape.items() if value is not None}  # given ones only: a stray one is an error
     if args.tokens:
-        settings = budget_settings(args.pretrained, args.method, args.tokens, not args.no_vanilla, args.convention, shape, args.image_tokens)
+        from pdrop_eval.options import checked_image_tokens, load_config
+
+        checked_image_tokens(load_config(args.pretrained).to_dict(), args.image_tokens, "--image-tokens")
+        convention = args.convention or "avg_layer"
+        settings = budget_settings(args.pretrained, args.method, args.tokens, not args.no_vanilla, convention, shape, args.image_tokens)
     else:
+        if args.image_tokens is not None or args.convention is not None:
+            raise ValueError("--image-tokens and --convention go with --tokens (token budgets), not with --values")
         settings = sweep_settings(args.method, args.values, not args.no_vanilla, shape)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:

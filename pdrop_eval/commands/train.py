@@ -1,6 +1,6 @@
 """`pdrop-eval train`: fine-tune a LLaVA / LLaVA-NeXT checkpoint on a local dataset, optionally with a drop config."""
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 
 def add_parser(subparsers) -> None:
@@ -16,7 +16,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--pretrained", required=True, help="LLaVA-1.5 / LLaVA-NeXT checkpoint folder or Hub id")
     parser.add_argument("--data", required=True, help="training rows (.parquet, .json or .jsonl)")
     parser.add_argument("--output-dir", required=True, help="where the trained model, processor and train_summary.json go")
-    parser.add_argument("--drop", default="", help="drop config to train with, e.g. 'layer_list=8;16;24,lambda=0.5' or 'fastv_k=2,fastv_r=0.5'")
+    parser.add_argument(
+        "--drop", default="",
+        help="drop config to train with, as the --model_args drop keys, e.g. 'layer_list=8;16;24,lambda=0.5', 'fastv_k=2,fastv_r=0.5' "
+        "or 'budget=25%%' (solved for the checkpoint)",
+    )
     helps = {
         "epochs": "passes over the data (ignored when --max-steps is set)",
         "max_steps": "optimizer steps (-1: use --epochs)",
@@ -59,11 +63,13 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import torch
 
-    from pdrop_eval.options import positive_int
+    from pdrop_eval.options import positive_int, resolve_drop_option
     from pdrop_eval.train import train
     from pdrop_eval.train_settings import TrainSettings
 
     settings = TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)})  # checks every count
+    if settings.drop:  # the --model_args drop keys; budget=... solved for the checkpoint, then trained as that schedule
+        settings = replace(settings, drop=resolve_drop_option(settings.drop, settings.pretrained, owner="--drop").to_args())
     if args.threads is not None:
         torch.set_num_threads(positive_int("--threads", args.threads))
     summary = train(settings)
