@@ -23,9 +23,24 @@ COMMAND_MODULES = (
 )
 
 
+DESCRIPTION = (
+    "Visual-token dropping (PyramidDrop, FastV, a random control) in LLaVA-1.5 / LLaVA-NeXT: evaluate it through "
+    "lmms-eval (sweep, study, demo), report scores beside TFLOPs, solve token budgets, time it, train with it and "
+    "draw what it keeps."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pdrop-eval", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="pdrop-eval", description=DESCRIPTION, epilog="pdrop-eval COMMAND --help tells more.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = subparsers.add_parser
+
+    def add_described_parser(name: str, **kwargs):
+        # argparse prints a command's help line only in the list of commands; its own --help needs a description
+        kwargs.setdefault("description", kwargs.get("help"))
+        return add_parser(name, **kwargs)
+
+    subparsers.add_parser = add_described_parser
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).add_parser(subparsers)
     return parser

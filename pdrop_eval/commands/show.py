@@ -147,6 +147,8 @@ def _find_sample(run_dir, doc: str, task: str | None):
         raise ValueError(f"no document {doc}{f' of task {task}' if task else ''} in the statistics under {run_dir} (tasks: {', '.join(sorted(tasks))})")
     if len(found) > 1:
         places = ", ".join(f"{sample.task} in {path}" for path, _, sample in found)
+        if task is not None:
+            raise ValueError(f"document {doc} of task {task} is in several runs ({places}); pick one with a narrower --run")
         raise ValueError(f"document {doc} is in several runs or tasks ({places}); pick one with --task or a narrower --run")
     return found[0]
 
