@@ -15,7 +15,6 @@ Usage, from the repository root:
 
 import argparse
 import io
-from contextlib import contextmanager
 
 import pandas as pd
 import torch
@@ -32,33 +31,18 @@ from pdrop_eval.synth import DEFAULT_FOLDER, exact_match  # noqa: E402
 from pdrop_eval.wrapper import LlavaRunner, Query  # noqa: E402
 
 
-class ToldRanking(scoring.AttentionRanking):
-    """The attention ranking, with the current question's answer tokens first at the told boundaries."""
+class ToldScorer(scoring.AttentionScorer):
+    """The attention scorer, with the current question's answer tokens first at the told boundaries."""
 
-    answer = torch.zeros(0, dtype=torch.long)  # image-block indices of the question being answered
-    told: frozenset = frozenset()  # 1-based boundaries that are told
+    def __init__(self, told: frozenset):
+        self.told = told  # 1-based boundaries that are told
+        self.answer = torch.zeros(0, dtype=torch.long)  # image-block indices of the question being answered
 
-    def __init__(self):
-        self.boundary = 0  # one instance per prompt; scores() runs once per boundary, in order
-
-    def scores(self, *, image_rank, **inputs):
-        self.boundary += 1
-        scores = super().scores(image_rank=image_rank, **inputs)  # head-averaged attention, each in [0, 1]
-        if self.boundary in self.told:
-            scores = scores + 2.0 * torch.isin(image_rank, self.answer.to(image_rank.device))
+    def scores(self, view: scoring.StageView) -> torch.Tensor:
+        scores = super().scores(view)  # head-averaged attention, each in [0, 1]
+        if view.boundary + 1 in self.told:
+            scores = scores + 2.0 * torch.isin(view.image_rank, self.answer.to(view.image_rank.device))
         return scores
-
-
-@contextmanager
-def attention_ranking_told(told: frozenset):
-    """Within the block, the engine's attention-ranked methods rank with `ToldRanking`."""
-    plain = scoring.RANKINGS["attention"]
-    ToldRanking.told = told
-    scoring.RANKINGS["attention"] = ToldRanking
-    try:
-        yield
-    finally:
-        scoring.RANKINGS["attention"] = plain
 
 
 def main():
@@ -71,32 +55,31 @@ def main():
     args = parser.parse_args()
 
     drop = DropConfig.from_args(args.drop)
-    if drop.spec.ranking != "attention":
+    if not isinstance(drop.spec.scorer(drop), scoring.AttentionScorer):
         raise SystemExit(f"--drop must be ranked by attention (PyramidDrop, FastV); {drop.describe()} is not")
-    told = frozenset(int(item) for item in args.told.split(",") if item)
+    scorer = ToldScorer(frozenset(int(item) for item in args.told.split(",") if item))
     documents = pd.read_parquet(args.data).head(args.limit)
-    runner = LlavaRunner.load(args.pretrained, drop=drop)
+    runner = LlavaRunner.load(args.pretrained, drop=drop, scorer=scorer)
     correct = {True: 0, False: 0}  # by doc["local"]
     local_kept = []  # (answer tokens, image tokens, kept per stage) of each local question
-    with attention_ranking_told(told):
-        for done, doc in enumerate(documents.itertuples(index=False), start=1):
-            image = Image.open(io.BytesIO(doc.image))
-            query = Query.from_text(doc.question, [image], label=f"{args.data} doc {doc.id}")
-            num_image_tokens = int((runner._encode([query], [runner.render(query)])["input_ids"] == runner.model.config.image_token_index).sum())
-            answer = document_answer_tokens(runner.processor, doc.id, doc.width, doc.height, doc.boxes, num_image_tokens, args.data)
-            ToldRanking.answer = torch.tensor(sorted(answer))
-            (generation,) = runner.generate_batch([query], max_new_tokens=8, stop=["\n"])  # the task's settings
-            correct[bool(doc.local)] += exact_match(generation.text, doc.answer)
-            if doc.local:
-                local_kept.append((answer, num_image_tokens, generation.stats.kept))
-            if done % 50 == 0 or done == len(documents):
-                print(f"{done}/{len(documents)} questions", flush=True)
+    for done, doc in enumerate(documents.itertuples(index=False), start=1):
+        image = Image.open(io.BytesIO(doc.image))
+        query = Query.from_text(doc.question, [image], label=f"{args.data} doc {doc.id}")
+        num_image_tokens = int((runner._encode([query], [runner.render(query)])["input_ids"] == runner.model.config.image_token_index).sum())
+        answer = document_answer_tokens(runner.processor, doc.id, doc.width, doc.height, doc.boxes, num_image_tokens, args.data)
+        scorer.answer = torch.tensor(sorted(answer))
+        (generation,) = runner.generate_batch([query], max_new_tokens=8, stop=["\n"])  # the task's settings
+        correct[bool(doc.local)] += exact_match(generation.text, doc.answer)
+        if doc.local:
+            local_kept.append((answer, num_image_tokens, generation.stats.kept))
+        if done % 50 == 0 or done == len(documents):
+            print(f"{done}/{len(documents)} questions", flush=True)
     counts = documents["local"].value_counts().to_dict()
 
     def share(local):
         return f"{100 * correct[local] / counts[local]:.1f}" if counts.get(local) else "-"
 
-    print(f"{args.pretrained}, {drop.describe()}, told at boundaries {sorted(told) or 'none'}:")
+    print(f"{args.pretrained}, {drop.describe()}, told at boundaries {sorted(scorer.told) or 'none'}:")
     print(f"exact match: all {100 * sum(correct.values()) / len(documents):.1f}, local {share(True)}, whole image {share(False)}")
     for stage in stage_overlaps(local_kept) if local_kept else ():
         print(f"answer kept after boundary {stage.stage}: {100 * stage.answer_kept:.1f}% of local questions (chance {100 * stage.chance:.1f}%)")

@@ -106,26 +106,29 @@ def rank_layers(pretrained: str | Path, data: str | Path, fractions=(0.5, 0.25, 
 
     ensure_torchvision_importable()
     from pdrop_eval.engine.scoring import query_attention
+    from pdrop_eval.models import family_of_model
     from pdrop_eval.wrapper import LlavaRunner, Query
 
     documents = _local_questions(data, limit)
     runner = LlavaRunner.load(str(pretrained))
     if runner.architecture != "llava_next":
         raise ValueError(f"{TASK} is laid out for LLaVA-NeXT; {pretrained} is {runner.architecture}")
-    language_model = runner.model.model.language_model
-    image_token_id = runner.model.config.image_token_index
+    family = family_of_model(runner.model)
+    language_model = family.language_model(runner.model)
+    image_token_ids = torch.tensor(family.image_token_ids(runner.model.config))
     hits = torch.zeros(len(language_model.layers), len(fractions))
     for done, doc in enumerate(documents.itertuples(index=False), start=1):
         query = Query.from_text(doc.question, [Image.open(io.BytesIO(doc.image))], label=f"{data} doc {doc.id}")
         inputs = runner._encode([query], [runner.render(query)])
         with torch.no_grad():
             hidden_states = runner.model(**inputs, output_hidden_states=True, use_cache=False).hidden_states  # layer l's input at l
-        image_slots = (inputs["input_ids"][0] == image_token_id).nonzero().flatten()  # (N,)
+        image_slots = torch.isin(inputs["input_ids"][0], image_token_ids).nonzero().flatten()  # (N,)
         answer = document_answer_tokens(runner.processor, doc.id, doc.width, doc.height, doc.boxes, len(image_slots), data)
         seq_len = inputs["input_ids"].shape[1]
         # One sample without padding: the last prompt token is the query row and sees every key.
         query_inputs = {
             "position_embeddings": language_model.rotary_emb(hidden_states[0], torch.arange(seq_len).unsqueeze(0)),
+            "apply_rotary": family.apply_rotary,
             "key_mask": torch.ones(1, 1, seq_len, dtype=torch.bool),
             "query_slots": torch.tensor([[seq_len - 1]]),
             "query_valid": torch.ones(1, 1, dtype=torch.bool),

@@ -8,7 +8,9 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from pdrop_eval import DropConfig, apply_drop
-from pdrop_eval.engine.scoring import RandomRanking, select_top_images
+from pdrop_eval.engine.scoring import PromptView, StageView, select_top_images
+
+pytestmark = pytest.mark.newest_transformers  # also run on the newest transformers release (.ci/run)
 
 SCHEDULE = DropConfig.pyramid()  # 8/16/24, λ=0.5
 CONTROL = DropConfig.random(SCHEDULE, seed=0)
@@ -89,9 +91,12 @@ def test_each_image_token_is_kept_equally_often():
     kept = torch.zeros(num_image)
     for draw in range(draws):
         token_ids = torch.tensor([[1, 2, draw] + [32000] * num_image + [draw + 7]])
-        ranking = RandomRanking.for_prompt(CONTROL, token_ids=token_ids, context=torch.ones_like(is_image), is_image=is_image)
-        image_rank = is_image.long().cumsum(1) - 1
-        scores = ranking.scores(layer=None, hidden=None, position_embeddings=None, key_mask=None, query_slots=None, query_valid=None, image_rank=image_rank)
+        scorer = CONTROL.spec.scorer(CONTROL).for_prompt(PromptView(token_ids=token_ids, context=torch.ones_like(is_image), is_image=is_image))
+        view = StageView(
+            boundary=0, layer=None, hidden=None, position_embeddings=None, apply_rotary=None, key_mask=None,
+            query_slots=None, query_valid=None, is_image=is_image, image_rank=is_image.long().cumsum(1) - 1,
+        )
+        scores = scorer.scores(view)
         kept += select_top_images(scores, is_image, torch.tensor([keep]))[0, is_image[0]].float()
     frequency = kept / draws
     assert (frequency - 0.5).abs().max() < 5 * (0.25 / draws) ** 0.5

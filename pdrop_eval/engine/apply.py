@@ -1,4 +1,5 @@
-"""`apply_drop(model, config)`: enable dropping on a loaded HF LLaVA / LLaVA-NeXT model.
+"""`apply_drop(model, config)`: enable dropping on a loaded HF vision-language model of a supported
+family (`pdrop_eval.models`: LLaVA-1.5, LLaVA-NeXT).
 
 The language model's `forward` is replaced on the instance by a staged layer loop over the
 unmodified decoder layers. LLaVA's forward hands the language model neither the token ids (it
@@ -17,17 +18,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from pdrop_eval.engine.cache import StagedCache
 from pdrop_eval.engine.config import DropConfig
 from pdrop_eval.engine.hf_binding import cache_field, cache_parameter, pop_cache
+from pdrop_eval.engine.scoring import Scorer
 from pdrop_eval.engine.staged import QueryRows, Slots, staged_decode, staged_prefill
 from pdrop_eval.engine.stats import SampleDropStats, sample_stats
+from pdrop_eval.models import ROPE_1D, family_of_model
 
-SUPPORTED_MODELS = (LlavaForConditionalGeneration, LlavaNextForConditionalGeneration)
 IGNORE_INDEX = -100  # HF's label for positions without loss
 _UNSUPPORTED_GENERATE_OPTIONS = {
     "assistant_model": "assisted decoding",
@@ -35,9 +36,12 @@ _UNSUPPORTED_GENERATE_OPTIONS = {
 }
 
 
-def apply_drop(model, config: DropConfig) -> "DropHandle":
-    """Enable `config` on `model`; returns a handle (`last_stats`, `remove()`, context manager)."""
-    return DropHandle(model, config)
+def apply_drop(model, config: DropConfig, *, scorer: Scorer | None = None) -> "DropHandle":
+    """Enable `config` on `model`; returns a handle (`last_stats`, `remove()`, context manager).
+
+    scorer: ranks the image tokens instead of the method's own scorer (`config.spec.scorer(config)`),
+    with the method's schedule, counts and positions, e.g. to time or instrument the ranking."""
+    return DropHandle(model, config, scorer=scorer)
 
 
 @dataclass(frozen=True)
@@ -59,21 +63,25 @@ class DropHandle:
     Under `model.eval()` the last prompt token ranks the image tokens; under `model.train()` (with
     `labels`) every token just before an answer span does, as in the official training code."""
 
-    def __init__(self, model, config: DropConfig):
+    def __init__(self, model, config: DropConfig, *, scorer: Scorer | None = None):
         if not isinstance(config, DropConfig):
             raise TypeError(f"config must be a DropConfig, got {type(config).__name__}")
-        if not isinstance(model, SUPPORTED_MODELS):
-            names = ", ".join(cls.__name__ for cls in SUPPORTED_MODELS)
-            raise TypeError(f"apply_drop supports {names}; got {type(model).__name__}")
-        language_model = model.model.language_model
+        if scorer is not None and not isinstance(scorer, Scorer):
+            raise TypeError(f"scorer must be a pdrop_eval.engine.scoring.Scorer, got {type(scorer).__name__}")
+        family = family_of_model(model)
+        if family.position_scheme != ROPE_1D:
+            raise TypeError(f"the drop engine does not yet handle {family.describe()}'s {family.position_scheme} positions")
+        language_model = family.language_model(model)
         _check_decoder(language_model)
         if "forward" in vars(language_model):
             raise ValueError("a drop config is already applied to this model; call handle.remove() first")
 
         self.model = model
         self.config = config
+        self.family = family
         self.boundaries = config.boundaries(len(language_model.layers))
-        self.image_token_id = model.config.image_token_id
+        self.scorer = scorer if scorer is not None else config.spec.scorer(config)
+        self.image_token_ids = torch.tensor(family.image_token_ids(model.config))
         self.last_stats: list[SampleDropStats] = []
         self._language_model = language_model
         self._input_ids = None  # set by the pre-hooks for the language-model call that follows
@@ -83,7 +91,7 @@ class DropHandle:
         self._forward_signature = inspect.signature(type(model).forward)  # the class's: wrappers may hide it
         self._language_model_signature = inspect.signature(type(language_model).forward)
         self._hooks = [
-            model.model.register_forward_pre_hook(self._record_input_ids, with_kwargs=True),
+            family.input_ids_module(model).register_forward_pre_hook(self._record_input_ids, with_kwargs=True),
             model.register_forward_pre_hook(self._record_labels, with_kwargs=True),
         ]
         language_model.forward = self._language_model_forward
@@ -186,7 +194,7 @@ class DropHandle:
             self.last_stats = sample_stats(
                 num_layers=len(lm.layers),
                 stage_first_layers=[0],
-                image_tokens=((token_ids == self.image_token_id) & valid).sum(1, keepdim=True),
+                image_tokens=(self._is_image_token(token_ids) & valid).sum(1, keepdim=True),
                 tokens=valid.sum(1, keepdim=True),
                 kept=torch.zeros(token_ids.shape[0], 0, 0, dtype=torch.bool),
             )
@@ -281,6 +289,8 @@ class DropHandle:
             cache=batch.cache,
             use_cache=batch.use_cache,
             layer_kwargs=layer_kwargs,
+            scorer=self.scorer,
+            apply_rotary=self.family.apply_rotary,
         )
         self.last_stats = result.stats
         if batch.use_cache:
@@ -296,7 +306,10 @@ class DropHandle:
             )
         if token_ids.shape != shape:
             raise ValueError(f"input_ids shape {tuple(token_ids.shape)} does not match the embeddings {tuple(shape)}")
-        return token_ids == self.image_token_id
+        return self._is_image_token(token_ids)
+
+    def _is_image_token(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return torch.isin(token_ids, self.image_token_ids.to(token_ids.device))
 
     def _prompt_query_row(self, valid: torch.Tensor, is_image: torch.Tensor) -> QueryRows:
         """Inference: the last prompt token (or `query_positions`) of each sample."""

@@ -102,7 +102,6 @@ class MethodSpec:
     marker: str  # matplotlib marker of its plot series
     keys: tuple[str, ...]  # the key=value options it accepts (OPTION_KEYS)
     defaults: dict  # DropConfig field values when options leave them out
-    ranking: str | None  # how `engine.scoring` ranks image tokens (RANKINGS); None: nothing dropped
     lmms_model: str  # model name in lmms-eval, and in VLMEvalKit
     lmms_class: str  # class in pdrop_eval.adapters.lmms.models (simple request path; see lmms_chat_class)
     vlmeval_class: str  # class in pdrop_eval.adapters.vlmeval, also registered in vlmeval.vlm
@@ -142,6 +141,10 @@ class MethodSpec:
     def boundaries(self, config: DropConfig, num_layers: int) -> list[Boundary]:
         return []
 
+    def scorer(self, config: DropConfig):
+        """The `pdrop_eval.engine.scoring.Scorer` that ranks its image tokens (None: it drops nothing)."""
+        return None
+
     def kept_counts(self, config: DropConfig, num_image_tokens: int) -> list[int]:
         return []
 
@@ -160,7 +163,16 @@ class MethodSpec:
         return "" if config.position_mode == self.defaults["position_mode"] else f" ({config.position_mode} positions)"
 
 
-class _PyramidDrop(MethodSpec):
+class _AttentionRanked(MethodSpec):
+    """A method that keeps the image tokens its query rows attend to most."""
+
+    def scorer(self, config: DropConfig):
+        from pdrop_eval.engine.scoring import AttentionScorer  # torch: loaded only when a model runs
+
+        return AttentionScorer()
+
+
+class _PyramidDrop(_AttentionRanked):
     def check(self, config: DropConfig) -> None:
         layers = tuple(_check_int("layer_list entry", layer) for layer in config.layer_list)
         if not layers:
@@ -220,7 +232,7 @@ class _PyramidDrop(MethodSpec):
         return {**options, "position_mode": config.position_mode}
 
 
-class _FastV(MethodSpec):
+class _FastV(_AttentionRanked):
     def check(self, config: DropConfig) -> None:
         k = _check_int("fastv_k", config.fastv_k)
         if k < 1:
@@ -282,6 +294,11 @@ class _RandomDrop(MethodSpec):
     def kept_counts(self, config: DropConfig, num_image_tokens: int) -> list[int]:
         return self.schedule(config).kept_counts(num_image_tokens)
 
+    def scorer(self, config: DropConfig):
+        from pdrop_eval.engine.scoring import RandomScorer
+
+        return RandomScorer(seed=config.seed)
+
     def label(self, config: DropConfig) -> str:
         seed = "" if config.seed == self.defaults["seed"] else f", seed {config.seed}"
         return f"{self.series} ({self.schedule(config).label()}{seed})"
@@ -304,27 +321,27 @@ METHODS: dict[str, MethodSpec] = {
     for spec in (
         MethodSpec(
             name="none", title="Vanilla (no drop)", kind="vanilla", series="vanilla", marker="*",
-            keys=(), defaults={"position_mode": "compact"}, ranking=None,
+            keys=(), defaults={"position_mode": "compact"},
             lmms_model="llava_next_vanilla", lmms_class="LlavaNextVanilla", vlmeval_class="LLaVAVanilla",
             default_model_preset="llava-next-7b",
         ),
         _FastV(
             name="fastv", title="FastV", kind="fastv", series="FastV", marker="s",
-            keys=_FASTV_KEYS, defaults={"fastv_k": 2, "fastv_r": 0.5, "position_mode": "original"}, ranking="attention",
+            keys=_FASTV_KEYS, defaults={"fastv_k": 2, "fastv_r": 0.5, "position_mode": "original"},
             sweep_key="fastv_r", lmms_model="llava_fastv", lmms_class="LlavaFastV", vlmeval_class="LLaVAFastV",
             default_model_preset="llava-1.5-7b",  # FastV's own evaluation model
         ),
         _PyramidDrop(
             name="pyramid", title="PyramidDrop", kind="pdrop", series="PDrop", marker="o",
             keys=_PYRAMID_KEYS, defaults={"layer_list": (8, 16, 24), "ratio": 0.5, "position_mode": "compact"},
-            alternatives=(_RATIO_FORMS,), ranking="attention", sweep_key="lambda",
+            alternatives=(_RATIO_FORMS,), sweep_key="lambda",
             lmms_model="llava_next_pdrop", lmms_class="LlavaNextPDrop", vlmeval_class="LLaVAPyramidDrop",
             default_model_preset="llava-next-7b",
         ),
         _RandomDrop(
             name="random", title="Random drop", kind="random", series="Random", marker="X",
             keys=(*_PYRAMID_KEYS, "fastv_k", "fastv_r", "seed"), defaults={"seed": 0},
-            alternatives=(_RATIO_FORMS,), schedule_methods=("pyramid", "fastv"), ranking="random",
+            alternatives=(_RATIO_FORMS,), schedule_methods=("pyramid", "fastv"),
             sweep_key="lambda",  # PyramidDrop λ's counts: the control's curve beside PyramidDrop's
             lmms_model="llava_random_drop", lmms_class="LlavaRandomDrop", vlmeval_class="LLaVARandomDrop",
             default_model_preset="llava-next-7b",

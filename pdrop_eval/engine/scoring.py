@@ -1,20 +1,60 @@
-"""Ranking image tokens: by the attention the query tokens pay them (SPEC section 2), or at random.
+"""Scorers: the part of a method that ranks image tokens at a boundary (SPEC section 2).
 
-The attention rows are recomputed from the layer's own input layernorm, q/k projections and RoPE,
-because FlashAttention returns no weights. A few query rows against all key rows: O(n·d) beyond the
-key projection, identical for eager, sdpa and flash_attention_2.
+A `Scorer` is given a `PromptView` once per prompt batch (it may prepare per-prompt state there) and
+a `StageView` at every boundary, and returns a score per slot; the staged prefill keeps the best
+`kept_counts` image tokens (`select_top_images`). A method names its scorer in its spec; a caller may
+pass any scorer to `apply_drop(model, config, scorer=...)` instead (benches, experiments).
 
-`RANKINGS` maps a method's `ranking` (see `pdrop_eval.engine.config.METHODS`) to its ranking; the
-staged prefill builds one per prompt with `ranking_for` and asks it for scores at each boundary.
+Attention rows are recomputed from the layer's own input layernorm, q/k projections and the model
+family's rotary embedding, because FlashAttention returns no weights. A few query rows against all key
+rows: O(n·d) beyond the key projection, identical for eager, sdpa and flash_attention_2.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.models.llama.modeling_llama import rotate_half
+
+
+@dataclass(frozen=True)
+class PromptView:
+    """The prompt batch, before any layer runs."""
+
+    token_ids: torch.Tensor  # (B, T) long
+    context: torch.Tensor  # (B, T) bool: the real tokens up to each sample's (last) query row
+    is_image: torch.Tensor  # (B, T) bool
+
+
+@dataclass(frozen=True)
+class StageView:
+    """One boundary, as a scorer sees it: the score layer's input over the current stage's slots."""
+
+    boundary: int  # 0-based index of the boundary in the schedule
+    layer: nn.Module  # the decoder layer whose attention scores (its input layernorm, q/k projections)
+    hidden: torch.Tensor  # (B, T_s, d) that layer's input
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]  # RoPE (cos, sin) of the slots' positions
+    apply_rotary: Callable  # the model family's rotary: (states, cos, sin) -> rotated states
+    key_mask: torch.Tensor  # (B, Q, T_s) bool: the keys each query row sees (valid and causal)
+    query_slots: torch.Tensor  # (B, Q) long
+    query_valid: torch.Tensor  # (B, Q) bool
+    is_image: torch.Tensor  # (B, T_s) bool (real image slots)
+    image_rank: torch.Tensor  # (B, T_s) long: index into the sample's image-token block (image slots)
+
+
+class Scorer:
+    """Ranks image tokens: higher scores are kept. Subclasses implement `scores`."""
+
+    def for_prompt(self, prompt: PromptView) -> Scorer:
+        """The scorer for one prompt batch (this one, unless it needs per-prompt state)."""
+        return self
+
+    def scores(self, view: StageView) -> torch.Tensor:
+        """(B, T_s) float: a score per slot; only image slots' scores are read."""
+        raise NotImplementedError
 
 
 @torch.no_grad()  # ranking carries no gradient (the official code scores a detached copy)
@@ -22,6 +62,7 @@ def query_attention(
     layer: nn.Module,
     hidden: torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    apply_rotary: Callable,
     key_mask: torch.Tensor,
     query_slots: torch.Tensor,
     query_valid: torch.Tensor,
@@ -30,6 +71,7 @@ def query_attention(
     over the sample's valid query rows.
 
     hidden: (B, T, d) input of `layer`; position_embeddings: RoPE (cos, sin), each (B, T, head_dim);
+    apply_rotary: the model family's rotary, (states, cos, sin) -> states;
     query_slots: (B, Q) long; query_valid: (B, Q) bool; key_mask: (B, Q, T) bool, the keys each
     query row may see (valid and causal). Returns (B, T) float32; masked keys get 0, and a sample
     without valid rows gets 0 everywhere.
@@ -45,8 +87,8 @@ def query_attention(
 
     cos, sin = position_embeddings
     cos_q, sin_q = cos[rows, query_slots].unsqueeze(2), sin[rows, query_slots].unsqueeze(2)  # (B, Q, 1, hd)
-    query = query * cos_q + rotate_half(query) * sin_q
-    keys = keys * cos.unsqueeze(1) + rotate_half(keys) * sin.unsqueeze(1)
+    query = apply_rotary(query, cos_q, sin_q)
+    keys = apply_rotary(keys, cos.unsqueeze(1), sin.unsqueeze(1))
 
     # GQA: query head h reads key head h // groups; group the query heads instead of copying keys.
     num_kv_heads = keys.shape[1]
@@ -69,53 +111,45 @@ def select_top_images(scores: torch.Tensor, is_image: torch.Tensor, keep: torch.
     return torch.zeros_like(is_image).scatter(1, order, take)
 
 
-class AttentionRanking:
+class AttentionScorer(Scorer):
     """PyramidDrop, FastV: the head-averaged attention of the query rows at the boundary's score layer."""
 
-    @classmethod
-    def for_prompt(cls, config, *, token_ids: torch.Tensor, context: torch.Tensor, is_image: torch.Tensor) -> AttentionRanking:
-        return cls()
-
-    def scores(self, *, layer, hidden, position_embeddings, key_mask, query_slots, query_valid, image_rank) -> torch.Tensor:
-        return query_attention(layer, hidden, position_embeddings, key_mask, query_slots, query_valid)
+    def scores(self, view: StageView) -> torch.Tensor:
+        return query_attention(
+            view.layer, view.hidden, view.position_embeddings, view.apply_rotary, view.key_mask, view.query_slots, view.query_valid
+        )
 
 
-class RandomRanking:
-    """The random control: each sample's image tokens in a uniformly random order, seeded by the
-    config's seed and the sample's own context tokens, so a sample keeps the same tokens alone or in
-    any batch, on any device. The order is fixed for the whole prefill, so the stages are nested."""
+@dataclass(frozen=True)
+class RandomScorer(Scorer):
+    """The random control: each sample's image tokens in a uniformly random order, seeded by `seed` and
+    the sample's own context tokens, so a sample keeps the same tokens alone or in any batch, on any
+    device. The order is fixed for the whole prefill, so the stages are nested."""
 
-    def __init__(self, priority: torch.Tensor):
-        self.priority = priority  # (B, N_max): higher is kept longer, by index in the sample's image block
+    seed: int = 0
 
-    @classmethod
-    def for_prompt(cls, config, *, token_ids: torch.Tensor, context: torch.Tensor, is_image: torch.Tensor) -> RandomRanking:
-        """token_ids, context, is_image: (B, T) of the prompt; context marks the real tokens up to the
-        (last) query row (a scored continuation must not change the draw)."""
-        num_image = is_image.sum(1).tolist()
+    def for_prompt(self, prompt: PromptView) -> Scorer:
+        num_image = prompt.is_image.sum(1).tolist()
         priority = torch.zeros(len(num_image), max(num_image, default=0))
-        for row, (ids, mask, count) in enumerate(zip(token_ids, context, num_image)):
-            generator = torch.Generator().manual_seed(_sample_seed(config.seed, ids[mask]))
+        for row, (ids, mask, count) in enumerate(zip(prompt.token_ids, prompt.context, num_image)):
+            generator = torch.Generator().manual_seed(_sample_seed(self.seed, ids[mask]))
             order = torch.randperm(count, generator=generator)  # image-block indices, first kept longest
             priority[row, order] = torch.arange(count, 0, -1, dtype=priority.dtype)
-        return cls(priority.to(token_ids.device))
+        return _FixedPriority(priority.to(prompt.token_ids.device))
 
-    def scores(self, *, layer, hidden, position_embeddings, key_mask, query_slots, query_valid, image_rank) -> torch.Tensor:
+
+@dataclass(frozen=True)
+class _FixedPriority(Scorer):
+    priority: torch.Tensor  # (B, N_max): higher is kept longer, by index in the sample's image block
+
+    def scores(self, view: StageView) -> torch.Tensor:
         """(B, T_s) priority of each slot's image token; text slots get a value `select_top_images` ignores."""
         if self.priority.shape[1] == 0:
-            return torch.zeros(image_rank.shape, device=image_rank.device)
-        return self.priority.gather(1, image_rank.clamp(0, self.priority.shape[1] - 1))
+            return torch.zeros(view.image_rank.shape, device=view.image_rank.device)
+        return self.priority.gather(1, view.image_rank.clamp(0, self.priority.shape[1] - 1))
 
 
 def _sample_seed(seed: int, token_ids: torch.Tensor) -> int:
     """A 63-bit generator seed from `seed` and a sample's token ids (little-endian int64 bytes)."""
     digest = hashlib.blake2b(token_ids.to(torch.int64).cpu().numpy().astype("<i8").tobytes(), digest_size=8, key=str(seed).encode())
     return int.from_bytes(digest.digest(), "little") >> 1
-
-
-RANKINGS = {"attention": AttentionRanking, "random": RandomRanking}
-
-
-def ranking_for(config, *, token_ids: torch.Tensor, context: torch.Tensor, is_image: torch.Tensor):
-    """The ranking of `config`'s method for one prompt batch (see `AttentionRanking.for_prompt`)."""
-    return RANKINGS[config.spec.ranking].for_prompt(config, token_ids=token_ids, context=context, is_image=is_image)

@@ -18,7 +18,7 @@ from transformers.masking_utils import create_causal_mask
 from pdrop_eval.engine.cache import PrefillLayout, StageLayout
 from pdrop_eval.engine.config import Boundary, DropConfig
 from pdrop_eval.engine.hf_binding import cache_parameter
-from pdrop_eval.engine.scoring import ranking_for, select_top_images
+from pdrop_eval.engine.scoring import PromptView, Scorer, StageView, select_top_images
 from pdrop_eval.engine.stats import SampleDropStats, sample_stats
 
 
@@ -130,17 +130,20 @@ def _query_context(slots: Slots, queries: QueryRows) -> torch.Tensor:
     return slots.valid & (slots.origin <= last_query)
 
 
-def _rank(ranking, layer: nn.Module, slots: Slots, queries: QueryRows, position_embeddings) -> torch.Tensor:
-    """(B, T_s) scores of the slots' image tokens by `ranking` (see `pdrop_eval.engine.scoring`)."""
+def _stage_view(boundary: int, layer: nn.Module, slots: Slots, queries: QueryRows, position_embeddings, apply_rotary) -> StageView:
+    """What a scorer sees at `boundary`: `layer`'s input over the current slots and the query rows."""
     query_slots = (slots.origin.unsqueeze(1) == queries.index.unsqueeze(2)).long().argmax(2)  # (B, Q)
     key_mask = slots.valid.unsqueeze(1) & (slots.origin.unsqueeze(1) <= queries.index.unsqueeze(2))  # (B, Q, T_s)
-    return ranking.scores(
+    return StageView(
+        boundary=boundary,
         layer=layer,
         hidden=slots.hidden,
         position_embeddings=position_embeddings,
+        apply_rotary=apply_rotary,
         key_mask=key_mask,
         query_slots=query_slots,
         query_valid=queries.valid,
+        is_image=slots.is_image & slots.valid,
         image_rank=slots.image_rank,
     )
 
@@ -194,10 +197,13 @@ def staged_prefill(
     use_cache: bool,
     layer_kwargs: dict,
     token_ids: torch.Tensor,
+    scorer: Scorer,
+    apply_rotary,
 ) -> PrefillResult:
     """Run the prompt `slots` through all decoder layers, dropping image tokens at each boundary.
 
-    token_ids (B, T) long: the prompt's ids (the random control seeds each sample's draw with them)."""
+    token_ids (B, T) long: the prompt's ids (the random control seeds each sample's draw with them);
+    scorer ranks the image tokens at each boundary; apply_rotary: the model family's rotary."""
     batch, seq_len, width = slots.hidden.shape
     num_layers = len(lm.layers)
     kept_counts, stage_tokens = _kept_counts(config, slots, ranked=queries.valid.any(1), num_stages=len(boundaries))
@@ -208,12 +214,13 @@ def staged_prefill(
 
     inputs = _stage_inputs(lm, hidden=slots.hidden, valid_2d=slots.valid, positions=slots.positions, cache=cache, first_layer=0)
     run = {"cache": cache, "use_cache": use_cache, "layer_kwargs": layer_kwargs}
-    ranking = ranking_for(config, token_ids=token_ids, context=_query_context(slots, queries), is_image=slots.is_image)
+    scorer = scorer.for_prompt(PromptView(token_ids=token_ids, context=_query_context(slots, queries), is_image=slots.is_image))
     next_layer = 0
     for stage_index, boundary in enumerate(boundaries):
         hidden = _run_layers(lm, range(next_layer, boundary.score_layer), slots.hidden, inputs=inputs, **run)
         slots = replace(slots, hidden=hidden)
-        scores = _rank(ranking, lm.layers[boundary.score_layer], slots, queries, inputs.position_embeddings)
+        view = _stage_view(stage_index, lm.layers[boundary.score_layer], slots, queries, inputs.position_embeddings, apply_rotary)
+        scores = scorer.scores(view)
         hidden = _run_layers(lm, range(boundary.score_layer, boundary.drop_layer), slots.hidden, inputs=inputs, **run)
         slots = replace(slots, hidden=hidden)
         selected = select_top_images(scores, slots.is_image & slots.valid, kept_counts[:, stage_index])
