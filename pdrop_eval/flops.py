@@ -7,11 +7,11 @@ ranking overhead; the "actual" figure uses the real per-layer token counts, text
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.models import family_of_config, read_config_json
 
 
 @dataclass(frozen=True)
@@ -55,15 +55,7 @@ def paper_tflops(dims: ModelDims, config: DropConfig) -> float:
 
 def dims_from_config(path: str | Path, image_tokens: int | None = None) -> ModelDims:
     """Read the language-model dimensions from a HF config.json (LLaVA or a bare decoder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no model config at {path}") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    config = read_config_json(path)
     try:
         return dims_from_config_dict(config, image_tokens)
     except ValueError as error:
@@ -84,24 +76,9 @@ def dims_from_config_dict(config: dict, image_tokens: int | None = None) -> Mode
 
 
 def image_tokens_from_config(config: dict) -> tuple[int, bool]:
-    """(N, varies) of a LLaVA config dict. LLaVA-1.5: its fixed N (patches of the vision tower's image,
-    plus the CLS token under vision_feature_select_strategy "full"), varies=False. LLaVA-NeXT: the most
-    any image gets (base tile, plus the largest anyres grid with one newline token per row, which an
-    image of the grid's own aspect ratio gets unpadded; 2928 for 336-pixel tiles and a 2x2 grid, where
-    the paper's FLOPs column uses 2880), varies=True."""
-    vision = config.get("vision_config") or {}
-    try:
-        side = vision["image_size"] // vision["patch_size"]
-    except KeyError as error:
-        raise ValueError(f"the config's vision_config lacks {error.args[0]!r}, so its number of image tokens is unknown") from None
-    base = side * side + (config.get("vision_feature_select_strategy", "default") == "full")
-    if config.get("model_type") != "llava_next":
-        return base, False
-    tile = vision["image_size"]
-    grids = [(height // tile * side, width // tile * side) for height, width in config.get("image_grid_pinpoints") or []]
-    if not grids:
-        raise ValueError("a llava_next config needs image_grid_pinpoints to know its number of image tokens")
-    return base + max(rows * columns + rows for rows, columns in grids), True
+    """(N, varies) of a vision-language config dict: the most image tokens one image becomes in the
+    checkpoint's model family, and whether N varies per image (`ModelFamily.max_image_tokens`)."""
+    return family_of_config(config).max_image_tokens(config)
 
 
 def resolve_dims(model: str, image_tokens: int | None = None) -> ModelDims:

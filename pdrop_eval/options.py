@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pdrop_eval import presets
 from pdrop_eval.engine.config import METHODS, OPTION_KEYS, DropConfig
+from pdrop_eval.models import family_of_config
 
-ARCHITECTURES = ("llava", "llava_next")  # HF model_type of LLaVA-1.5 and LLaVA-NeXT
 MODEL_PRESET_KEYS = ("pretrained", "dtype", "device_map", "attn_implementation")  # what a model preset may set
 MODEL_KEYS = (*MODEL_PRESET_KEYS, "model_preset", "device", "max_new_tokens", "drop_preset", "pad_to_square", "save_kept")
 # budget=128 (or 25%, of N) instead of λ / R: `pdrop_eval.engine.budget` solves it for the checkpoint
@@ -271,10 +271,6 @@ def load_config(pretrained: str):
 
 
 def checkpoint_architecture(pretrained: str) -> str:
-    """"llava" (LLaVA-1.5) or "llava_next" (LLaVA-NeXT), read from the checkpoint; anything else is refused."""
-    architecture = load_config(pretrained).model_type
-    if architecture not in ARCHITECTURES:
-        raise ValueError(
-            f"{pretrained} is a {architecture!r} checkpoint; supported: LLaVA-1.5 ('llava') and LLaVA-NeXT ('llava_next')"
-        )
-    return architecture
+    """The checkpoint's model family (its HF model_type: "llava", "llava_next"; see `pdrop_eval.models`),
+    read from its config; a model of no supported family is refused."""
+    return family_of_config(load_config(pretrained), source=pretrained).name

@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-ARCHS = ("llava", "llava_next")
+from pdrop_eval.models import FAMILY_NAMES, family_named
+
+ARCHS = FAMILY_NAMES
 TEXT_ARCHS = ("llama", "mistral", "qwen2")
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
@@ -184,18 +186,7 @@ def make_tiny_model(
 
     ensure_torchvision_importable()  # before transformers imports torchvision
     import torch
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        GenerationConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-        LlavaNextImageProcessor,
-        LlavaNextProcessor,
-        LlavaProcessor,
-    )
+    from transformers import GenerationConfig
 
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -207,54 +198,12 @@ def make_tiny_model(
     torch.manual_seed(seed)
 
     tokenizer = build_tokenizer(spec.vocab_size, spec.corpus)
-    text_config = _text_config(text_arch, tokenizer, num_layers, spec)
-    vision_config = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden_size,
-        intermediate_size=2 * spec.vision_hidden_size,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=2,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        projection_dim=spec.vision_hidden_size,
-    )
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    common = dict(
-        vision_config=vision_config,
-        text_config=text_config,
-        image_token_id=image_token_id,
-        vision_feature_layer=spec.vision_feature_layer,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
-    )
-    processor_common = dict(
-        tokenizer=tokenizer,
-        patch_size=spec.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # the CLS token the "default" strategy removes
-        chat_template=CHAT_TEMPLATE,
-    )
-    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-    size = {"shortest_edge": spec.image_size}
-    crop_size = {"height": spec.image_size, "width": spec.image_size}
-    if arch == "llava":
-        model = LlavaForConditionalGeneration(LlavaConfig(**common))
-        image_processor = CLIPImageProcessor(size=size, crop_size=crop_size, image_mean=mean, image_std=std)
-        processor = LlavaProcessor(image_processor=image_processor, **processor_common)
-    else:
-        pinpoints = [list(resolution) for resolution in spec.grid_pinpoints]
-        model = LlavaNextForConditionalGeneration(LlavaNextConfig(image_grid_pinpoints=pinpoints, **common))
-        image_processor = LlavaNextImageProcessor(
-            size=size,
-            crop_size=crop_size,
-            image_grid_pinpoints=pinpoints,
-            image_mean=mean,
-            image_std=std,
-        )
-        processor = LlavaNextProcessor(image_processor=image_processor, **processor_common)
+    family = family_named(arch)
+    model, processor = family.build_tiny_model(spec, _text_config(text_arch, tokenizer, num_layers, spec), tokenizer, CHAT_TEMPLATE)
 
     if spec.scaled_residual_init:
         with torch.no_grad():
-            for layer in model.model.language_model.layers:
+            for layer in family.language_model(model).layers:
                 for projection in (layer.self_attn.o_proj, layer.mlp.down_proj):
                     projection.weight.mul_((2 * num_layers) ** -0.5)
     model.generation_config = GenerationConfig(

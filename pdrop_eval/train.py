@@ -29,10 +29,9 @@ from pdrop_eval.bench_settings import check_attn_implementation
 from pdrop_eval.engine import DropConfig, apply_drop
 from pdrop_eval.options import resolve_pad_to_square
 from pdrop_eval.train_settings import TrainSettings
-from pdrop_eval.wrapper import DTYPES, llava_model_class, load_image, processor_inputs, render_messages
+from pdrop_eval.wrapper import DTYPES, checkpoint_family, load_image, processor_inputs, render_messages
 
 IGNORE_INDEX = -100  # HF's label value for "no loss here"
-FREEZABLE = {"vision_tower": "vision_tower", "projector": "multi_modal_projector"}  # --freeze name -> LLaVA submodule
 DATA_SUFFIXES = (".parquet", ".json", ".jsonl")
 
 
@@ -213,22 +212,22 @@ def train(settings: TrainSettings) -> dict:
         raise ValueError(f"--save-dtype must be float32, float16 or bfloat16, got {settings.save_dtype!r}")
     if settings.attn_implementation is not None:  # None: transformers' choice
         check_attn_implementation(settings.attn_implementation)
-    unknown = sorted(set(settings.freeze) - set(FREEZABLE))
-    if unknown:
-        raise ValueError(f"--freeze: unknown part(s) {unknown}; choose from {sorted(FREEZABLE)}")
     drop = DropConfig.from_args(settings.drop) if settings.drop else DropConfig.none()
     arguments = settings.training_arguments()
-    architecture, model_class = llava_model_class(settings.pretrained)
-    pad_to_square = resolve_pad_to_square(architecture, settings.pad_to_square)
+    family = checkpoint_family(settings.pretrained)
+    unknown = sorted(set(settings.freeze) - set(family.freezable_part_paths))
+    if unknown:
+        raise ValueError(f"--freeze: unknown part(s) {unknown}; choose from {sorted(family.freezable_part_paths)}")
+    pad_to_square = resolve_pad_to_square(family.name, settings.pad_to_square)
     processor = AutoProcessor.from_pretrained(settings.pretrained)
     if processor.tokenizer.pad_token_id is None:
         raise ValueError(f"--pretrained {settings.pretrained}: the tokenizer has no pad token")
     dataset = ConversationDataset(read_conversations(settings.data), processor, settings.max_length, pad_to_square)
     dataset.check_all()
 
-    model = model_class.from_pretrained(settings.pretrained, dtype=torch.float32, attn_implementation=settings.attn_implementation)
+    model = family.model_class().from_pretrained(settings.pretrained, dtype=torch.float32, attn_implementation=settings.attn_implementation)
     for part in settings.freeze:
-        getattr(model.model, FREEZABLE[part]).requires_grad_(False)
+        family.freezable_part(model, part).requires_grad_(False)
     # Trainer puts the model in training mode; the engine then ranks image tokens with the tokens
     # just before each answer span (the official PyramidDrop training rule).
     handle = apply_drop(model, drop) if drop.method != "none" else None

@@ -34,6 +34,7 @@ from PIL import Image, ImageFile
 
 from pdrop_eval.engine import DropConfig, apply_drop
 from pdrop_eval.engine.stats import SampleDropStats
+from pdrop_eval.models import ModelFamily, family_named
 from pdrop_eval.options import ModelOptions, checkpoint_architecture, resolve_pad_to_square
 from pdrop_eval.stats import SampleStats
 
@@ -177,9 +178,9 @@ class LlavaRunner:
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        architecture, model_class = llava_model_class(pretrained)
+        family = checkpoint_family(pretrained)
         placement = {"device_map": device_map} if device_map else {}
-        model = model_class.from_pretrained(pretrained, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **placement)
+        model = family.model_class().from_pretrained(pretrained, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **placement)
         if not device_map:
             model.to(device)
         model.eval()
@@ -187,7 +188,7 @@ class LlavaRunner:
         processor.tokenizer.padding_side = "left"  # batched generation appends on the right
         if processor.tokenizer.pad_token is None:
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
-        return cls(str(pretrained), architecture, drop or DropConfig.none(), model, processor, pad_to_square)
+        return cls(str(pretrained), family.name, drop or DropConfig.none(), model, processor, pad_to_square)
 
     @classmethod
     def from_options(cls, options: ModelOptions, device=None) -> LlavaRunner:
@@ -375,12 +376,9 @@ def render_messages(processor, messages: Sequence[dict], add_generation_prompt: 
     )
 
 
-def llava_model_class(pretrained: str) -> tuple[str, type]:
-    """(architecture, transformers model class) of a LLaVA-1.5 / LLaVA-NeXT checkpoint; anything else is an error."""
-    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
-
-    architecture = checkpoint_architecture(pretrained)
-    return architecture, LlavaForConditionalGeneration if architecture == "llava" else LlavaNextForConditionalGeneration
+def checkpoint_family(pretrained: str) -> ModelFamily:
+    """The model family of a checkpoint folder or Hub id (its config only); a model of no supported family is an error."""
+    return family_named(checkpoint_architecture(pretrained))
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
