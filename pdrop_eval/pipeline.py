@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pdrop_eval.adapters.names import FRAMEWORK_NAMES
 from pdrop_eval.engine.config import SWEPT_METHODS, DropConfig, MethodSpec
 from pdrop_eval.package_data import TASKS_DIR
 from pdrop_eval.report import build_report
@@ -126,7 +127,7 @@ def lmms_eval_command(pretrained: str, setting: Setting, tasks: list[str], outpu
     """The lmms-eval command line of one setting; `options` are extra flags (limit, batch_size,
     device; True for a flag without value, e.g. force_simple)."""
     model_args = ",".join(filter(None, [f"pretrained={pretrained}", setting.drop.to_args()]))
-    command = [sys.executable, "-c", LMMS_EVAL_MAIN, "--model", setting.drop.spec.lmms_model, "--model_args", model_args]
+    command = [sys.executable, "-c", LMMS_EVAL_MAIN, "--model", FRAMEWORK_NAMES[setting.drop.method].model, "--model_args", model_args]
     command += ["--tasks", ",".join(tasks), "--include_path", str(TASKS_DIR), "--output_path", str(output_path), "--log_samples"]
     for flag, value in options.items():
         command += [f"--{flag}"] if value is True else [f"--{flag}", str(value)]

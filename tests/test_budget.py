@@ -49,8 +49,8 @@ def test_pyramid_lambda_gives_the_closest_exact_average(n, layers, target):
     dims = budgets.model_dims(LLAVA15, n)
     solution = budgets.solve(target, dims, "pyramid", layer_list=layers)
     config = solution.config
-    assert config.layer_list == layers
-    counts = [int(n * Decimal(repr(config.ratio)) ** stage) for stage in range(1, len(layers) + 1)]  # λ^s as a decimal
+    assert config.params.layer_list == layers
+    counts = [int(n * Decimal(repr(config.params.ratio)) ** stage) for stage in range(1, len(layers) + 1)]  # λ^s as a decimal
     exact = pyramid_average(n, 32, layers, counts)
     assert solution.schedule.avg_image_tokens == exact == solution.achieved
     best = np.min(np.abs(all_pyramid_averages(n, 32, layers) - target))
@@ -62,7 +62,7 @@ def test_pyramid_lambda_gives_the_closest_exact_average(n, layers, target):
 def test_fastv_r_gives_the_closest_exact_average(n, k, target):
     dims = budgets.model_dims(LLAVA15, n)
     solution = budgets.solve(target, dims, "fastv", fastv_k=k)
-    kept = n - int(n * solution.config.fastv_r)
+    kept = n - int(n * solution.config.params.fastv_r)
     exact = fastv_average(n, 32, k, kept)
     assert solution.achieved == exact
     assert abs(exact - target) == min(abs(fastv_average(n, 32, k, m) - target) for m in range(1, n + 1))
@@ -70,9 +70,9 @@ def test_fastv_r_gives_the_closest_exact_average(n, k, target):
 
 def test_after_drop_convention_counts_the_tokens_kept_after_the_first_drop():
     pdrop = budgets.solve(192, LLAVA15, "pyramid", convention="after_drop")
-    assert int(576 * pdrop.config.ratio) == 192 == pdrop.schedule.kept_after_drop
+    assert int(576 * pdrop.config.params.ratio) == 192 == pdrop.schedule.kept_after_drop
     fastv = budgets.solve(192, LLAVA15, "fastv", convention="after_drop")
-    assert 576 - int(576 * fastv.config.fastv_r) == 192
+    assert 576 - int(576 * fastv.config.params.fastv_r) == 192
     assert fastv.schedule.avg_image_tokens == fastv_average(576, 32, 2, 192)
 
 
@@ -113,7 +113,7 @@ def test_searching_layer_lists_reaches_what_a_fixed_list_cannot():
     best = found[0]
     assert abs(best.error) <= min(abs(solution.error) for solution in found)
     assert abs(best.error) <= abs(budgets.solve(64, LLAVA15, "pyramid").error)
-    assert best.achieved == pyramid_average(576, 32, best.config.layer_list, best.schedule.kept_per_stage)
+    assert best.achieved == pyramid_average(576, 32, best.config.params.layer_list, best.schedule.kept_per_stage)
     assert budgets.solve(64, LLAVA15, "pyramid", search_layers=True) == best
 
 
@@ -149,9 +149,9 @@ def test_budget_presets_average_their_names_and_are_what_the_solver_gives(name):
     config = presets.drop_preset(name)
     counts = config.kept_counts(576)
     if kind == "pdrop":
-        average = pyramid_average(576, 32, config.layer_list, counts)
+        average = pyramid_average(576, 32, config.params.layer_list, counts)
     else:
-        average = fastv_average(576, 32, config.fastv_k, counts[0])
+        average = fastv_average(576, 32, config.params.fastv_k, counts[0])
     assert abs(average - int(tokens)) <= 0.5
     assert DropConfig.for_budget(int(tokens), "pyramid" if kind == "pdrop" else "fastv") == config
 

@@ -27,9 +27,9 @@ from pdrop_eval.flops import PRESETS, paper_tflops, tflops, tokens_per_layer
         (lambda: DropConfig.random(DropConfig.none()), "counts of one of"),
         (lambda: DropConfig.random(seed=-1), "seed must be >= 0"),
         (lambda: DropConfig.pyramid(ratio=0.5, image_token_ratio_list=[0.5, 0.25, 0.1]), "exactly one of lambda .* got both"),
-        (lambda: DropConfig(method="fastv", fastv_k=2, fastv_r=0.5, ratio=0.3), r"FastV does not take \['ratio'\]"),
-        (lambda: DropConfig(method="pyramid", layer_list=(8,), ratio=0.5, seed=1), r"PyramidDrop does not take \['seed'\]"),
-        (lambda: DropConfig(method="random", layer_list=(8,), ratio=0.5, fastv_k=2, fastv_r=0.5, seed=0), "one schedule"),
+        (lambda: DropConfig.from_dict({"method": "fastv", "fastv_k": 2, "fastv_r": 0.5, "ratio": 0.3}), r"FastV does not take \['ratio'\]"),
+        (lambda: DropConfig.from_dict({"method": "pyramid", "layer_list": [8], "ratio": 0.5, "seed": 1}), r"PyramidDrop does not take \['seed'\]"),
+        (lambda: DropConfig.from_dict({"method": "random", "layer_list": [8], "ratio": 0.5, "fastv_k": 2, "fastv_r": 0.5, "seed": 0}), "one schedule"),
     ],
 )
 def test_invalid_values_raise_value_error_naming_the_field(make, message):
@@ -126,10 +126,15 @@ def test_lambda_0_6_keeps_27_of_125_tokens_at_the_third_stage():
 
 
 def test_registry_entries_are_distinct_and_complete():
+    from pdrop_eval.adapters.names import FRAMEWORK_NAMES
     from pdrop_eval.engine.config import METHODS, OPTION_KEYS
 
-    for attribute in ("kind", "series", "marker", "lmms_model", "lmms_class", "vlmeval_class"):
+    for attribute in ("kind", "series"):
         values = [getattr(spec, attribute) for spec in METHODS.values()]
+        assert len(set(values)) == len(values), attribute
+    assert set(FRAMEWORK_NAMES) == set(METHODS)
+    for attribute in ("model", "lmms_class", "vlmeval_class"):
+        values = [getattr(names, attribute) for names in FRAMEWORK_NAMES.values()]
         assert len(set(values)) == len(values), attribute
     for spec in METHODS.values():
         assert set(spec.keys) <= set(OPTION_KEYS)

@@ -4,6 +4,7 @@ start-up validation of --model_args, and the simple and chat paths building the 
 import pytest
 
 from pdrop_eval.adapters.lmms import models as adapters
+from pdrop_eval.adapters.names import FRAMEWORK_NAMES
 from pdrop_eval.engine.config import METHODS, DropConfig
 from pdrop_eval.package_data import TASKS_DIR
 
@@ -18,8 +19,8 @@ def test_models_are_registered_through_the_entry_point():
         assert models.get_model(model_id, force_simple=True) is simple
         chat = models.get_model(model_id)
         assert issubclass(chat, simple) and chat.is_simple is False
-        assert METHODS[simple.method].lmms_model == model_id
-    assert {spec.lmms_model for spec in METHODS.values()} <= set(models.list_available_models())
+        assert FRAMEWORK_NAMES[simple.method].model == model_id
+    assert {names.model for names in FRAMEWORK_NAMES.values()} <= set(models.list_available_models())
 
 
 @pytest.mark.parametrize(

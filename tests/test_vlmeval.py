@@ -242,7 +242,7 @@ def test_model_options_are_checked_without_loading(adapter, tiny_llava_next, tin
     settings = adapter.LLaVAPyramidDrop.check_options(pretrained=str(tiny_llava_next), layer_list="4;8", **{"lambda": "0.25"})
     assert settings.drop == DropConfig.pyramid(layer_list=(4, 8), ratio=0.25)
     assert (settings.architecture, settings.max_new_tokens) == ("llava_next", 1024)
-    assert adapter.LLaVAFastV.check_options(pretrained=str(tiny_llava), drop_preset="fastv-k2-r0.5").drop.fastv_k == 2
+    assert adapter.LLaVAFastV.check_options(pretrained=str(tiny_llava), drop_preset="fastv-k2-r0.5").drop.params.fastv_k == 2
     with pytest.raises(ValueError, match="FastV does not take"):
         adapter.LLaVAFastV.check_options(pretrained=str(tiny_llava), layer_list="8;16")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['temperature'\]"):

@@ -227,7 +227,7 @@ def test_unusable_statistics_files_name_the_file_and_key(tmp_path, damage, messa
 # ----- presets and task data --------------------------------------------------------------------------
 def test_presets_give_the_papers_settings():
     assert presets.drop_preset("pdrop-0.5") == DropConfig.pyramid(layer_list=[8, 16, 24], ratio=0.5)
-    assert presets.drop_preset("pdrop-0.4").ratio == 0.4 and presets.drop_preset("pdrop-0.6").ratio == 0.6
+    assert presets.drop_preset("pdrop-0.4").params.ratio == 0.4 and presets.drop_preset("pdrop-0.6").params.ratio == 0.6
     assert presets.drop_preset("fastv-k2-r0.5") == DropConfig.fastv(k=2, r=0.5)
     assert presets.drop_preset("vanilla") == DropConfig.none()
     assert presets.model_preset("llava-next-7b")["pretrained"] == "llava-hf/llava-v1.6-vicuna-7b-hf"

@@ -1,5 +1,5 @@
 """VLMEvalKit models: HF LLaVA-1.5 / LLaVA-NeXT with each drop method of the registry
-(`pdrop_eval.engine.config.METHODS`): PyramidDrop, FastV, no drop and the random control.
+(`pdrop_eval.engine.methods.METHODS`, named as `pdrop_eval.adapters.names` says): PyramidDrop, FastV, no drop and the random control.
 
 Thin translations from VLMEvalKit's model interface to the shared `pdrop_eval.wrapper.LlavaRunner`:
 a VLMEvalKit message (a list of ``{'type': 'text'|'image', 'value': ...}``) becomes a `Query`, the
@@ -28,6 +28,7 @@ import pandas as pd
 from vlmeval.smp import cn_string
 from vlmeval.vlm.base import BaseModel
 
+from pdrop_eval.adapters.names import FRAMEWORK_NAMES
 from pdrop_eval.engine.config import METHODS, MethodSpec
 from pdrop_eval.options import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -77,7 +78,7 @@ class DropVLM(BaseModel):
             cls.DROP_METHOD,
             options,
             owner=cls.__name__,
-            default_model_preset=METHODS[cls.DROP_METHOD].default_model_preset,
+            default_model_preset=FRAMEWORK_NAMES[cls.DROP_METHOD].default_model_preset,
             default_max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
         )
 
@@ -138,13 +139,14 @@ class DropVLM(BaseModel):
 
 def _model_class(spec: MethodSpec) -> type:
     """The class of the registry entry `spec` (e.g. LLaVAPyramidDrop), as --config "class" names it."""
-    return type(spec.vlmeval_class, (DropVLM,), {
-        "__module__": __name__, "__doc__": f"VLMEvalKit model {spec.lmms_model}: {spec.title}.", "DROP_METHOD": spec.name,
+    names = FRAMEWORK_NAMES[spec.name]
+    return type(names.vlmeval_class, (DropVLM,), {
+        "__module__": __name__, "__doc__": f"VLMEvalKit model {names.model}: {spec.title}.", "DROP_METHOD": spec.name,
     })
 
 
 # By the names lmms-eval knows them by too; the classes are module attributes (pickling, --config).
-MODELS = {spec.lmms_model: _model_class(spec) for spec in METHODS.values()}
+MODELS = {FRAMEWORK_NAMES[spec.name].model: _model_class(spec) for spec in METHODS.values()}
 globals().update({model_class.__name__: model_class for model_class in MODELS.values()})
 
 

@@ -17,7 +17,7 @@ def parse_layer_list(text: str) -> tuple[int, ...]:
     from pdrop_eval.engine.config import DropConfig
 
     try:
-        return DropConfig.from_args({"layer_list": text, "lambda": 0.5}).layer_list
+        return DropConfig.from_args({"layer_list": text, "lambda": 0.5}).params.layer_list
     except ValueError as error:
         raise ValueError(f"--layer-list: {error}") from None
 

@@ -274,7 +274,7 @@ def search_layer_lists(
     tolerance = _one_token_one_layer(budget.convention, dims)
     close = [solution for solution in solutions if abs(solution.error) <= best + tolerance]
     rest = sorted((s for s in solutions if abs(s.error) > best + tolerance), key=lambda s: abs(s.error))
-    close.sort(key=lambda s: (-s.config.ratio, -s.config.layer_list[0], s.config.layer_list))
+    close.sort(key=lambda s: (-s.config.params.ratio, -s.config.params.layer_list[0], s.config.params.layer_list))
     return close + rest
 
 

@@ -1,5 +1,5 @@
 """lmms-eval registration of the models in `pdrop_eval.adapters.lmms.models`: one per drop method
-of the registry (`pdrop_eval.engine.config.METHODS`).
+of the registry (`pdrop_eval.engine.methods.METHODS`), named as `pdrop_eval.adapters.names` says.
 
 `manifests` is the target of the `lmms_eval.models` entry point (pyproject.toml). lmms-eval calls it
 while `lmms_eval.models` initialises, for every run whatever the model, so this module imports
@@ -11,13 +11,13 @@ lmms-eval resolves one of these models.
 def manifests() -> list:
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    from pdrop_eval.engine.config import METHODS
+    from pdrop_eval.adapters.names import FRAMEWORK_NAMES
 
     return [
         ModelManifest(
-            model_id=spec.lmms_model,
-            simple_class_path=f"{__name__}.models.{spec.lmms_class}",
-            chat_class_path=f"{__name__}.models.{spec.lmms_chat_class}",
+            model_id=names.model,
+            simple_class_path=f"{__name__}.models.{names.lmms_class}",
+            chat_class_path=f"{__name__}.models.{names.lmms_chat_class}",
         )
-        for spec in METHODS.values()
+        for names in FRAMEWORK_NAMES.values()
     ]

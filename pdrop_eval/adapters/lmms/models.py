@@ -1,4 +1,4 @@
-"""lmms-eval models, one per drop method of the registry (`pdrop_eval.engine.config.METHODS`):
+"""lmms-eval models, one per drop method of the registry (`pdrop_eval.engine.methods.METHODS`):
 `llava_next_pdrop` (PyramidDrop), `llava_fastv` (FastV), `llava_next_vanilla` (no drop) and
 `llava_random_drop` (the random control), thin adapters over `pdrop_eval.wrapper.LlavaRunner`
 (registration: `pdrop_eval.adapters.lmms`).
@@ -37,6 +37,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from pdrop_eval import stats
+from pdrop_eval.adapters.names import FRAMEWORK_NAMES
 from pdrop_eval.engine.config import METHODS, MethodSpec
 from pdrop_eval.keyvalue import parse_key_values
 from pdrop_eval.options import (
@@ -248,11 +249,12 @@ class ChatRequests:
 
 def _model_classes(spec: MethodSpec) -> tuple[type, type]:
     """The simple and chat classes of the registry entry `spec`, named as its manifest names them."""
-    simple = type(spec.lmms_class, (LlavaDropModel,), {
-        "__module__": __name__, "__doc__": f"lmms-eval model {spec.lmms_model}: {spec.title}.",
-        "model_id": spec.lmms_model, "method": spec.name,
+    names = FRAMEWORK_NAMES[spec.name]
+    simple = type(names.lmms_class, (LlavaDropModel,), {
+        "__module__": __name__, "__doc__": f"lmms-eval model {names.model}: {spec.title}.",
+        "model_id": names.model, "method": spec.name,
     })
-    chat = type(spec.lmms_chat_class, (ChatRequests, simple), {"__module__": __name__, "__doc__": simple.__doc__})
+    chat = type(names.lmms_chat_class, (ChatRequests, simple), {"__module__": __name__, "__doc__": simple.__doc__})
     return simple, chat
 
 
