@@ -10,6 +10,8 @@ from pdrop_eval import DropConfig, apply_drop
 from pdrop_eval.engine.hf_binding import cache_argument, output_cache
 from pdrop_eval.tiny import make_tiny_model
 
+pytestmark = pytest.mark.newest_transformers  # also run on the newest transformers release (.ci/run)
+
 QUESTIONS = [
     "What color is the square in the image?",
     "Is there a red circle in the picture? Please answer yes or no.",

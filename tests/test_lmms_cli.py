@@ -151,6 +151,7 @@ def pdrop_run(lmms_env, tiny_llava_next, tmp_path_factory):
                output_flag="--output")
 
 
+@pytest.mark.newest_transformers  # the one lmms-eval run on the newest transformers release (.ci/run)
 def test_pdrop_run_writes_results_samples_and_stats(pdrop_run, tiny_llava_next):
     results = pdrop_run.results()
     assert results["config"]["model"] == "llava_next_pdrop"
