@@ -126,7 +126,7 @@ class DropConfig:
         """The inverse of `to_dict` (e.g. the ``drop`` entry of a statistics file)."""
         if not isinstance(data, dict):
             raise TypeError(f"a drop config dict is needed, got {data!r}")
-        unknown = sorted(set(data) - {"method", "position_mode", *RECORD_FIELDS})
+        unknown = sorted(set(data) - {"method", "position_mode", *RECORD_FIELDS, *(field for field, _ in OPTION_KEYS.values())})
         if unknown:
             raise ValueError(f"unknown DropConfig field(s) {unknown}")
         unset = (None, [], ())  # to_dict writes the fields of other methods as null or []

@@ -48,7 +48,7 @@ def check_number(name: str, value) -> float:
     return float(value)
 
 
-def _parse_int(raw) -> int:
+def parse_int(raw) -> int:
     if isinstance(raw, bool):
         raise ValueError("not an integer")
     if isinstance(raw, int):
@@ -56,13 +56,13 @@ def _parse_int(raw) -> int:
     return int(str(raw).strip())
 
 
-def _parse_float(raw) -> float:
+def parse_float(raw) -> float:
     if isinstance(raw, bool):
         raise ValueError("not a number")
     return float(raw)
 
 
-def _parse_list(raw, item) -> tuple:
+def parse_list(raw, item) -> tuple:
     """A list option: a Python list, or text with ';', '|', ',' or spaces between items, brackets optional."""
     if isinstance(raw, (list, tuple)):
         return tuple(item(value) for value in raw)
@@ -75,17 +75,18 @@ def _parse_list(raw, item) -> tuple:
 
 # key=value option -> (parameter field, parser). `lambda` and `ratio` are two names of one field.
 # The field names are also the keys of a config's record (`DropConfig.to_dict`, statistics files).
+# `pdrop_eval.engine.methods.register_method` adds the options of a new method.
 OPTION_KEYS = {
-    "layer_list": ("layer_list", lambda raw: _parse_list(raw, _parse_int)),
-    "lambda": ("ratio", _parse_float),
-    "ratio": ("ratio", _parse_float),
-    "image_token_ratio_list": ("image_token_ratio_list", lambda raw: _parse_list(raw, _parse_float)),
+    "layer_list": ("layer_list", lambda raw: parse_list(raw, parse_int)),
+    "lambda": ("ratio", parse_float),
+    "ratio": ("ratio", parse_float),
+    "image_token_ratio_list": ("image_token_ratio_list", lambda raw: parse_list(raw, parse_float)),
     "position_mode": ("position_mode", str),
-    "fastv_k": ("fastv_k", _parse_int),
-    "fastv_r": ("fastv_r", _parse_float),
-    "seed": ("seed", _parse_int),
+    "fastv_k": ("fastv_k", parse_int),
+    "fastv_r": ("fastv_r", parse_float),
+    "seed": ("seed", parse_int),
 }
-RECORD_FIELDS = ("layer_list", "ratio", "image_token_ratio_list", "fastv_k", "fastv_r", "seed")  # besides method, position_mode
+RECORD_FIELDS = ("layer_list", "ratio", "image_token_ratio_list", "fastv_k", "fastv_r", "seed")  # every record has them
 
 
 def stage_ratio(ratio: float, stage: int) -> float:
