@@ -143,7 +143,7 @@ class LlavaRunner:
     evaluated them; see `resolve_pad_to_square`).
     """
 
-    def __init__(self, pretrained: str, architecture: str, drop: DropConfig, model, processor, pad_to_square: bool | None = None):
+    def __init__(self, pretrained: str, architecture: str, drop: DropConfig, model, processor, pad_to_square: bool | None = None, scorer=None):
         self.pretrained = pretrained
         self.architecture = architecture
         self.drop = drop
@@ -157,7 +157,7 @@ class LlavaRunner:
             "intermediate_size": text_config.intermediate_size,
             "num_layers": text_config.num_hidden_layers,
         }
-        self._handle = apply_drop(model, drop)
+        self._handle = apply_drop(model, drop, scorer=scorer)
 
     @classmethod
     def load(
@@ -169,10 +169,12 @@ class LlavaRunner:
         device_map: str | None = None,
         attn_implementation: str | None = None,
         pad_to_square: bool | None = None,
+        scorer=None,
     ) -> LlavaRunner:
         """Load a HF checkpoint (folder or Hub id) and apply `drop` (default: no drop).
 
         `device_map` (e.g. "auto") hands placement to accelerate; otherwise the model moves to `device`.
+        `scorer`: ranks the image tokens instead of the method's own (see `apply_drop`).
         """
         from transformers import AutoProcessor
 
@@ -188,7 +190,7 @@ class LlavaRunner:
         processor.tokenizer.padding_side = "left"  # batched generation appends on the right
         if processor.tokenizer.pad_token is None:
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
-        return cls(str(pretrained), family.name, drop or DropConfig.none(), model, processor, pad_to_square)
+        return cls(str(pretrained), family.name, drop or DropConfig.none(), model, processor, pad_to_square, scorer)
 
     @classmethod
     def from_options(cls, options: ModelOptions, device=None) -> LlavaRunner:
