@@ -1,9 +1,11 @@
 """Prefill (or training-step, or generate) timing of vanilla, PyramidDrop and FastV on a random LLaVA model of a chosen shape.
 
 The model is built from a config (no checkpoint), and the prompt holds N image-token ids without
-pixel values, so only the language model is timed: the part the methods change. Each method gets
-warm-up runs, then the median of timed runs. Ranking overhead is the time spent inside the
-scoring function during the PyramidDrop prefill (or training step), as a fraction of it.
+pixel values, so only the language model is timed: the part the methods change. After untimed warm-up
+rounds the methods take turns, one timed run each per round (vanilla, PyramidDrop, FastV, vanilla, ...),
+so that a machine that drifts slows all of them alike; each time and each time ratio (taken round by
+round) is reported as its median and range. Ranking overhead is the time spent inside the scoring
+function during the PyramidDrop prefill (or training step), as a fraction of it.
 
 With `train=True` a timed run is one training step instead: forward with labels on the last
 `answer_tokens` text tokens (the answer; everything before it is instruction) and backward, in
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, replace
 
 import torch
@@ -73,24 +75,6 @@ def _timed(device: str, function, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def _prefill_seconds(model, input_ids, settings: BenchSettings) -> list[float]:
-    """`warmup` untimed prefills, then the seconds of each of `repeats` prefills."""
-    with torch.inference_mode():
-        for _ in range(settings.warmup):
-            model(input_ids=input_ids, use_cache=True)
-        return [_timed(settings.device, model, input_ids=input_ids, use_cache=True)[1] for _ in range(settings.repeats)]
-
-
-def _generate_seconds(model, input_ids, settings: BenchSettings) -> list[float]:
-    """`warmup` untimed greedy generations of `generate_tokens` new tokens, then the seconds of each of `repeats`."""
-    n = settings.generate_tokens
-    kwargs = {"attention_mask": torch.ones_like(input_ids), "max_new_tokens": n, "min_new_tokens": n, "do_sample": False, "pad_token_id": 0}
-    with torch.inference_mode():
-        for _ in range(settings.warmup):
-            model.generate(input_ids=input_ids, **kwargs)
-        return [_timed(settings.device, model.generate, input_ids=input_ids, **kwargs)[1] for _ in range(settings.repeats)]
-
-
 def _answer_labels(input_ids: torch.Tensor, settings: BenchSettings) -> torch.Tensor:
     """HF labels supervising the last `answer_tokens` tokens of each prompt; -100 elsewhere."""
     labels = torch.full_like(input_ids, -100)
@@ -98,31 +82,83 @@ def _answer_labels(input_ids: torch.Tensor, settings: BenchSettings) -> torch.Te
     return labels
 
 
-def _train_step_seconds(model, input_ids, settings: BenchSettings) -> list[float]:
-    """`warmup` untimed training steps (forward with labels, backward), then the seconds of each of `repeats`."""
-    labels = _answer_labels(input_ids, settings)
+def _call(model, input_ids, settings: BenchSettings):
+    """One run of what `settings` time, as a function without arguments (its inputs made once): a
+    training step (forward with labels, backward), a greedy generate of `generate_tokens`, or a prefill."""
+    if settings.train:
+        labels = _answer_labels(input_ids, settings)
 
-    def step():
-        model.zero_grad(set_to_none=True)
-        model(input_ids=input_ids, labels=labels, use_cache=False).loss.backward()
+        def step():
+            model.zero_grad(set_to_none=True)
+            model(input_ids=input_ids, labels=labels, use_cache=False).loss.backward()
 
+        return step
+    if settings.generate_tokens:
+        n = settings.generate_tokens
+        kwargs = {"attention_mask": torch.ones_like(input_ids), "max_new_tokens": n, "min_new_tokens": n, "do_sample": False, "pad_token_id": 0}
+        return lambda: model.generate(input_ids=input_ids, **kwargs)
+    return lambda: model(input_ids=input_ids, use_cache=True)
+
+
+@contextmanager
+def _run_mode(model, settings: BenchSettings):
+    """Training mode for training steps (gradients cleared afterwards), inference mode otherwise."""
+    if not settings.train:
+        with torch.inference_mode():
+            yield
+        return
     model.train()
     try:
-        for _ in range(settings.warmup):
-            step()
-        return [_timed(settings.device, step)[1] for _ in range(settings.repeats)]
+        yield
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
 
 
-def _measure(settings: BenchSettings):
-    """The function that times what `settings` asks for: training steps, generate calls or prefills."""
-    if settings.train:
-        return _train_step_seconds
-    if settings.generate_tokens:
-        return _generate_seconds
-    return _prefill_seconds
+def _seconds(model, input_ids, settings: BenchSettings) -> list[float]:
+    """`warmup` untimed runs of the model as it is, then the seconds of each of `repeats`."""
+    call = _call(model, input_ids, settings)
+    with _run_mode(model, settings):
+        for _ in range(settings.warmup):
+            call()
+        return [_timed(settings.device, call)[1] for _ in range(settings.repeats)]
+
+
+def variants(settings: BenchSettings) -> dict[str, DropConfig]:
+    """What is timed, in the order of each round: vanilla, PyramidDrop, FastV."""
+    return {
+        "vanilla": DropConfig.none(),
+        "pdrop": DropConfig.pyramid(layer_list=settings.pyramid_layers(), ratio=settings.ratio),
+        "fastv": DropConfig.fastv(k=settings.fastv_k, r=settings.fastv_r),
+    }
+
+
+def _interleaved_seconds(model, input_ids, settings: BenchSettings, configs: dict[str, DropConfig]):
+    """({variant: seconds of its `repeats` timed runs}, {variant: peak CUDA bytes, None off CUDA}).
+
+    The variants take turns (A B C A B C ...), so that what drifts while a benchmark runs (clocks,
+    other load on the machine) falls on all of them alike; `warmup` untimed rounds come first."""
+    on_cuda = settings.device.startswith("cuda")
+    seconds = {name: [] for name in configs}
+    peaks = dict.fromkeys(configs)
+    with _run_mode(model, settings):
+        for round_number in range(settings.warmup + settings.repeats):
+            for name, config in configs.items():
+                with apply_drop(model, config) if config.method != "none" else nullcontext():
+                    call = _call(model, input_ids, settings)
+                    if round_number < settings.warmup:
+                        call()
+                        continue
+                    if on_cuda:
+                        torch.cuda.reset_peak_memory_stats(settings.device)
+                    seconds[name].append(_timed(settings.device, call)[1])
+                    if on_cuda:
+                        peaks[name] = max(peaks[name] or 0, torch.cuda.max_memory_allocated(settings.device))
+    return seconds, peaks
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
 @contextmanager
@@ -143,31 +179,18 @@ def _timed_scoring(settings: BenchSettings):
         scoring.query_attention = original
 
 
-def _median_and_peak(measure, model, input_ids, settings: BenchSettings) -> tuple[float, int | None]:
-    """Median seconds of `measure`'s timed runs, and the peak CUDA memory they took in bytes (None off CUDA)."""
-    on_cuda = settings.device.startswith("cuda")
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats(settings.device)
-    seconds = statistics.median(measure(model, input_ids, settings))
-    return seconds, torch.cuda.max_memory_allocated(settings.device) if on_cuda else None
-
-
 def run_bench(settings: BenchSettings) -> dict:
     model = _build_model(settings)
     input_ids = _prompt_ids(settings, model.config.image_token_id)
-    pyramid = DropConfig.pyramid(layer_list=settings.pyramid_layers(), ratio=settings.ratio)
-    fastv = DropConfig.fastv(k=settings.fastv_k, r=settings.fastv_r)
-    measure = _measure(settings)
-
-    vanilla_s, vanilla_peak = _median_and_peak(measure, model, input_ids, settings)
+    configs = variants(settings)
+    pyramid, fastv = configs["pdrop"], configs["fastv"]
+    seconds, peaks = _interleaved_seconds(model, input_ids, settings, configs)
+    measure = _seconds  # the ranking-overhead pass below times PyramidDrop's runs alone
     with apply_drop(model, pyramid):
-        pdrop_s, pdrop_peak = _median_and_peak(measure, model, input_ids, settings)
-        # A separate, already warm pass with the ranking timed, so its timers do not touch pdrop_s.
+        # A separate, already warm pass with the ranking timed, so its timers do not touch the timed rounds.
         with _timed_scoring(settings) as spent:
             instrumented = measure(model, input_ids, replace(settings, warmup=0))
         scoring_overhead = sum(spent) / sum(instrumented)
-    with apply_drop(model, fastv):
-        fastv_s, fastv_peak = _median_and_peak(measure, model, input_ids, settings)
 
     def actual_tflops(config: DropConfig) -> float:
         counts = tokens_per_layer(settings.image_tokens, config, settings.num_layers, settings.text_tokens)
@@ -177,14 +200,16 @@ def run_bench(settings: BenchSettings) -> dict:
     settings_dict = asdict(settings)
     settings_dict["layer_list"] = list(settings.pyramid_layers())
     return {
-        "vanilla_s": vanilla_s,
-        "pdrop_s": pdrop_s,
-        "fastv_s": fastv_s,
+        # seconds of each timed run, and their median and range; time ratios pair the runs of one round
+        "seconds": {name: _spread(runs) for name, runs in seconds.items()},
+        "time_ratio": {
+            name: _spread([run / vanilla for run, vanilla in zip(seconds[name], seconds["vanilla"])]) for name in ("pdrop", "fastv")
+        },
         # Forward FLOPs of every token each layer sees; a backward pass costs the same tokens again (twice).
         "theory_pdrop": actual_tflops(pyramid) / vanilla_tflops,
         "theory_fastv": actual_tflops(fastv) / vanilla_tflops,
         "scoring_overhead": scoring_overhead,  # share of the PyramidDrop prefill (or training step, or generate) spent ranking
         # Peak CUDA memory of each method's runs (weights included), bytes; None off CUDA.
-        "peak_bytes": {"vanilla": vanilla_peak, "pdrop": pdrop_peak, "fastv": fastv_peak},
+        "peak_bytes": peaks,
         "settings": settings_dict,
     }

@@ -45,13 +45,17 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    vanilla = result["vanilla_s"]
+    def spread(values: dict, scale: float = 1.0, digits: int = 3) -> str:
+        return f"{values['median'] * scale:.{digits}f} ({values['min'] * scale:.{digits}f}-{values['max'] * scale:.{digits}f})"
+
+    seconds, ratios = result["seconds"], result["time_ratio"]
     rows = [
-        ["vanilla", f"{vanilla * 1e3:.1f}", "1.000", "1.000"],
-        ["PyramidDrop", f"{result['pdrop_s'] * 1e3:.1f}", f"{result['pdrop_s'] / vanilla:.3f}", f"{result['theory_pdrop']:.3f}"],
-        ["FastV", f"{result['fastv_s'] * 1e3:.1f}", f"{result['fastv_s'] / vanilla:.3f}", f"{result['theory_fastv']:.3f}"],
+        ["vanilla", spread(seconds["vanilla"], 1e3, 1), "1", "1.000"],
+        ["PyramidDrop", spread(seconds["pdrop"], 1e3, 1), spread(ratios["pdrop"]), f"{result['theory_pdrop']:.3f}"],
+        ["FastV", spread(seconds["fastv"], 1e3, 1), spread(ratios["fastv"]), f"{result['theory_fastv']:.3f}"],
     ]
-    headers = ["method", f"{settings.timed_name} ms", "time ratio", "prefill FLOPs ratio" if settings.generate_tokens else "FLOPs ratio"]
+    headers = [f"{settings.timed_name} ms", "time ratio to vanilla", "prefill FLOPs ratio" if settings.generate_tokens else "FLOPs ratio"]
+    headers = ["method", *headers]
     peaks = result["peak_bytes"]
     if peaks["vanilla"] is not None:  # measured on CUDA
         headers.append("peak GiB")
@@ -61,8 +65,9 @@ def run(args) -> int:
     print(
         f"{settings.timed_call()}, d={s['hidden_size']} m={s['intermediate_size']} layers={s['num_layers']} "
         f"N={s['image_tokens']} text={s['text_tokens']} batch={s['batch_size']} {s['dtype']} on {s['device']} "
-        f"({s['attn_implementation']}), median of {s['repeats']}"
+        f"({s['attn_implementation']}); median (min-max) of {s['repeats']} rounds in which the methods take turns, "
+        f"after {s['warmup']} untimed warm-up round(s); a time ratio pairs the runs of one round"
     )
-    print(tabulate(rows, headers=headers, tablefmt="github"))
+    print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     print(f"ranking overhead: {result['scoring_overhead'] * 100:.2f}% of PyramidDrop {settings.timed_name}")
     return 0
