@@ -69,8 +69,9 @@ def test_lmms_eval_runs_a_bundled_task_through_the_wheel(installed, demo_run):
     venv, env, cwd = installed
     demo_dir, _ = demo_run
     python = venv / "bin" / "python"
-    tasks, cpu_startup = run([python, "-c", "import pathlib, pdrop_eval.package_data as d, pdrop_eval.adapters.lmms as m; "
-                              "print(d.TASKS_DIR); print(pathlib.Path(m.__file__).parent / 'cpu_startup')"], cwd, env).split()
+    tasks = run([python, "-m", "pdrop_eval.tasks"], cwd, env).strip()  # as the README passes --include_path
+    cpu_startup = run([python, "-c", "import pathlib, pdrop_eval.adapters.lmms as m; print(pathlib.Path(m.__file__).parent / 'cpu_startup')"],
+                      cwd, env).strip()
     lmms_env = {**env, "PYTHONPATH": cpu_startup, "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(cwd / "datasets")}
     output = cwd / "lmms"
     log = run([python, "-m", "lmms_eval", "--model", "llava_next_pdrop", "--model_args",
