@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduces the two shipped checkpoints (pdrop-synth-vanilla, pdrop-synth-pdrop) from scratch on CPU.
+# Reproduces the two shipped checkpoints (pdrop_eval/data/checkpoints/: pdrop-synth-vanilla, pdrop-synth-pdrop)
+# from scratch on CPU.
 # Stage 1 (shared, as LLaVA's stages share their start): the untrained synth LLaVA-NeXT learns to read
 # pdrop_synth on its curriculum-ordered train split. Stage 2 fine-tunes that one model twice, once
 # without dropping and once with PyramidDrop λ=0.5 at layers 8/16/24 (the paper's training setting),
@@ -18,7 +19,7 @@ pids=()
 for variant in vanilla pdrop; do
     drop=""
     if [ "$variant" = pdrop ]; then drop="layer_list=8;16;24,lambda=0.5"; fi
-    pdrop-eval train --pretrained "$work/stage1" --data "$work/data/train.parquet" --output-dir "checkpoints/pdrop-synth-$variant" \
+    pdrop-eval train --pretrained "$work/stage1" --data "$work/data/train.parquet" --output-dir "pdrop_eval/data/checkpoints/pdrop-synth-$variant" \
         --drop "$drop" --max-steps 6000 --batch-size 16 --lr 5e-4 --warmup 50 --scheduler cosine --seed 1 \
         --logging-steps 50 --save-dtype float16 --threads 1 > "$work/stage2-$variant.log" 2>&1 &
     pids+=($!)

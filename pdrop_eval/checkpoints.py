@@ -1,4 +1,5 @@
-"""The small LLaVA-NeXT checkpoints trained here on `pdrop_synth` and committed under `checkpoints/`.
+"""The small LLaVA-NeXT checkpoints trained here on `pdrop_synth`, shipped as package data in
+`pdrop_eval/data/checkpoints/` (so the demo runs from an installed wheel too).
 
 How each was trained (the exact command, its time on a 2-core CPU) is in `checkpoints/README.md`
 and in the ``train_summary.json`` beside the weights."""
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+from pdrop_eval.package_data import DATA_DIR
+
+CHECKPOINTS_DIR = DATA_DIR / "checkpoints"
 SHIPPED = {
     "vanilla": "pdrop-synth-vanilla",  # trained without dropping
     "pdrop": "pdrop-synth-pdrop",  # trained with PyramidDrop λ=0.5 at 8/16/24
@@ -20,5 +23,5 @@ def shipped_checkpoint(name: str) -> Path:
         raise ValueError(f"unknown shipped checkpoint {name!r}; choose from {sorted(SHIPPED)}")
     path = CHECKPOINTS_DIR / SHIPPED[name]
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"the shipped checkpoint {path} is missing (run from a full clone of pdrop-eval)")
+        raise FileNotFoundError(f"the shipped checkpoint {path} is missing (pdrop-eval was installed without its package data)")
     return path

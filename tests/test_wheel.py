@@ -1,6 +1,7 @@
 """The wheel as a user gets it: built from the package's files, installed into a fresh virtual environment
 outside the checkout, and run from there: `pdrop-eval report --compare-paper` on the demo's lmms-eval runs
-(the paper's tables) and one lmms-eval run on a bundled task (the tasks folder, the model plugin)."""
+(the paper's tables) and one lmms-eval run on a bundled task (the tasks folder, the model plugin); the demo's
+checkpoints are there too."""
 
 import json
 import os
@@ -49,9 +50,10 @@ def installed(tmp_path_factory):
 
 def test_installed_wheel_is_the_one_imported(installed):
     venv, env, cwd = installed
-    printed = run([venv / "bin" / "python", "-c", "import pdrop_eval.package_data as d; print(d.__file__); print(d.TASKS_DIR)"], cwd, env)
-    module, tasks = map(Path, printed.split())
-    assert module.is_relative_to(venv) and tasks.is_relative_to(venv)
+    printed = run([venv / "bin" / "python", "-c", "import pdrop_eval.package_data as d, pdrop_eval.checkpoints as c; "
+                   "print(d.__file__); print(d.TASKS_DIR); print(c.shipped_checkpoint('vanilla'))"], cwd, env)
+    module, tasks, demo_checkpoint = map(Path, printed.split())
+    assert all(path.is_relative_to(venv) for path in (module, tasks, demo_checkpoint))
 
 
 def test_report_compares_with_the_paper_from_the_wheel(installed, demo_run, tmp_path):
