@@ -1,30 +1,18 @@
 """Torch-profiler view of `generate` (LLaVA-NeXT-7B shape, batch 8, 16 new tokens) for vanilla, PyramidDrop
-and FastV, with the staged engine's steps labelled; output in results/bench/profile-decode-gpu.txt (results/bench/README.md)."""
+and FastV, with the staged engine's own labels (pdrop::...); output in results/bench/profile-decode-gpu.txt
+(results/bench/README.md)."""
 
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import ProfilerActivity, profile
 
 from pdrop_eval.compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()
-import pdrop_eval.engine.apply as apply_module  # noqa: E402
-import pdrop_eval.engine.staged as staged  # noqa: E402
 from pdrop_eval.bench import _build_model, _prompt_ids  # noqa: E402
 from pdrop_eval.bench_settings import BenchSettings  # noqa: E402
 from pdrop_eval.engine.apply import apply_drop  # noqa: E402
 from pdrop_eval.engine.config import DropConfig  # noqa: E402
 
-
-def labelled(name, function):
-    def wrapper(*args, **kwargs):
-        with record_function(name):
-            return function(*args, **kwargs)
-    return wrapper
-
-
-staged._stage_inputs = labelled("pdrop::stage_inputs", staged._stage_inputs)
-staged._run_layers = labelled("pdrop::run_layers", staged._run_layers)
-apply_module.staged_decode = labelled("pdrop::staged_decode", staged.staged_decode)  # apply.py calls its own import
 
 s = BenchSettings(hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32, image_tokens=2880, text_tokens=60,
                   batch_size=8, dtype="bfloat16", device="cuda")

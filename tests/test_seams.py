@@ -119,3 +119,73 @@ def test_a_decode_step_with_a_cache_the_prefill_did_not_fill_is_refused(llava):
         with pytest.raises(ValueError, match="was not filled by a prefill under PyramidDrop"):
             model(**step, **hf_binding.cache_argument(model, stale))
         model(**step, **hf_binding.cache_argument(model, hf_binding.output_cache(prefill)))  # the returned one decodes
+
+
+def test_a_method_placed_before_the_language_model_with_a_merging_reducer(llava):
+    """A vision-side method built from the parts alone (no change to the staged loop): before any decoder
+    layer, each run of 4 image tokens is averaged into one. Each sample of a padded batch then prefills
+    and greedily decodes exactly as the stock model does on its hand-built pooled sequence."""
+    from dataclasses import dataclass
+
+    from pdrop_eval.engine.methods import register_method
+    from pdrop_eval.engine.methods.base import PLACE_BEFORE_LANGUAGE_MODEL, Boundary, MethodSpec
+    from pdrop_eval.engine.reducers import Reducer, Reduction
+
+    @dataclass(frozen=True)
+    class PoolParams:
+        pool_size: int = 4
+
+    class FirstOfEachRun(Scorer):
+        def scores(self, view):
+            assert view.layer is None  # nothing of the language model has run
+            return (view.image_rank % 4 == 0).float()
+
+    class MeanOfRun(Reducer):
+        def reduce(self, *, hidden, scores, is_image, image_rank, keep):
+            run = torch.where(is_image, image_rank // 4, -1)  # (B, T) the run each image slot belongs to
+            same_run = (run.unsqueeze(2) == run.unsqueeze(1)) & is_image.unsqueeze(1)  # (B, T, T)
+            means = same_run.float() @ hidden.float() / same_run.sum(2, keepdim=True).clamp(min=1)
+            selected = is_image & (image_rank % 4 == 0)
+            return Reduction(selected=selected, hidden=torch.where(selected.unsqueeze(-1), means.to(hidden.dtype), hidden))
+
+    class Pool(MethodSpec):
+        def boundaries(self, params, num_layers):
+            return [Boundary.before_language_model()]
+
+        def kept_counts(self, params, num_image_tokens):
+            return [num_image_tokens // 4]
+
+        def scorer(self, config):
+            return FirstOfEachRun()
+
+        def reducer(self, config):
+            return MeanOfRun()
+
+    model, inputs = llava
+    saved = dict(METHODS)
+    register_method(Pool(name="pool4", title="Pool by 4", kind="pool4", series="Pool4", keys=(), defaults={"position_mode": "compact"},
+                         params_class=PoolParams, place=PLACE_BEFORE_LANGUAGE_MODEL))
+    try:
+        config = DropConfig.from_args("method=pool4")
+        assert config.image_tokens_per_layer(64, 4) == [16] * 4
+        with torch.no_grad():
+            embeddings = model(**inputs, output_hidden_states=True).hidden_states[0]  # (B, T, d): the language model's input
+            with apply_drop(model, config) as handle:
+                dropped_logits = model(**inputs).logits[:, -1]
+                dropped_tokens = model.generate(**inputs, max_new_tokens=4, do_sample=False)[:, inputs["input_ids"].shape[1]:]
+            for sample in range(len(PROMPTS)):
+                real = inputs["attention_mask"][sample].bool()
+                image = inputs["input_ids"][sample][real] == model.config.image_token_id
+                sequence = embeddings[sample][real]
+                first = int(image.nonzero()[0])
+                pooled = sequence[image].view(-1, 4, sequence.shape[-1]).mean(1)
+                reduced = torch.cat([sequence[:first], pooled, sequence[first + int(image.sum()):]]).unsqueeze(0)
+                assert torch.allclose(model(inputs_embeds=reduced).logits[0, -1], dropped_logits[sample], atol=1e-4)
+                expected = model.generate(inputs_embeds=reduced, attention_mask=torch.ones(reduced.shape[:2], dtype=torch.long), max_new_tokens=4, do_sample=False)
+                assert dropped_tokens[sample].tolist() == expected[0, -4:].tolist()
+                assert handle.last_stats[sample].image_tokens_per_layer == (16,) * model.config.text_config.num_hidden_layers
+        with pytest.raises(ValueError, match="Pool by 4 drops at before_language_model but its schedule gives"):
+            DropConfig.from_args("method=pool4").spec.check_boundaries([Boundary(score_layer=1, drop_layer=2)])
+    finally:
+        METHODS.clear()
+        METHODS.update(saved)

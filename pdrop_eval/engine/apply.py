@@ -81,6 +81,7 @@ class DropHandle:
         self.family = family
         self.boundaries = config.boundaries(len(language_model.layers))
         self.scorer = scorer if scorer is not None else config.spec.scorer(config)
+        self.reducer = config.spec.reducer(config)
         self.image_token_ids = torch.tensor(family.image_token_ids(model.config))
         self.last_stats: list[SampleDropStats] = []
         self._language_model = language_model
@@ -290,6 +291,7 @@ class DropHandle:
             use_cache=batch.use_cache,
             layer_kwargs=layer_kwargs,
             scorer=self.scorer,
+            reducer=self.reducer,
             apply_rotary=self.family.apply_rotary,
         )
         self.last_stats = result.stats

@@ -8,6 +8,7 @@ lives here rather than in a table keyed by the cache.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -37,3 +38,13 @@ class StagedCache(DynamicCache):
     hand) takes the cache for the next step from."""
 
     layout: PrefillLayout | None = None
+
+    def get_seq_length(self, *args, **kwargs) -> int:
+        """The sequence's logical length (the prompt before any drop, plus the tokens decoded since), which
+        generate() and the drop engine read: a layer whose stage dropped tokens stores fewer."""
+        stored = super().get_seq_length(*args, **kwargs)
+        if self.layout is None:
+            return stored
+        layer_idx = inspect.signature(super().get_seq_length).bind(*args, **kwargs).arguments.get("layer_idx", 0)
+        stage = [stage for stage in self.layout.stages if stage.first_layer <= layer_idx][-1]
+        return stored - stage.valid.shape[1] + self.layout.prefill_len

@@ -148,7 +148,7 @@ class DropConfig:
     # ----- what the engine executes --------------------------------------------------------------
     def boundaries(self, num_layers: int) -> list[Boundary]:
         """The drop points for a decoder of `num_layers` layers (validated against that depth)."""
-        return self.spec.boundaries(self.params, num_layers)
+        return self.spec.check_boundaries(self.spec.boundaries(self.params, num_layers))
 
     def kept_counts(self, num_image_tokens: int) -> list[int]:
         """Image tokens left after each boundary, always counted from the original N."""

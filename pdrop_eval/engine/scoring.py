@@ -34,8 +34,8 @@ class StageView:
     """One boundary, as a scorer sees it: the score layer's input over the current stage's slots."""
 
     boundary: int  # 0-based index of the boundary in the schedule
-    layer: nn.Module  # the decoder layer whose attention scores (its input layernorm, q/k projections)
-    hidden: torch.Tensor  # (B, T_s, d) that layer's input
+    layer: nn.Module | None  # the score layer (its input layernorm, q/k projections); None: before the language model
+    hidden: torch.Tensor  # (B, T_s, d) that layer's input (the language model's input embeddings when layer is None)
     position_embeddings: tuple[torch.Tensor, torch.Tensor]  # RoPE (cos, sin) of the slots' positions
     apply_rotary: Callable  # the model family's rotary: (states, cos, sin) -> rotated states
     key_mask: torch.Tensor  # (B, Q, T_s) bool: the keys each query row sees (valid and causal)

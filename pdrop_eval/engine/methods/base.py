@@ -23,14 +23,22 @@ if TYPE_CHECKING:
 
 POSITION_MODES = ("compact", "original")
 PLACE_LANGUAGE_MODEL = "language_model"  # dropped before a decoder layer, scored by the layers before it
+PLACE_BEFORE_LANGUAGE_MODEL = "before_language_model"  # on the vision side: no decoder layer sees the dropped tokens
+PLACES = (PLACE_LANGUAGE_MODEL, PLACE_BEFORE_LANGUAGE_MODEL)
 
 
 @dataclass(frozen=True)
 class Boundary:
-    """One drop point: score with `score_layer`'s attention, drop just before `drop_layer` runs."""
+    """One drop point: score at `score_layer` (its input, its attention), drop just before `drop_layer`
+    runs. `score_layer` None: scored on the language model's input embeddings, before any layer, which
+    is where a vision-side method drops (`drop_layer` 0: `Boundary.before_language_model()`)."""
 
-    score_layer: int
+    score_layer: int | None
     drop_layer: int
+
+    @classmethod
+    def before_language_model(cls) -> Boundary:
+        return cls(score_layer=None, drop_layer=0)
 
 
 # ----- option values --------------------------------------------------------------------------------
@@ -122,7 +130,19 @@ class MethodSpec:
     alternatives: tuple[frozenset, ...] = ()  # fields that stand for each other: giving one drops the others' defaults
     sweep_key: str | None = None  # the option `pdrop-eval sweep --values` varies; None: not swept
     budget_family: str | None = None  # the method whose λ / R a token or TFLOPs budget solves (engine.budget)
-    place: str = PLACE_LANGUAGE_MODEL
+    place: str = PLACE_LANGUAGE_MODEL  # PLACES: where its boundaries may be
+
+    def __post_init__(self):
+        if self.place not in PLACES:
+            raise ValueError(f"{self.title}: place must be one of {PLACES}, got {self.place!r}")
+
+    def check_boundaries(self, boundaries: list[Boundary]) -> list[Boundary]:
+        """`boundaries` if they lie where the method's place says (a vision-side method drops before
+        the language model only); otherwise a ValueError naming the method."""
+        before = [boundary == Boundary.before_language_model() for boundary in boundaries]
+        if any(before) != (self.place == PLACE_BEFORE_LANGUAGE_MODEL) or (any(before) and len(boundaries) != 1):
+            raise ValueError(f"{self.title} drops at {self.place} but its schedule gives {boundaries}")
+        return boundaries
 
     @property
     def fields(self) -> frozenset:
@@ -178,6 +198,12 @@ class MethodSpec:
     def scorer(self, config: DropConfig):
         """The `pdrop_eval.engine.scoring.Scorer` that ranks its image tokens (None: it drops nothing)."""
         return None
+
+    def reducer(self, config: DropConfig):
+        """The `pdrop_eval.engine.reducers.Reducer` that keeps (or merges) the scored tokens."""
+        from pdrop_eval.engine.reducers import SelectTop  # torch: loaded only when a model runs
+
+        return SelectTop()
 
     def label(self, params, position_mode: str) -> str:
         """Short table label; settings equal to the defaults are left unsaid."""

@@ -1,0 +1,37 @@
+"""Reducers: the part of a method that turns scores into the next stage's tokens.
+
+`SelectTop` keeps each sample's best-scored image tokens as they are (PyramidDrop, FastV, the random
+control). A merging reducer also rewrites the kept slots' states, e.g. folding the dropped tokens into
+them (VisionZip's contextual tokens, pooling); the staged prefill treats both alike: the selected
+slots go on, with the states the reducer returns, in their original order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pdrop_eval.engine.scoring import select_top_images
+
+
+@dataclass(frozen=True)
+class Reduction:
+    selected: torch.Tensor  # (B, T_s) bool: the image slots that go on to the next stage
+    hidden: torch.Tensor  # (B, T_s, d): every slot's state after the reduction (read for the kept slots)
+
+
+class Reducer:
+    """Chooses (and may rewrite) the image tokens that survive a boundary."""
+
+    def reduce(self, *, hidden: torch.Tensor, scores: torch.Tensor, is_image: torch.Tensor, image_rank: torch.Tensor, keep: torch.Tensor) -> Reduction:
+        """hidden (B, T_s, d) at the drop layer; scores (B, T_s) from the scorer; is_image (B, T_s) bool,
+        the real image slots; image_rank (B, T_s) long, index in the sample's image block; keep (B,) long."""
+        raise NotImplementedError
+
+
+class SelectTop(Reducer):
+    """Keep the `keep` best-scored image tokens of each sample unchanged (ties: the earlier slot)."""
+
+    def reduce(self, *, hidden, scores, is_image, image_rank, keep) -> Reduction:
+        return Reduction(selected=select_top_images(scores, is_image, keep), hidden=hidden)
