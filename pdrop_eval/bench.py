@@ -4,8 +4,9 @@ The model is built from a config (no checkpoint), and the prompt holds N image-t
 pixel values, so only the language model is timed: the part the methods change. After untimed warm-up
 rounds the methods take turns, one timed run each per round (vanilla, PyramidDrop, FastV, vanilla, ...),
 so that a machine that drifts slows all of them alike; each time and each time ratio (taken round by
-round) is reported as its median and range. Ranking overhead is the time spent inside the scoring
-function during the PyramidDrop prefill (or training step), as a fraction of it.
+round) is reported as its median and range. Ranking overhead is the time spent inside the scorer
+(a timing `Scorer` around PyramidDrop's own, passed to `apply_drop`) during the PyramidDrop prefill (or
+training step), as a fraction of it.
 
 With `train=True` a timed run is one training step instead: forward with labels on the last
 `answer_tokens` text tokens (the answer; everything before it is instruction) and backward, in
@@ -23,10 +24,10 @@ from dataclasses import asdict, replace
 
 import torch
 
-import pdrop_eval.engine.scoring as scoring
 from pdrop_eval.bench_settings import BenchSettings
 from pdrop_eval.engine.apply import apply_drop
 from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.engine.scoring import Scorer
 from pdrop_eval.flops import tflops, tokens_per_layer
 
 
@@ -161,22 +162,19 @@ def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
-@contextmanager
-def _timed_scoring(settings: BenchSettings):
-    """Accumulate the wall time of every ranking call made by the staged prefill."""
-    spent = []
-    original = scoring.query_attention
+class _TimedScorer(Scorer):
+    """Another scorer, each of its `scores` calls timed (device-synchronised) into `spent`."""
 
-    def timed(*args, **kwargs):
-        result, seconds = _timed(settings.device, original, *args, **kwargs)
-        spent.append(seconds)
+    def __init__(self, scorer: Scorer, device: str, spent: list):
+        self.scorer, self.device, self.spent = scorer, device, spent
+
+    def for_prompt(self, prompt) -> Scorer:
+        return _TimedScorer(self.scorer.for_prompt(prompt), self.device, self.spent)
+
+    def scores(self, view):
+        result, seconds = _timed(self.device, self.scorer.scores, view)
+        self.spent.append(seconds)
         return result
-
-    scoring.query_attention = timed
-    try:
-        yield spent
-    finally:
-        scoring.query_attention = original
 
 
 def run_bench(settings: BenchSettings) -> dict:
@@ -186,11 +184,11 @@ def run_bench(settings: BenchSettings) -> dict:
     pyramid, fastv = configs["pdrop"], configs["fastv"]
     seconds, peaks = _interleaved_seconds(model, input_ids, settings, configs)
     measure = _seconds  # the ranking-overhead pass below times PyramidDrop's runs alone
-    with apply_drop(model, pyramid):
-        # A separate, already warm pass with the ranking timed, so its timers do not touch the timed rounds.
-        with _timed_scoring(settings) as spent:
-            instrumented = measure(model, input_ids, replace(settings, warmup=0))
-        scoring_overhead = sum(spent) / sum(instrumented)
+    # A separate, already warm pass with the ranking timed, so its timers do not touch the timed rounds.
+    spent = []
+    with apply_drop(model, pyramid, scorer=_TimedScorer(pyramid.spec.scorer(pyramid), settings.device, spent)):
+        instrumented = measure(model, input_ids, replace(settings, warmup=0))
+    scoring_overhead = sum(spent) / sum(instrumented)
 
     def actual_tflops(config: DropConfig) -> float:
         counts = tokens_per_layer(settings.image_tokens, config, settings.num_layers, settings.text_tokens)

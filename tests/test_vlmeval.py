@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
-from pdrop_eval import DropConfig
+from pdrop_eval import DropConfig, synth
 from pdrop_eval.adapters.vlmeval_data import TOY_MCQ, TOY_YN, make_toy_datasets, toy_mcq_rows, toy_yn_rows, write_tsv
 
 DATASETS = (TOY_MCQ, TOY_YN)
@@ -168,10 +168,12 @@ def interrupted_run(tiny_llava, lmu_data, tmp_path_factory):
     data = pd.read_csv(lmu_data / f"{INTERRUPTED}.tsv", sep="\t").head(3)
     data.loc[1, "image"] = "x"
     data.to_csv(lmu_data / f"{SHORT_CELL}.tsv", sep="\t", index=False)
+    # and make-synth's VQA set, which VLMEvalKit alone cannot score (its custom VQA set's evaluate raises)
+    synth_tsv = synth.write_synth(tmp_path_factory.mktemp("synth"), train_images=1, test_questions=4)["tsv"]
+    shutil.copy(synth_tsv, lmu_data / synth_tsv.name)
     work_dir = tmp_path_factory.mktemp("vlmeval_interrupted")
-    result = _run(_interrupted_command(tiny_llava, work_dir, f"max_new_tokens={MAX_NEW_TOKENS},lambda=0.5", INTERRUPTED, SHORT_CELL),
-                  lmu_data, cwd=work_dir)
-    return work_dir, result
+    command = _interrupted_command(tiny_llava, work_dir, f"max_new_tokens={MAX_NEW_TOKENS},lambda=0.5", INTERRUPTED, SHORT_CELL, synth.TSV_NAME)
+    return work_dir, _run(command, lmu_data, cwd=work_dir)
 
 
 def _interrupted_command(checkpoint, work_dir, options: str, *datasets) -> list[str]:
@@ -183,13 +185,42 @@ def test_a_failed_model_x_dataset_fails_the_run_whatever_its_message(interrupted
     work_dir, result = interrupted_run
     assert result.returncode == 1, result.stderr[-3000:]
     assert f"failed: llava_next_pdrop x {INTERRUPTED}: " in result.stderr
-    assert f"failed: llava_next_pdrop x {SHORT_CELL}: failed without an error message" in result.stderr
+    # VLMEvalKit's bare assert records an empty message: the exception is named, with where it was raised
+    named = f"failed: llava_next_pdrop x {SHORT_CELL}: AssertionError (raised in "
+    assert named in result.stderr and "vlmeval/" in result.stderr.split(named)[1].splitlines()[0]
     status = json.loads((work_dir / "llava_next_pdrop" / "status.json").read_text())["datasets"]
-    assert status[SHORT_CELL]["error_message"] == ""  # what VLMEvalKit's bare assert leaves
+    assert status[SHORT_CELL]["error_message"].startswith("AssertionError (raised in ")
     from pdrop_eval.report import build_report
 
     markdown = build_report([work_dir]).markdown
     assert f"{SHORT_CELL} was not scored" in markdown and f"{INTERRUPTED} was not scored" in markdown
+
+
+def test_make_synth_tsv_is_scored_by_exact_match(interrupted_run):
+    """PDropSynth.tsv (a VQA set without options) ran through pdrop-vlmeval: VLMEvalKit's own custom VQA
+    set raised a bare NotImplementedError when scoring it, and the run failed without a message."""
+    work_dir, result = interrupted_run
+    model_dir = work_dir / "llava_next_pdrop"
+    assert f"x {synth.TSV_NAME}" not in result.stderr
+    predictions = pd.read_excel(model_dir / f"llava_next_pdrop_{synth.TSV_NAME}.xlsx")
+    scores = pd.read_csv(model_dir / f"llava_next_pdrop_{synth.TSV_NAME}_acc.csv")
+    matches = [synth.exact_match(str(prediction), str(answer)) for prediction, answer in zip(predictions["prediction"], predictions["answer"])]
+    assert scores["Overall"][0] == pytest.approx(100 * sum(matches) / len(matches))
+    assert "metrics" in json.loads((model_dir / "status.json").read_text())["datasets"][synth.TSV_NAME]
+
+
+def test_exact_match_vqa_scores_overall_and_per_category(adapter, tmp_path):
+    from pdrop_eval.adapters.vlmeval_exact_match import exact_match_scores
+
+    predictions = pd.DataFrame({
+        "index": [1, 2, 3, 4], "question": ["q"] * 4, "category": ["local", "local", "counting", "counting"],
+        "answer": ["red", "Blue", "3", "2"], "prediction": ["Red.", "green", " 3", "two"],
+    })
+    eval_file = tmp_path / "model_PDropTestVQA.xlsx"
+    predictions.to_excel(eval_file, index=False)
+    scores = exact_match_scores(str(eval_file))
+    assert scores.to_dict("records") == [{"Overall": 50.0, "counting": 50.0, "local": 50.0}]
+    assert pd.read_csv(tmp_path / "model_PDropTestVQA_acc.csv").to_dict("records") == scores.to_dict("records")
 
 
 @pytest.mark.parametrize("options, change", [
@@ -296,19 +327,24 @@ def test_registration_is_in_place(adapter):
     assert vlmeval.vlm.LLaVAPyramidDrop is adapter.LLaVAPyramidDrop
 
 
-def test_local_yes_no_sets_are_typed_and_bad_spellings_refused(adapter, tmp_path):
-    from vlmeval.dataset import DATASET_TYPE
+def test_local_sets_are_typed_and_bad_spellings_refused(adapter, tmp_path, monkeypatch):
+    from vlmeval.dataset import DATASET_TYPE, build_dataset
 
-    from pdrop_eval.adapters.vlmeval_run import LaunchError, _register_if_yes_no
+    from pdrop_eval.adapters.vlmeval_exact_match import ExactMatchVQA
+    from pdrop_eval.adapters.vlmeval_run import LaunchError, _register_local_dataset
 
     rows = toy_yn_rows(2)
-    _register_if_yes_no("PDropTestYN", write_tsv(tmp_path / "PDropTestYN.tsv", rows))
+    _register_local_dataset("PDropTestYN", write_tsv(tmp_path / "PDropTestYN.tsv", rows))
     assert DATASET_TYPE("PDropTestYN") == "Y/N"
     lowercase = [{**row, "answer": row["answer"].lower()} for row in rows]
     with pytest.raises(LaunchError, match="exactly as"):
-        _register_if_yes_no("PDropTestLower", write_tsv(tmp_path / "PDropTestLower.tsv", lowercase))
-    _register_if_yes_no("PDropTestMCQ", write_tsv(tmp_path / "PDropTestMCQ.tsv", toy_mcq_rows(2)))
+        _register_local_dataset("PDropTestLower", write_tsv(tmp_path / "PDropTestLower.tsv", lowercase))
+    _register_local_dataset("PDropTestMCQ", write_tsv(tmp_path / "PDropTestMCQ.tsv", toy_mcq_rows(2)))
     assert DATASET_TYPE("PDropTestMCQ") == "MCQ"  # left to VLMEvalKit's own custom-MCQ rule
+    monkeypatch.setenv("LMUData", str(tmp_path))
+    vqa = [{**row, "answer": answer} for row, answer in zip(rows, ["red", "two"])]
+    _register_local_dataset("PDropTestVQA", write_tsv(tmp_path / "PDropTestVQA.tsv", vqa))
+    assert DATASET_TYPE("PDropTestVQA") == "VQA" and isinstance(build_dataset("PDropTestVQA"), ExactMatchVQA)
 
 
 def test_work_dir_of_another_configuration_is_refused(one_process_run, tiny_llava_next, adapter):
@@ -347,9 +383,9 @@ def test_model_builds_prompts_and_records_each_row(adapter, tiny_llava_next, lmu
     assert message[1]["value"] == adapter.multiple_choice_prompt(line)
     assert isinstance(model.generate(message, dataset=TOY_MCQ), str)
 
-    from pdrop_eval.adapters.vlmeval_run import _register_if_yes_no
+    from pdrop_eval.adapters.vlmeval_run import _register_local_dataset
 
-    _register_if_yes_no(TOY_YN, lmu_data / f"{TOY_YN}.tsv")
+    _register_local_dataset(TOY_YN, lmu_data / f"{TOY_YN}.tsv")
     yes_no = build_dataset(TOY_YN)
     model.set_dump_image(yes_no.dump_image)
     line = yes_no.data.iloc[0]

@@ -7,7 +7,7 @@ plus `--model-args key=value,...` for the pdrop-eval models named by `--model`. 
 1. makes torchvision importable on CPU-only torch (importing `pdrop_eval` does that) before
    VLMEvalKit is imported;
 2. registers the models into `vlmeval.config.supported_VLM` and `vlmeval.vlm`, and local Yes/No
-   TSVs as VLMEvalKit Y/N datasets;
+   TSVs as VLMEvalKit Y/N datasets and other local VQA TSVs as an exact-match VQA set;
 3. checks model names, model options, checkpoints and datasets, so bad input stops here with a
    clear message instead of being logged and skipped inside VLMEvalKit;
 4. claims each pdrop-eval model's folder `<work_dir>/<model>/` for this run's prediction settings
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     _fall_back_to_gloo_without_nccl()
+    _name_the_exception_of_failures(vlmeval_run)
     _keep_world_size_when_building_from_config(vlmeval_run)
     vlmeval_run.infer_data_job = _recording_statistics(vlmeval_run.infer_data_job, adapter, settings)
 
@@ -189,7 +190,7 @@ def _check_config(view: argparse.Namespace, model_args: dict, adapter) -> tuple[
         if entry.get("class") in ("ImageMCQDataset", "ImageYORNDataset", "ImageVQADataset"):
             dataset_name = entry.get("dataset", name)
             path = _check_local_tsv(dataset_name)
-            if entry["class"] == "ImageYORNDataset" and path.is_file() and not _has_yes_no_answers(dataset_name, path):
+            if entry["class"] == "ImageYORNDataset" and path.is_file() and _local_answers(dataset_name, path) != "yes_no":
                 raise LaunchError(f"--config dataset {name!r} is declared ImageYORNDataset but {path} has no Yes/No answers")
     return list(config["model"]), list(config["data"]), settings
 
@@ -266,47 +267,82 @@ def _check_local_tsv(name: str) -> Path:
 
 
 def _check_datasets(view: argparse.Namespace) -> list[str]:
-    """Every --data name is a VLMEvalKit dataset or a local TSV; local Yes/No TSVs become Y/N sets."""
+    """Every --data name is a VLMEvalKit dataset or a local TSV (`_register_local_dataset` types it)."""
     if not view.data:
         raise LaunchError("--data is required (or --config)")
     known = _known_datasets()
     for name in view.data:
         path = _check_local_tsv(name)
         if name not in known:
-            _register_if_yes_no(name, path)
+            _register_local_dataset(name, path)
     return list(view.data)
 
 
-def _register_if_yes_no(name: str, path: Path) -> None:
-    """A local TSV without option columns whose answers are all yes/no is scored as Y/N; VLMEvalKit
-    would take it as a custom VQA set, which it cannot score."""
-    from vlmeval.dataset import ImageYORNDataset
+def _register_local_dataset(name: str, path: Path) -> None:
+    """A local TSV VLMEvalKit cannot score on its own: Yes/No answers become its Y/N set, other answers
+    our exact-match VQA set (its custom VQA set's `evaluate` raises NotImplementedError); option columns
+    stay its custom multiple-choice set, and a TSV without answers its custom VQA set (--mode infer)."""
+    answers = _local_answers(name, path)
+    if answers == "yes_no":
+        from vlmeval.dataset import ImageYORNDataset
 
-    if _has_yes_no_answers(name, path):
         # '' makes VLMEvalKit read <LMUData>/<name>.tsv without an MD5 check or download.
         ImageYORNDataset.DATASET_URL[name] = ""
+    elif answers == "vqa":
+        from pdrop_eval.adapters.vlmeval_exact_match import ExactMatchVQA
+
+        ExactMatchVQA.register(name)
 
 
-def _has_yes_no_answers(name: str, path: Path) -> bool:
-    """Whether the TSV is a Yes/No set. VLMEvalKit's Y/N scorer compares the extracted 'Yes'/'No'
-    with the answer exactly, so other spellings are refused rather than scored as wrong."""
+def _local_answers(name: str, path: Path) -> str | None:
+    """What the TSV's answers are: "mcq" (option columns, VLMEvalKit's own rule), "yes_no", "vqa", or None
+    (no answer column). VLMEvalKit's Y/N scorer compares the extracted 'Yes'/'No' with the answer
+    exactly, so other spellings of yes and no are refused rather than scored as wrong."""
     import pandas as pd
 
     data = pd.read_csv(path, sep="\t", usecols=lambda column: column in ("answer", "A", "B"))
-    if {"A", "B"} <= set(data.columns) or "answer" not in data:
-        return False  # an MCQ set (VLMEvalKit's own rule), or no answers to score
+    if {"A", "B"} <= set(data.columns):
+        return "mcq"
+    if "answer" not in data:
+        return None
     answers = set(data["answer"].astype(str))
     if not {answer.strip().lower() for answer in answers} <= {"yes", "no"}:
-        return False
+        return "vqa"
     if not answers <= YES_NO_ANSWERS:
         raise LaunchError(
             f"dataset {name!r} looks like a Yes/No set but its answers are {sorted(answers)}; "
             f"VLMEvalKit scores Y/N answers only when written exactly as {sorted(YES_NO_ANSWERS)}"
         )
-    return True
+    return "yes_no"
 
 
 # ----- VLMEvalKit behaviour adjusted for this launcher ------------------------------------------------
+def _name_the_exception_of_failures(vlmeval_run) -> None:
+    """run.py records a failed model x dataset as the exception's text only, which is empty for a bare
+    assert or a NotImplementedError: record its type and where it was raised as well."""
+    upsert_dataset_status = vlmeval_run.upsert_dataset_status
+
+    def upsert_naming_the_exception(*args, **kwargs):
+        error = sys.exc_info()[1]  # run.py records a failure inside its `except Exception as e:`
+        if kwargs.get("error_message") is not None and error is not None:
+            kwargs["error_message"] = describe_exception(error)
+        return upsert_dataset_status(*args, **kwargs)
+
+    vlmeval_run.upsert_dataset_status = upsert_naming_the_exception
+
+
+def describe_exception(error: BaseException) -> str:
+    """E.g. "NotImplementedError (raised in evaluate, vlmeval/dataset/image_vqa.py:2433)"."""
+    import traceback
+
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return text
+    frame = frames[-1]
+    return f"{text} (raised in {frame.name}, {frame.filename.split('site-packages/')[-1]}:{frame.lineno})"
+
+
 def _fall_back_to_gloo_without_nccl() -> None:
     """run.py always asks for NCCL; on machines without CUDA (or an NCCL build) use gloo."""
     import torch
