@@ -111,3 +111,41 @@ def test_unsupported_generation_settings_name_the_task(tiny_pdrop_models):
                        metadata={"task": "some_task", "doc_id": 0, "repeats": 1})
     with pytest.raises(ValueError, match="task 'some_task' sets generation_kwargs \\['top_k'\\]"):
         simple.generate_until([request])
+
+
+def test_lmms_eval_runs_on_cpu_torch_without_a_start_up_shim(tmp_path):
+    """Here torchvision is PyPI's CUDA build beside a CPU torch (as on any CPU machine that installs it):
+    plain lmms-eval dies importing it; the runner the README gives for CPU machines gets as far as our
+    own check of the model options."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # no cpu_startup shim
+    args = ["--model", "llava_next_pdrop", "--model_args", f"pretrained={tmp_path / 'missing'}", "--tasks", "pdrop_local_vqa",
+            "--include_path", str(TASKS)]
+
+    def run(module: str) -> str:
+        completed = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        return completed.stdout + completed.stderr
+
+    if "operator torchvision::nms does not exist" not in run("lmms_eval"):
+        pytest.skip("torchvision imports on this machine: nothing to work around")
+    output = run("pdrop_eval.adapters.lmms")
+    assert f"checkpoint folder {tmp_path / 'missing'} does not exist" in output and "torchvision::nms" not in output
+
+
+def test_readme_runs_lmms_eval_on_cpu_through_the_runner():
+    """Wherever the README runs lmms-eval on a CPU (--device cpu, or the shipped pdrop_synth models), the
+    command goes through `python -m pdrop_eval.adapters.lmms`, and the error it avoids is quoted there."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    commands = re.findall(r"^(?:[^\n]*\\\n)*[^\n]*$", readme, flags=re.MULTILINE)  # lines joined at trailing backslashes
+    runs_lmms_eval = [command for command in commands if re.search(r"(^|\s)lmms-eval\s|-m lmms_eval\b|-m pdrop_eval\.adapters\.lmms\b", command)]
+    on_cpu = [command for command in runs_lmms_eval if "--device cpu" in command or "pdrop-synth-" in command]
+    assert on_cpu, "the README shows no lmms-eval command for a CPU"
+    for command in on_cpu:
+        assert "-m pdrop_eval.adapters.lmms" in command, command
+    assert "operator torchvision::nms does not exist" in readme
