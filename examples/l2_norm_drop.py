@@ -44,7 +44,7 @@ class NormDrop(MethodSpec):
     def kept_counts(self, params: NormParams, num_image_tokens: int) -> list[int]:
         return [int(num_image_tokens * params.norm_keep)]
 
-    def scorer(self, config) -> Scorer:
+    def scorer(self, params: NormParams) -> Scorer:
         return NormScorer()
 
     def label(self, params: NormParams, position_mode: str) -> str:

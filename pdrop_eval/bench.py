@@ -186,7 +186,7 @@ def run_bench(settings: BenchSettings) -> dict:
     measure = _seconds  # the ranking-overhead pass below times PyramidDrop's runs alone
     # A separate, already warm pass with the ranking timed, so its timers do not touch the timed rounds.
     spent = []
-    with apply_drop(model, pyramid, scorer=_TimedScorer(pyramid.spec.scorer(pyramid), settings.device, spent)):
+    with apply_drop(model, pyramid, scorer=_TimedScorer(pyramid.scorer(), settings.device, spent)):
         instrumented = measure(model, input_ids, replace(settings, warmup=0))
     scoring_overhead = sum(spent) / sum(instrumented)
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from pdrop_eval.engine.config import DropConfig
+from pdrop_eval.engine.methods import METHODS
 from pdrop_eval.flops import (
     ModelDims,
     dims_from_config_dict,
@@ -49,7 +50,8 @@ CONVENTION_TEXT = {
 # PyramidDrop boundaries for budgets: the paper's 8/16/24 cannot average below N/4 (its first 8 of 32
 # layers see all N tokens); 2/8/16 is what the PyramidDrop authors suggest for low budgets.
 BUDGET_LAYER_LIST = (2, 8, 16)
-SOLVABLE_METHODS = ("pyramid", "fastv")  # schedule families whose λ / R a budget is solved for
+# the schedule families whose λ / R a budget is solved for (`solve`); a method names its family (budget_method)
+SOLVABLE_METHODS = tuple(spec.name for spec in METHODS.values() if spec.budget_family == spec.name)
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,14 @@ def as_budget(budget: Budget | str | float | DropConfig, convention: str, dims: 
 
 
 # ----- solving ----------------------------------------------------------------------------------------
+def for_budget(budget, method: str = "pyramid", *, model="llava-1.5-7b", image_tokens: int | None = None, convention: str = "avg_layer", **shape) -> DropConfig:
+    """The `method` ("pyramid" or "fastv") config closest to `budget`: 128 image tokens, "25%" of N,
+    a TFLOPs figure (convention="tflops") or another DropConfig (the same FLOPs). `model` is a FLOPs
+    preset name, a checkpoint folder or a `ModelDims`; `image_tokens` overrides its N. `shape`:
+    layer_list or search_layers=True (PyramidDrop), fastv_k (FastV), position_mode."""
+    return solve(budget, model_dims(model, image_tokens), method, convention=convention, **shape).config
+
+
 def solve(
     budget: Budget | str | float | DropConfig,
     dims: ModelDims,

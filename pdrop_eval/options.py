@@ -20,7 +20,7 @@ from pdrop_eval.models import family_of_config
 
 MODEL_PRESET_KEYS = ("pretrained", "dtype", "device_map", "attn_implementation")  # what a model preset may set
 MODEL_KEYS = (*MODEL_PRESET_KEYS, "model_preset", "device", "max_new_tokens", "drop_preset", "pad_to_square", "save_kept")
-# budget=128 (or 25%, of N) instead of λ / R: `pdrop_eval.engine.budget` solves it for the checkpoint
+# budget=128 (or 25%, of N) instead of λ / R: `pdrop_eval.budget` solves it for the checkpoint
 BUDGET_KEYS = ("budget", "budget_convention", "budget_image_tokens")
 BUDGET_METHODS = ("pyramid", "fastv", "random")  # take budget=...; the random control solves it as the schedule it copies
 # lmms-eval's LLaVA adapters generate up to this many tokens when a task sets none; VLMEvalKit's
@@ -173,14 +173,14 @@ def check_budget_options(method: str, options: dict, *, owner: str) -> None:
 
 def budget_drop(method: str, options: dict, model, *, owner: str) -> DropConfig:
     """The drop config for ``budget=...`` (`check_budget_options` passed): the method's schedule closest
-    to the budget (`pdrop_eval.engine.budget`), in the convention ``budget_convention`` (avg_layer, the
+    to the budget (`pdrop_eval.budget`), in the convention ``budget_convention`` (avg_layer, the
     default; after_drop; tflops). `model` is a checkpoint's HF config as a dict (solved at its N, or at
     ``budget_image_tokens``, `checked_image_tokens`) or the `ModelDims` a command counts with. The random
     control takes a FastV schedule's counts when fastv_k is given, else a PyramidDrop one's."""
-    from pdrop_eval.engine import budget
+    from pdrop_eval import budget
 
     values = {OPTION_KEYS[key][0]: OPTION_KEYS[key][1](value) for key, value in options.items() if key in OPTION_KEYS}
-    schedule_method = method if method != "random" else ("fastv" if "fastv_k" in values else "pyramid")
+    schedule_method = METHODS[method].budget_method(values)
     shape = {name: values[name] for name in ("layer_list", "fastv_k", "position_mode") if name in values}
     convention = options.get("budget_convention", "avg_layer")
     try:

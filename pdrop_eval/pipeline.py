@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pdrop_eval.adapters.names import FRAMEWORK_NAMES
+from pdrop_eval.framework_names import FRAMEWORK_NAMES
 from pdrop_eval.engine.config import SWEPT_METHODS, DropConfig, MethodSpec
 from pdrop_eval.package_data import TASKS_DIR
 from pdrop_eval.report import build_report
@@ -77,9 +77,9 @@ def budget_settings(
     image_tokens: int | None = None,
 ) -> list[Setting]:
     """Vanilla (optional) plus one setting per token budget (e.g. "128", "25%" of N), each solved for the
-    checkpoint (`pdrop_eval.engine.budget.solve_for_checkpoint`, whose layer_list / fastv_k defaults
+    checkpoint (`pdrop_eval.budget.solve_for_checkpoint`, whose layer_list / fastv_k defaults
     apply where `shape` leaves them out) and printed."""
-    from pdrop_eval.engine import budget
+    from pdrop_eval import budget
     from pdrop_eval.options import load_config
 
     shape = shape or {}

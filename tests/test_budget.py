@@ -1,4 +1,4 @@
-"""Budgets to schedules (`pdrop_eval.engine.budget`, `DropConfig.for_budget`, `pdrop-eval schedule`):
+"""Budgets to schedules (`pdrop_eval.budget`, `DropConfig.for_budget`, `pdrop-eval schedule`):
 exact counts checked against brute force over the counts' own formula, every convention, shares of N
 across LLaVA-NeXT's image sizes, impossible budgets, and the budget presets. The real-run check (the
 statistics of lmms-eval runs) is in test_lmms_cli.py."""
@@ -12,7 +12,7 @@ from PIL import Image
 
 from pdrop_eval import presets
 from pdrop_eval.cli import main as cli_main
-from pdrop_eval.engine import budget as budgets
+from pdrop_eval import budget as budgets
 from pdrop_eval.engine.config import DropConfig
 from pdrop_eval.flops import PRESETS, image_tokens_from_config, layer_flops
 from pdrop_eval.options import resolve_model_options
@@ -88,10 +88,10 @@ def test_tflops_budget_is_met_within_one_percent(method, target):
 
 def test_same_flops_as_another_config_is_the_paper_equal_budget_comparison():
     pdrop = DropConfig.pyramid()  # 8/16/24, λ=0.5: 1.78 T on LLaVA-1.5-7B
-    fastv = DropConfig.for_budget(pdrop, "fastv")
+    fastv = budgets.for_budget(pdrop, "fastv")
     target = budgets.Schedule.of(pdrop, LLAVA15).tflops
     assert budgets.Schedule.of(fastv, LLAVA15).tflops == pytest.approx(target, rel=0.005)
-    assert DropConfig.for_budget(pdrop, "pyramid", layer_list=(8, 16, 24)) == pdrop
+    assert budgets.for_budget(pdrop, "pyramid", layer_list=(8, 16, 24)) == pdrop
 
 
 @pytest.mark.parametrize("convention", ["avg_layer", "after_drop"])
@@ -99,7 +99,7 @@ def test_same_flops_as_another_config_is_the_paper_equal_budget_comparison():
 @pytest.mark.parametrize("share", ["22.2%", "40%", "75%"])
 def test_a_share_of_n_holds_for_every_image_size(share, method, convention):
     """LLaVA-NeXT: one λ (R) for all samples; every N gets its share within one token per layer."""
-    config = DropConfig.for_budget(share, method, model="llava-next-7b", convention=convention)
+    config = budgets.for_budget(share, method, model="llava-next-7b", convention=convention)
     fraction = float(share.removesuffix("%")) / 100
     for n in range(300, 2881, 13):
         value = budgets.Schedule.of(config, budgets.model_dims(NEXT, n)).value(convention)
@@ -129,7 +129,7 @@ def test_searching_layer_lists_reaches_what_a_fixed_list_cannot():
         (10, {"method": "fastv"}, r"below what FastV with K=2 can reach.*reachable: 36.9375 tokens"),
         (budgets.Budget(99.0, "tflops"), {}, r"more than the no-drop value \(3.817 TFLOPs\)"),
         ("lots", {}, "a budget is a number or a percentage"),
-        (128, {"method": "random"}, "solved for one of the methods pyramid, fastv"),
+        (128, {"method": "random"}, "solved for one of the methods fastv, pyramid"),
     ],
 )
 def test_impossible_budgets_say_what_is_reachable(budget, options, message):
@@ -153,7 +153,7 @@ def test_budget_presets_average_their_names_and_are_what_the_solver_gives(name):
     else:
         average = fastv_average(576, 32, config.params.fastv_k, counts[0])
     assert abs(average - int(tokens)) <= 0.5
-    assert DropConfig.for_budget(int(tokens), "pyramid" if kind == "pdrop" else "fastv") == config
+    assert budgets.for_budget(int(tokens), "pyramid" if kind == "pdrop" else "fastv") == config
 
 
 def test_n_of_a_checkpoint_is_what_its_processor_gives(tiny_llava, tiny_llava_next):
@@ -174,7 +174,7 @@ def test_n_of_a_checkpoint_is_what_its_processor_gives(tiny_llava, tiny_llava_ne
 
 
 def test_for_budget_reads_n_and_dims_from_a_checkpoint(tiny_llava_next):
-    config = DropConfig.for_budget(64, model=str(tiny_llava_next))  # N = 336, the largest anyres grid
+    config = budgets.for_budget(64, model=str(tiny_llava_next))  # N = 336, the largest anyres grid
     assert budgets.Schedule.of(config, budgets.model_dims(str(tiny_llava_next))).avg_image_tokens == pytest.approx(64, abs=0.5)
     assert budgets.model_dims(str(tiny_llava_next)).image_tokens == 336
     with pytest.raises(ValueError, match=r"varies per image \(up to N=336\); give the budget as a share of N \(it is 19.0% at the largest N\)"):
@@ -184,15 +184,15 @@ def test_for_budget_reads_n_and_dims_from_a_checkpoint(tiny_llava_next):
 @pytest.mark.parametrize(
     "method, options, expected",
     [
-        ("pyramid", {"budget": "16"}, lambda ckpt: DropConfig.for_budget(16, model=ckpt)),
+        ("pyramid", {"budget": "16"}, lambda ckpt: budgets.for_budget(16, model=ckpt)),
         ("pyramid", {"budget": "16", "layer_list": "[4,8]", "position_mode": "original"},
-         lambda ckpt: DropConfig.for_budget(16, model=ckpt, layer_list=(4, 8), position_mode="original")),
+         lambda ckpt: budgets.for_budget(16, model=ckpt, layer_list=(4, 8), position_mode="original")),
         ("fastv", {"budget": "25%", "budget_convention": "after_drop", "fastv_k": "3"},
-         lambda ckpt: DropConfig.for_budget("25%", "fastv", model=ckpt, convention="after_drop", fastv_k=3)),
+         lambda ckpt: budgets.for_budget("25%", "fastv", model=ckpt, convention="after_drop", fastv_k=3)),
         ("fastv", {"budget": "0.00005", "budget_convention": "tflops"},
-         lambda ckpt: DropConfig.for_budget(0.00005, "fastv", model=ckpt, convention="tflops")),
+         lambda ckpt: budgets.for_budget(0.00005, "fastv", model=ckpt, convention="tflops")),
         ("random", {"budget": "16", "fastv_k": "3", "seed": "4"},
-         lambda ckpt: DropConfig.random(DropConfig.for_budget(16, "fastv", model=ckpt, fastv_k=3), seed=4)),
+         lambda ckpt: DropConfig.random(budgets.for_budget(16, "fastv", model=ckpt, fastv_k=3), seed=4)),
     ],
 )
 def test_budget_model_option_is_solved_for_the_checkpoint(method, options, expected, tiny_llava):
@@ -221,10 +221,10 @@ def test_bad_budget_model_options_are_clear_errors(method, options, message, tin
 def test_sweep_budgets_are_solved_for_the_checkpoint(tiny_llava, tiny_llava_next, tmp_path, capsys):
     settings = budget_settings(str(tiny_llava), "pdrop", ["16", "25%"], True)
     assert [setting.name for setting in settings] == ["vanilla", "pdrop-avg_layer-16", "pdrop-avg_layer-25pct"]
-    assert [setting.drop for setting in settings[1:]] == [DropConfig.for_budget(16, model=str(tiny_llava)),
-                                                          DropConfig.for_budget("25%", model=str(tiny_llava))]
+    assert [setting.drop for setting in settings[1:]] == [budgets.for_budget(16, model=str(tiny_llava)),
+                                                          budgets.for_budget("25%", model=str(tiny_llava))]
     (fastv,) = budget_settings(str(tiny_llava_next), "fastv", ["22%"], False, convention="after_drop", shape={"fastv_k": 3})
-    assert fastv.drop == DropConfig.for_budget("22%", "fastv", model=str(tiny_llava_next), convention="after_drop", fastv_k=3)
+    assert fastv.drop == budgets.for_budget("22%", "fastv", model=str(tiny_llava_next), convention="after_drop", fastv_k=3)
     argv = ["sweep", "--pretrained", str(tiny_llava_next), "--method", "pdrop", "--tokens", "64", "--tasks", "pdrop_local_vqa",
             "--out-dir", str(tmp_path / "sweep")]
     assert cli_main(argv) == 2  # an absolute budget on LLaVA-NeXT, refused before any run
@@ -276,9 +276,9 @@ def test_budget_options_that_would_be_ignored_or_misread_are_refused(checkpoint,
 
 def test_budget_image_tokens_is_taken_where_it_is_the_checkpoints_n(tiny_llava, tiny_llava_next):
     at_n = resolve_model_options("pyramid", {"pretrained": str(tiny_llava), "budget": "16", "budget_image_tokens": "64"}, owner="m")
-    assert at_n.drop == DropConfig.for_budget(16, model=str(tiny_llava))
+    assert at_n.drop == budgets.for_budget(16, model=str(tiny_llava))
     next_options = {"pretrained": str(tiny_llava_next), "budget": "16", "budget_image_tokens": "200"}
-    assert resolve_model_options("fastv", next_options, owner="m").drop == DropConfig.for_budget(16, "fastv", model=str(tiny_llava_next), image_tokens=200)
+    assert resolve_model_options("fastv", next_options, owner="m").drop == budgets.for_budget(16, "fastv", model=str(tiny_llava_next), image_tokens=200)
 
 
 @pytest.mark.parametrize(
@@ -299,10 +299,10 @@ def test_sweep_refuses_budget_flags_it_would_ignore_or_misread(argv, message, ti
 @pytest.mark.parametrize(
     "drop, expected",
     [
-        ("budget=128", DropConfig.for_budget(128)),  # budget=... alone: PyramidDrop's schedule (layers 2/8/16)
-        ("method=fastv,budget=25%,budget_convention=after_drop", DropConfig.for_budget("25%", "fastv", convention="after_drop")),
-        ("budget=1.5,budget_convention=tflops,layer_list=4;12;20", DropConfig.for_budget(1.5, convention="tflops", layer_list=(4, 12, 20))),
-        ("method=random,budget=64,fastv_k=3,seed=2", DropConfig.random(DropConfig.for_budget(64, "fastv", fastv_k=3), seed=2)),
+        ("budget=128", budgets.for_budget(128)),  # budget=... alone: PyramidDrop's schedule (layers 2/8/16)
+        ("method=fastv,budget=25%,budget_convention=after_drop", budgets.for_budget("25%", "fastv", convention="after_drop")),
+        ("budget=1.5,budget_convention=tflops,layer_list=4;12;20", budgets.for_budget(1.5, convention="tflops", layer_list=(4, 12, 20))),
+        ("method=random,budget=64,fastv_k=3,seed=2", DropConfig.random(budgets.for_budget(64, "fastv", fastv_k=3), seed=2)),
         ("drop_preset=pdrop-0.5,lambda=0.3", DropConfig.pyramid(ratio=0.3)),
     ],
 )
@@ -315,7 +315,7 @@ def test_flops_drop_takes_the_model_args_drop_keys(drop, expected, capsys):
 def test_show_and_train_drop_solve_a_budget_for_their_checkpoint(tiny_llava, tiny_llava_next, tmp_path, capsys):
     from pdrop_eval.options import resolve_drop_option
 
-    assert resolve_drop_option("budget=25%", str(tiny_llava_next), owner="--drop") == DropConfig.for_budget("25%", model=str(tiny_llava_next))
+    assert resolve_drop_option("budget=25%", str(tiny_llava_next), owner="--drop") == budgets.for_budget("25%", model=str(tiny_llava_next))
     picture = tmp_path / "picture.png"
     Image.new("RGB", (32, 32)).save(picture)
     argv = ["show", str(picture), "--question", "?", "--pretrained", str(tiny_llava), "--out", str(tmp_path), "--drop", "budget=100"]

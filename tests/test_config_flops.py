@@ -126,7 +126,7 @@ def test_lambda_0_6_keeps_27_of_125_tokens_at_the_third_stage():
 
 
 def test_registry_entries_are_distinct_and_complete():
-    from pdrop_eval.adapters.names import FRAMEWORK_NAMES
+    from pdrop_eval.framework_names import FRAMEWORK_NAMES
     from pdrop_eval.engine.config import METHODS, OPTION_KEYS
 
     for attribute in ("kind", "series"):

@@ -21,7 +21,7 @@ def _heavy_modules_after(code: str) -> list[str]:
     "module",
     [
         "pdrop_eval", "pdrop_eval.adapters.lmms", "pdrop_eval.report", "pdrop_eval.flops", "pdrop_eval.options", "pdrop_eval.pipeline",
-        "pdrop_eval.engine.budget", "pdrop_eval.token_map", "pdrop_eval.show", "pdrop_eval.study", "pdrop_eval.models",
+        "pdrop_eval.budget", "pdrop_eval.token_map", "pdrop_eval.show", "pdrop_eval.study", "pdrop_eval.models",
     ],
 )
 def test_importing_loads_no_torch_or_transformers(module):

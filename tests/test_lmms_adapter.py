@@ -4,7 +4,7 @@ start-up validation of --model_args, and the simple and chat paths building the 
 import pytest
 
 from pdrop_eval.adapters.lmms import models as adapters
-from pdrop_eval.adapters.names import FRAMEWORK_NAMES
+from pdrop_eval.framework_names import FRAMEWORK_NAMES
 from pdrop_eval.engine.config import METHODS, DropConfig
 from pdrop_eval.package_data import TASKS_DIR
 

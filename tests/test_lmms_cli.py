@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import hand_image_tokens_per_layer, hand_tflops
 from pdrop_eval import flops, stats
-from pdrop_eval.engine import budget
+from pdrop_eval import budget
 from pdrop_eval.engine.config import DropConfig
 from pdrop_eval.package_data import TASKS_DIR
 from pdrop_eval.report import build_report
@@ -330,7 +330,7 @@ def test_share_of_n_budget_holds_for_every_image_size_in_a_real_run(lmms_env, ti
     """LLaVA-NeXT, budget=22% of N on average per layer: three image sizes (N = 136, 200, 208), so three
     schedules in one run; each sample within one token per layer of its share."""
     dims = flops.dims_from_config(tiny_llava_next)
-    config = DropConfig.for_budget("22%", "fastv", model=dims)
+    config = budget.for_budget("22%", "fastv", model=dims)
     run = Run(lmms_env, tmp_path, "llava_fastv", f"pretrained={tiny_llava_next},dtype=float32,max_new_tokens=2,budget=22%",
               "pdrop_local_vqa", batch_size=3, extra=("--limit", "3"))
     run_stats = run.stats()

@@ -88,7 +88,7 @@ def test_a_scorer_passed_to_apply_drop_replaces_the_methods_own(llava):
     assert LastTokensFirst.calls == 1
     with pytest.raises(TypeError, match="scorer must be a pdrop_eval.engine.scoring.Scorer"):
         apply_drop(model, config, scorer=lambda view: view.hidden)
-    assert isinstance(config.spec.scorer(config), AttentionScorer)
+    assert isinstance(config.scorer(), AttentionScorer)
 
 
 def test_a_release_without_the_names_the_engine_binds_to_names_the_versions(monkeypatch):
@@ -155,10 +155,10 @@ def test_a_method_placed_before_the_language_model_with_a_merging_reducer(llava)
         def kept_counts(self, params, num_image_tokens):
             return [num_image_tokens // 4]
 
-        def scorer(self, config):
+        def scorer(self, params):
             return FirstOfEachRun()
 
-        def reducer(self, config):
+        def reducer(self, params):
             return MeanOfRun()
 
     model, inputs = llava

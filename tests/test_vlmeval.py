@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from pdrop_eval import DropConfig, synth
+from pdrop_eval.budget import for_budget
 from pdrop_eval.adapters.vlmeval_data import TOY_MCQ, TOY_YN, make_toy_datasets, toy_mcq_rows, toy_yn_rows, write_tsv
 
 DATASETS = (TOY_MCQ, TOY_YN)
@@ -288,7 +289,7 @@ def test_budget_model_args_resolve_for_the_checkpoint(adapter, tiny_llava_next):
     from pdrop_eval.adapters.vlmeval_run import parse_model_args
 
     options = parse_model_args(f"pretrained={tiny_llava_next},budget=22%,budget_convention=after_drop")
-    expected = DropConfig.for_budget("22%", "fastv", model=str(tiny_llava_next), convention="after_drop")
+    expected = for_budget("22%", "fastv", model=str(tiny_llava_next), convention="after_drop")
     assert adapter.LLaVAFastV.check_options(**options).drop == expected
 
 

@@ -1,5 +1,5 @@
 """VLMEvalKit models: HF LLaVA-1.5 / LLaVA-NeXT with each drop method of the registry
-(`pdrop_eval.engine.methods.METHODS`, named as `pdrop_eval.adapters.names` says): PyramidDrop, FastV, no drop and the random control.
+(`pdrop_eval.engine.methods.METHODS`, named as `pdrop_eval.framework_names` says): PyramidDrop, FastV, no drop and the random control.
 
 Thin translations from VLMEvalKit's model interface to the shared `pdrop_eval.wrapper.LlavaRunner`:
 a VLMEvalKit message (a list of ``{'type': 'text'|'image', 'value': ...}``) becomes a `Query`, the
@@ -28,7 +28,7 @@ import pandas as pd
 from vlmeval.smp import cn_string
 from vlmeval.vlm.base import BaseModel
 
-from pdrop_eval.adapters.names import FRAMEWORK_NAMES
+from pdrop_eval.framework_names import FRAMEWORK_NAMES
 from pdrop_eval.engine.config import METHODS, MethodSpec
 from pdrop_eval.options import (
     DEFAULT_MAX_NEW_TOKENS,

@@ -1,6 +1,6 @@
 """`pdrop-eval schedule`: token or FLOPs budgets as PyramidDrop and FastV schedules with exact counts.
 
-Plain arithmetic (`pdrop_eval.engine.budget`); no torch is imported.
+Plain arithmetic (`pdrop_eval.budget`); no torch is imported.
 """
 
 from pdrop_eval.commands.sweep import parse_layer_list
@@ -54,7 +54,7 @@ def run(args) -> int:
 
     from tabulate import tabulate
 
-    from pdrop_eval.engine import budget as budgets
+    from pdrop_eval import budget as budgets
     from pdrop_eval.engine.config import DropConfig
 
     budget_list = [budgets.Budget.parse(text, args.convention) for text in args.tokens]

@@ -1,8 +1,8 @@
 """The drop engine: torch + transformers only, no evaluation-framework imports.
 
-`DropConfig` and `pdrop_eval.engine.budget` are plain Python; `apply_drop` and `DropHandle` import torch
+`DropConfig` and the method registry are plain Python; `apply_drop` and `DropHandle` import torch
 and transformers on first use (after the torchvision shim of `pdrop_eval.compat`: transformers' modeling
-code imports torchvision), so configs and budgets are computed without loading them.
+code imports torchvision), so configs (and `pdrop_eval.budget`'s budgets) are computed without loading them.
 """
 
 from pdrop_eval.engine.config import DropConfig

@@ -39,7 +39,7 @@ _UNSUPPORTED_GENERATE_OPTIONS = {
 def apply_drop(model, config: DropConfig, *, scorer: Scorer | None = None) -> "DropHandle":
     """Enable `config` on `model`; returns a handle (`last_stats`, `remove()`, context manager).
 
-    scorer: ranks the image tokens instead of the method's own scorer (`config.spec.scorer(config)`),
+    scorer: ranks the image tokens instead of the method's own scorer (`config.scorer()`),
     with the method's schedule, counts and positions, e.g. to time or instrument the ranking."""
     return DropHandle(model, config, scorer=scorer)
 
@@ -80,8 +80,8 @@ class DropHandle:
         self.config = config
         self.family = family
         self.boundaries = config.boundaries(len(language_model.layers))
-        self.scorer = scorer if scorer is not None else config.spec.scorer(config)
-        self.reducer = config.spec.reducer(config)
+        self.scorer = scorer if scorer is not None else config.scorer()
+        self.reducer = config.reducer()
         self.image_token_ids = torch.tensor(family.image_token_ids(model.config))
         self.last_stats: list[SampleDropStats] = []
         self._language_model = language_model

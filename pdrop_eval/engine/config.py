@@ -72,19 +72,6 @@ class DropConfig:
         return cls()
 
     @classmethod
-    def for_budget(
-        cls, budget, method: str = "pyramid", *, model="llava-1.5-7b", image_tokens: int | None = None, convention: str = "avg_layer", **shape
-    ) -> DropConfig:
-        """The `method` ("pyramid" or "fastv") config closest to `budget`: 128 image tokens, "25%" of N,
-        a TFLOPs figure (convention="tflops") or another DropConfig (the same FLOPs); see
-        `pdrop_eval.engine.budget`. `model` is a FLOPs preset name, a checkpoint folder or a `ModelDims`;
-        `image_tokens` overrides its N. `shape`: layer_list or search_layers=True (PyramidDrop),
-        fastv_k (FastV), position_mode."""
-        from pdrop_eval.engine import budget as budgets  # imports this module
-
-        return budgets.solve(budget, budgets.model_dims(model, image_tokens), method, convention=convention, **shape).config
-
-    @classmethod
     def _build(cls, method: str, **given) -> DropConfig:
         spec = METHODS[method]
         return cls._assemble(spec, spec.complete({name: value for name, value in given.items() if value is not None}))
@@ -160,6 +147,14 @@ class DropConfig:
         for boundary, kept in zip(self.boundaries(num_layers), self.kept_counts(num_image_tokens)):
             counts[boundary.drop_layer :] = [kept] * (num_layers - boundary.drop_layer)
         return counts
+
+    def scorer(self):
+        """The method's `pdrop_eval.engine.scoring.Scorer` (None: it drops nothing)."""
+        return self.spec.scorer(self.params)
+
+    def reducer(self):
+        """The method's `pdrop_eval.engine.reducers.Reducer`."""
+        return self.spec.reducer(self.params)
 
     def describe(self) -> str:
         return self.spec.describe(self.params, self.position_mode)

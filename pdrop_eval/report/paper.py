@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pdrop_eval.engine.budget import average_image_tokens
+from pdrop_eval.budget import average_image_tokens
 from pdrop_eval.engine.config import DropConfig
 from pdrop_eval.flops import PRESETS
 from pdrop_eval.package_data import DATA_DIR

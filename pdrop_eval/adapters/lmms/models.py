@@ -37,7 +37,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from pdrop_eval import stats
-from pdrop_eval.adapters.names import FRAMEWORK_NAMES
+from pdrop_eval.framework_names import FRAMEWORK_NAMES
 from pdrop_eval.engine.config import METHODS, MethodSpec
 from pdrop_eval.keyvalue import parse_key_values
 from pdrop_eval.options import (

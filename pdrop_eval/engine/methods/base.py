@@ -16,11 +16,6 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pdrop_eval.engine.config import DropConfig
-
 POSITION_MODES = ("compact", "original")
 PLACE_LANGUAGE_MODEL = "language_model"  # dropped before a decoder layer, scored by the layers before it
 PLACE_BEFORE_LANGUAGE_MODEL = "before_language_model"  # on the vision side: no decoder layer sees the dropped tokens
@@ -129,7 +124,7 @@ class MethodSpec:
     params_class: type = NoParams
     alternatives: tuple[frozenset, ...] = ()  # fields that stand for each other: giving one drops the others' defaults
     sweep_key: str | None = None  # the option `pdrop-eval sweep --values` varies; None: not swept
-    budget_family: str | None = None  # the method whose λ / R a token or TFLOPs budget solves (engine.budget)
+    budget_family: str | None = None  # the method whose λ / R a token or TFLOPs budget solves (pdrop_eval.budget)
     place: str = PLACE_LANGUAGE_MODEL  # PLACES: where its boundaries may be
 
     def __post_init__(self):
@@ -172,6 +167,10 @@ class MethodSpec:
             raise ValueError(f"{self.title} does not take {stray}")
         return self.params_class(**as_field_types(values))
 
+    def budget_method(self, fields) -> str | None:
+        """The schedule family a budget is solved for, given the option fields of a config (None: none)."""
+        return self.budget_family
+
     def preset_methods(self) -> tuple[str, ...]:
         """The methods whose drop presets give this one its settings."""
         return (self.name,)
@@ -195,11 +194,11 @@ class MethodSpec:
     def kept_counts(self, params, num_image_tokens: int) -> list[int]:
         return []
 
-    def scorer(self, config: DropConfig):
+    def scorer(self, params):
         """The `pdrop_eval.engine.scoring.Scorer` that ranks its image tokens (None: it drops nothing)."""
         return None
 
-    def reducer(self, config: DropConfig):
+    def reducer(self, params):
         """The `pdrop_eval.engine.reducers.Reducer` that keeps (or merges) the scored tokens."""
         from pdrop_eval.engine.reducers import SelectTop  # torch: loaded only when a model runs
 
@@ -223,7 +222,7 @@ class MethodSpec:
 class AttentionRanked(MethodSpec):
     """A method that keeps the image tokens its query rows attend to most."""
 
-    def scorer(self, config: DropConfig):
+    def scorer(self, params):
         from pdrop_eval.engine.scoring import AttentionScorer  # torch: loaded only when a model runs
 
         return AttentionScorer()

@@ -5,14 +5,9 @@ whether ranking matters at all."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from pdrop_eval.engine.methods.base import Boundary, MethodSpec, check_int
 from pdrop_eval.engine.methods.fastv import FASTV, FASTV_KEYS
 from pdrop_eval.engine.methods.pyramid import PYRAMID, PYRAMID_KEYS, RATIO_FORMS
-
-if TYPE_CHECKING:
-    from pdrop_eval.engine.config import DropConfig
 
 
 @dataclass(frozen=True)
@@ -40,6 +35,9 @@ class RandomDrop(MethodSpec):
             names = tuple(spec.name for spec in self.schedules)
             raise ValueError(f"random drop takes the counts of one of {names}, got a {schedule.name!r} config")
         return schedule
+
+    def budget_method(self, fields) -> str | None:
+        return self.schedule_spec(fields).budget_family
 
     def preset_methods(self) -> tuple[str, ...]:
         return (self.name, *(spec.name for spec in self.schedules))
@@ -80,10 +78,10 @@ class RandomDrop(MethodSpec):
     def kept_counts(self, params: RandomParams, num_image_tokens: int) -> list[int]:
         return self._schedule(params).kept_counts(params.schedule, num_image_tokens)
 
-    def scorer(self, config: DropConfig):
+    def scorer(self, params: RandomParams):
         from pdrop_eval.engine.scoring import RandomScorer  # torch: loaded only when a model runs
 
-        return RandomScorer(seed=config.params.seed)
+        return RandomScorer(seed=params.seed)
 
     def label(self, params: RandomParams, position_mode: str) -> str:
         seed = "" if params.seed == self.defaults["seed"] else f", seed {params.seed}"
