@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "pdrop_eval.commands.make_tiny_model",
     "pdrop_eval.commands.make_synth",
     "pdrop_eval.commands.report",
+    "pdrop_eval.commands.compare",
     "pdrop_eval.commands.schedule",
     "pdrop_eval.commands.sweep",
     "pdrop_eval.commands.demo",

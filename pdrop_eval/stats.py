@@ -185,7 +185,7 @@ class RunStats:
             raise StatsFileError(f"{path}: model_dims should be an object")
         if not isinstance(data["samples"], list):
             raise StatsFileError(f"{path}: samples should be a list")
-        return cls(
+        run = cls(
             framework=data["framework"],
             model=check.text(data["model"], "model"),
             pretrained=check.text(data["pretrained"], "pretrained"),
@@ -197,6 +197,37 @@ class RunStats:
             world_size=check.integer(data["world_size"], "world_size"),
             results_file=check.text(data["results_file"], "results_file"),
             model_args=data["model_args"],
+        )
+        for sample in run.samples:
+            check_sample_follows_config(sample, drop, run.model_dims["num_layers"], path)
+        return run
+
+
+def check_sample_follows_config(sample: SampleRecord, drop: DropConfig, num_layers: int, path: Path) -> None:
+    """Refuse a sample whose counts contradict the file's own drop config: negative counts, a list per
+    layer of another depth, text counts below image counts, or image tokens per layer other than the
+    schedule the config gives at the sample's N (every registered method's counts are fixed by N)."""
+    cost = sample.stats
+    where = f"{path}: {sample.task} doc_id {sample.doc_id!r}"
+    counts = (cost.num_image_tokens, *cost.image_tokens_per_layer, *cost.tokens_per_layer)
+    if min(counts, default=0) < 0:
+        raise StatsFileError(f"{where} records negative token counts")
+    for key, per_layer in (("image_tokens_per_layer", cost.image_tokens_per_layer), ("tokens_per_layer", cost.tokens_per_layer)):
+        if len(per_layer) != num_layers:
+            raise StatsFileError(f"{where}: {key} has {len(per_layer)} entries for a model of {num_layers} layers")
+    if any(tokens < image for tokens, image in zip(cost.tokens_per_layer, cost.image_tokens_per_layer)):
+        raise StatsFileError(f"{where}: tokens_per_layer counts fewer tokens than image_tokens_per_layer at some layer")
+    try:
+        expected = drop.image_tokens_per_layer(cost.num_image_tokens, num_layers)
+    except ValueError as error:
+        raise StatsFileError(f"{where}: the file's drop config {drop.describe()} does not fit a model of {num_layers} layers: {error}") from None
+    wrong = [layer for layer, (recorded, wanted) in enumerate(zip(cost.image_tokens_per_layer, expected)) if recorded != wanted]
+    if wrong:
+        layer = wrong[0]
+        raise StatsFileError(
+            f"{where}: image tokens per layer contradict the file's drop config {drop.describe()} at N={cost.num_image_tokens}: "
+            f"layer {layer} records {cost.image_tokens_per_layer[layer]}, the config gives {expected[layer]} "
+            f"({len(wrong)} layers differ); these statistics are not this setting's"
         )
 
 

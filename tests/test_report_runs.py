@@ -12,6 +12,7 @@ import pytest
 
 from conftest import hand_tflops
 from pdrop_eval.cli import main
+from pdrop_eval import DropConfig
 from pdrop_eval.report import ReportInputError, build_report
 
 # The metric each bundled task reports (tasks/pdrop_local/*.yaml), all fractions of 1.
@@ -34,6 +35,14 @@ def table(markdown: str) -> dict[tuple[str, str], dict[str, str]]:
     return {(cells[0], cells[1]): dict(zip(headers, cells)) for cells in map(split, lines[2:])}
 
 
+def lmms_cell(results: dict, task: str, metric: str) -> str:
+    """A score cell as the report must print it from lmms-eval's results: percent, ± its stderr, and
+    the documents scored of the task's (a --limit run scores fewer than the task has)."""
+    values, counts = results["results"][task], results["n-samples"][task]
+    return (f"{values[metric + ',none'] * 100:.1f} ±{values[metric + '_stderr,none'] * 100:.1f} "
+            f"(n={counts['effective']}/{counts['original']})")
+
+
 def run_files(demo_dir, folder):
     (results,) = (demo_dir / "runs" / folder).glob("*/*_results.json")
     (stats,) = results.parent.glob("*_pdrop_stats.json")
@@ -48,7 +57,7 @@ def test_lmms_eval_runs_land_in_the_right_cells(demo_run):
         results, stats = run_files(demo_dir, folder)
         row = cells[("tiny-llava", method)]
         for task, metric in LOCAL_TASK_METRICS.items():
-            assert row[task] == f"{results['results'][task][metric + ',none'] * 100:.1f}", (method, task)
+            assert row[task] == lmms_cell(results, task, metric), (method, task)
         samples = stats["samples"]
         assert len(samples) == 2 * len(LOCAL_TASK_METRICS)  # --limit 2 per task
         paper = sum(s["tflops_paper"] for s in samples) / len(samples)
@@ -88,7 +97,7 @@ def test_vlmeval_run_merges_with_the_lmms_eval_run_of_the_same_setting(demo_run,
     fastv = cells[("tiny-llava", "FastV K=2 R=0.5")]
     assert fastv["PDropToyYN"] == f"{score['Overall'][0]:.1f}"
     lmms_results, lmms_stats = run_files(demo_dir, "fastv")
-    assert fastv["pdrop_local_vqa"] == f"{lmms_results['results']['pdrop_local_vqa']['exact_match,none'] * 100:.1f}"
+    assert fastv["pdrop_local_vqa"] == lmms_cell(lmms_results, "pdrop_local_vqa", "exact_match")
     samples = stats["samples"] + lmms_stats["samples"]  # one row: TFLOPs over both runs' samples
     assert fastv["TFLOPs (paper conv.)"] == f"{sum(s['tflops_paper'] for s in samples) / len(samples):.3g}"
     assert cells[("tiny-llava", "vanilla")]["PDropToyYN"] == "-"
@@ -149,7 +158,12 @@ def test_results_without_their_statistics_never_get_another_runs(demo_run, tmp_p
 
 
 def drop_ratio(value):
-    return lambda data: data["drop"].update(ratio=value)
+    """The statistics file of another λ, its samples' counts that λ's (so only the link to the results differs)."""
+    def change(data):
+        data["drop"].update(ratio=value)
+        for sample in data["samples"]:
+            sample["image_tokens_per_layer"] = DropConfig.pyramid(ratio=value).image_tokens_per_layer(sample["num_image_tokens"], 32)
+    return change
 
 
 @pytest.mark.parametrize("damage, target, message", [

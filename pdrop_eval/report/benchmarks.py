@@ -15,6 +15,7 @@ class Benchmark:
     key: str
     label: str  # the paper's column header
     max_points: float = 100.0  # the top of the printed scale
+    part_of: str | None = None  # a sub-metric's benchmark key (its own column, never in the average)
 
     def percent(self, value: float) -> float:
         """`value` (printed scale) as percent of the maximum, for averages and deltas."""
@@ -48,10 +49,16 @@ KNOWN = {
 
 
 def order(benchmarks) -> list[Benchmark]:
-    """The paper's benchmarks first in their usual order, then the others by name."""
+    """The paper's benchmarks first in their usual order, then the others by name; a sub-metric right
+    after its benchmark."""
     unique = {b.key: b for b in benchmarks}
+    mains = [b for b in unique.values() if b.part_of is None]
     known = [KNOWN[key] for key in KNOWN if key in unique]
-    return known + sorted((b for key, b in unique.items() if key not in KNOWN), key=lambda b: b.key)
+    ordered = known + sorted((b for b in mains if b.key not in KNOWN), key=lambda b: b.key)
+    subs = sorted((b for b in unique.values() if b.part_of is not None), key=lambda b: b.key)
+    return [column for main in ordered for column in [main, *(b for b in subs if b.part_of == main.key)]] + [
+        b for b in subs if b.part_of not in {main.key for main in ordered}
+    ]
 
 
 # ----- lmms-eval: task -> (benchmark, metric); metric -> factor to the printed scale ------------
@@ -90,6 +97,24 @@ LMMS_METRIC_FACTORS = {
     "mcq_accuracy": 100.0,  # the bundled local tasks (tasks/pdrop_local)
     "yesno_accuracy": 100.0,
 }
+
+
+def lmms_metric_factor(metric: str) -> float | None:
+    """The factor to the printed scale of a metric: a known one's, or that of the known metric its name
+    ends in (``local_exact_match`` is an ``exact_match``); None for a metric the report does not know."""
+    if metric in LMMS_METRIC_FACTORS:
+        return LMMS_METRIC_FACTORS[metric]
+    endings = [known for known in LMMS_METRIC_FACTORS if metric.endswith("_" + known)]
+    return LMMS_METRIC_FACTORS[max(endings, key=len)] if endings else None
+
+
+def lmms_sub_metric(benchmark: Benchmark, metric: str) -> tuple[Benchmark, float]:
+    """The column of a further metric an lmms-eval task reports beside the one scored, and its factor
+    to the printed scale: percent where the metric is known, else as lmms-eval reports it, said in the
+    column's name."""
+    factor = lmms_metric_factor(metric)
+    label = f"{benchmark.label} {metric}" + ("" if factor is not None else " (as reported)")
+    return Benchmark(f"{benchmark.key}/{metric}", label, part_of=benchmark.key), 1.0 if factor is None else factor
 
 
 def lmms_task_metric(task: str, reported_metrics) -> tuple[Benchmark, str] | None:

@@ -1,8 +1,9 @@
 """Reading evaluation runs: lmms-eval results JSON, VLMEvalKit work dirs, our statistics file.
 
 A `Run` is one framework invocation for one checkpoint and one drop setting: its scores on the
-paper's scales (see `benchmarks`) and, when the run wrote our statistics file, the mean TFLOPs of its
-samples. A statistics file belongs to a run only by its explicit link (`pdrop_eval.stats`): the
+paper's scales (see `benchmarks`) with the framework's standard errors and document counts, where the
+per-document results are (lmms-eval's ``--log_samples`` files, `documents`) and, when the run wrote our
+statistics file, the mean TFLOPs of its samples. A statistics file belongs to a run only by its explicit link (`pdrop_eval.stats`): the
 results file it names, and for lmms-eval the same model_args, whose drop setting must be the one the
 file records; nothing is matched by name, date or task set. Only files are read; no model is loaded.
 """
@@ -17,16 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdrop_eval import presets, stats
-from pdrop_eval.engine.budget import average_image_tokens
-from pdrop_eval.engine.config import METHODS, DropConfig
+from pdrop_eval.framework_names import METHOD_OF_MODEL
+from pdrop_eval.budget import average_image_tokens
+from pdrop_eval.engine.config import METHODS, OPTION_KEYS, DropConfig
 from pdrop_eval.keyvalue import parse_key_values
-from pdrop_eval.options import resolve_drop
-from pdrop_eval.report.benchmarks import KNOWN, LMMS_METRIC_FACTORS, Benchmark, lmms_task_metric, vlmeval_benchmark
+from pdrop_eval.options import BUDGET_KEYS, resolve_drop
+from pdrop_eval.report.benchmarks import KNOWN, LMMS_METRIC_FACTORS, Benchmark, lmms_sub_metric, lmms_task_metric, vlmeval_benchmark
+from pdrop_eval.report.documents import DocumentResults, lmms_samples_path
 from pdrop_eval.report.files import ReportInputError, read_json_object, require
 
 VLMEVAL_SCORE_FILE = re.compile(r"^(?P<dataset>.+)_(?P<kind>acc|score)\.csv$")
 VLMEVAL_EVAL_ID = re.compile(r"^T\d{8}-\d{6}")  # VLMEvalKit's per-invocation subfolders (copies)
-LMMS_METHODS = {spec.lmms_model: spec.name for spec in METHODS.values()}  # pdrop-eval's lmms-eval models
+LMMS_METHODS = METHOD_OF_MODEL  # pdrop-eval's lmms-eval models
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,13 @@ class Score:
     value: float  # on the paper's printed scale (percent; MME in points)
     task: str  # the framework's task / dataset name
     source: Path  # the file the value was read from
+    stderr: float | None = None  # the framework's standard error, on the same scale (None: not reported)
+    documents: int | None = None  # documents scored (None: not reported)
+    total: int | None = None  # documents the task has; more than `documents` in a partial run (--limit)
+
+    @property
+    def partial(self) -> bool:
+        return self.documents is not None and self.total is not None and self.documents < self.total
 
 
 @dataclass(frozen=True)
@@ -80,11 +90,18 @@ class Run:
     drop: DropConfig | None = None  # from the statistics file, or lmms-eval's model_args
     stats: stats.RunStats | None = None
     notes: list[str] = field(default_factory=list)
+    # Without a drop config: the options that set it as the run recorded them (e.g. a budget), so that
+    # runs of different unknown settings are never merged; the source folder where none were recorded.
+    unknown_setting: str = ""
+    started_in: Path | None = None  # the folder the framework was started from, where the results tell it
+    documents: dict[str, DocumentResults] = field(default_factory=dict)  # task -> per-document results
 
     @property
     def checkpoint(self) -> str:
-        """The checkpoint's identity: its full path or hub id ("" when unknown)."""
-        return self.pretrained.rstrip("/")
+        """The checkpoint's identity ("" when unknown): a local folder as its resolved absolute path,
+        whether the run named it relative to the folder it started in or absolutely; else (a hub id, or
+        a folder not on this machine) the name as written."""
+        return checkpoint_identity(self.pretrained, self.started_in)
 
     @property
     def flops(self) -> Flops | None:
@@ -96,6 +113,18 @@ class Run:
         if self.stats is None:
             return None
         return flops_by_task(self.stats).get(task, self.flops)
+
+
+def checkpoint_identity(pretrained: str, started_in: Path | None) -> str:
+    written = pretrained.rstrip("/")
+    if not written:
+        return ""
+    path = Path(written).expanduser()
+    if not path.is_absolute():
+        if started_in is None:
+            return os.path.normpath(written)  # relative to a folder we do not know: as written
+        path = started_in / path
+    return os.path.realpath(path) if path.is_dir() else os.path.normpath(written)
 
 
 def checkpoint_name(pretrained: str) -> str:
@@ -145,11 +174,12 @@ def _model_args_dict(model_args, path: Path) -> dict[str, str]:
 
 
 def _lmms_metrics(task_results: dict) -> dict[str, float]:
-    """`{"anls,none": 0.5, "anls_stderr,none": ...}` -> `{"anls": 0.5}` (numbers, no filters)."""
+    """`{"anls,none": 0.5, "anls_stderr,none": ...}` -> `{"anls": 0.5}` (no filters, no standard errors:
+    lmms-eval writes ``_stderr``, ``_stderr_clt`` and ``_stderr_clustered`` beside each metric)."""
     metrics = {}
     for key, value in task_results.items():
         name, sep, filter_name = key.partition(",")
-        if sep and filter_name == "none" and not name.endswith("_stderr"):
+        if sep and filter_name == "none" and "_stderr" not in name:
             metrics[name] = value
     return metrics
 
@@ -165,6 +195,55 @@ def lmms_setting(model: str, model_args: dict[str, str]) -> tuple[str, DropConfi
     return checkpoint.get("pretrained", ""), resolve_drop(LMMS_METHODS[model], model_args, owner=model)
 
 
+def lmms_drop_options(model_args: dict[str, str]) -> str:
+    """The model_args that set the drop (a budget and the schedule's shape), as recorded: what tells
+    runs apart when no statistics file gives their solved drop config."""
+    keys = {*OPTION_KEYS, *BUDGET_KEYS, "drop_preset"}
+    return ",".join(f"{key}={value}" for key, value in sorted(model_args.items()) if key in keys)
+
+
+def lmms_started_in(config: dict, results_file: Path) -> Path | None:
+    """The folder lmms-eval was started from: it writes ``<output_path>/<model>/<date>_results.json``, so
+    a relative output_path names it from the results file's place; None when that cannot be told."""
+    output_path = str((config.get("resolved_cli_args") or {}).get("output_path") or "")
+    relative = Path(output_path)
+    if not output_path or relative.is_absolute() or ".." in relative.parts:
+        return None
+    output_dir = results_file.resolve().parent.parent
+    depth = len(relative.parts)
+    if depth and output_dir.parts[-depth:] != relative.parts:
+        return None
+    return Path(*output_dir.parts[: len(output_dir.parts) - depth])
+
+
+def _lmms_stderr(task_results: dict, metric: str, factor: float) -> float | None:
+    value = task_results.get(f"{metric}_stderr,none")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None  # lmms-eval writes "N/A" where it computes none
+    return value * factor
+
+
+def _lmms_counts(data: dict, task: str) -> tuple[int | None, int | None]:
+    """(documents scored, documents of the task) from the results' ``n-samples``."""
+    counts = (data.get("n-samples") or {}).get(task) or {}
+    scored, total = counts.get("effective"), counts.get("original")
+    return _count(scored), _count(total)
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _lmms_aggregation(data: dict, task: str, metric: str) -> str:
+    """How lmms-eval aggregated `metric` of `task` (``mean``, or the name of the task's own function)."""
+    for entry in ((data.get("configs") or {}).get(task) or {}).get("metric_list") or []:
+        if isinstance(entry, dict) and entry.get("metric") == metric:
+            aggregation = str(entry.get("aggregation", "mean"))
+            match = re.match(r"<function (\S+)", aggregation)  # lmms-eval records a function as its repr
+            return match[1] if match else aggregation
+    return "unknown"
+
+
 def read_lmms_results(path: Path) -> Run:
     what = "an lmms-eval results file (<date>_results.json)"
     data = read_json_object(path, what)
@@ -177,7 +256,9 @@ def read_lmms_results(path: Path) -> Run:
         pretrained, drop = lmms_setting(str(config["model"]), model_args)
     except (TypeError, ValueError) as error:
         raise ReportInputError(f"{path}: config.model_args {config.get('model_args')!r}: {error}") from None
-    run = Run("lmms-eval", path, str(config["model"]), pretrained, scores=[], drop=drop)
+    run = Run("lmms-eval", path, str(config["model"]), pretrained, scores=[], drop=drop, started_in=lmms_started_in(config, path))
+    if drop is None and config["model"] in LMMS_METHODS:
+        run.unknown_setting = lmms_drop_options(model_args)
     groups = {name for name, subtasks in (data.get("group_subtasks") or {}).items() if subtasks}
     for task, task_results in results.items():
         if task in groups:  # a group's entry repeats its subtasks (or nothing); the subtasks are read
@@ -191,9 +272,28 @@ def read_lmms_results(path: Path) -> Run:
             continue
         benchmark, metric = chosen
         value = finite(metrics[metric], path, f"results.{task}.{metric},none")
-        run.scores.append(Score(benchmark, value * LMMS_METRIC_FACTORS[metric], task, path))
+        factor = LMMS_METRIC_FACTORS[metric]
+        scored, total = _lmms_counts(data, task)
+        run.scores.append(Score(benchmark, value * factor, task, path, _lmms_stderr(task_results, metric, factor), scored, total))
+        samples_file = lmms_samples_path(path, task)
+        if samples_file.is_file():
+            run.documents[task] = DocumentResults(task, metric, _lmms_aggregation(data, task, metric), factor, samples_file)
+        for sub_metric in sorted(set(metrics) - {metric}):
+            _add_sub_metric(run, data, task, benchmark, sub_metric, metrics[sub_metric], task_results)
     _attach_lmms_stats(run, config.get("model_args"))
     return run
+
+
+def _add_sub_metric(run: Run, data: dict, task: str, benchmark: Benchmark, metric: str, value, task_results: dict) -> None:
+    """A further metric the task reports (pdrop_synth's local / counting exact match, POPE's precision):
+    a column of its own in the leaderboard, never in the average; a value that is not a finite number
+    (a metric over no documents of a partial run) is left out with a note."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        run.notes.append(f"{run.source}: {task} reports {metric} = {value!r}; left out")
+        return
+    sub, factor = lmms_sub_metric(benchmark, metric)
+    scored, total = _lmms_counts(data, task)
+    run.scores.append(Score(sub, value * factor, task, run.source, _lmms_stderr(task_results, metric, factor), scored, total))
 
 
 def _attach_lmms_stats(run: Run, model_args) -> None:
@@ -277,7 +377,7 @@ def read_vlmeval_model_dir(folder: Path) -> Run:
     status_path = folder / stats.VLMEVAL_RESULTS_FILE
     status = read_json_object(status_path, "VLMEvalKit's status.json") if status_path.exists() else {}
     model = str(status.get("model_name") or folder.name)
-    run = Run("vlmeval", folder, model, "", scores=[])
+    run = Run("vlmeval", folder, model, "", scores=[], unknown_setting=f"setting not recorded: {folder}")
     prefix = f"{model}_"
     recorded = status.get("datasets", {})
     for path in sorted(folder.glob("*.csv")):
