@@ -55,7 +55,7 @@ def main():
     args = parser.parse_args()
 
     drop = DropConfig.from_args(args.drop)
-    if not isinstance(drop.scorer(), scoring.AttentionScorer):
+    if not isinstance(drop.parts()[0], scoring.AttentionScorer):
         raise SystemExit(f"--drop must be ranked by attention (PyramidDrop, FastV); {drop.describe()} is not")
     scorer = ToldScorer(frozenset(int(item) for item in args.told.split(",") if item))
     documents = pd.read_parquet(args.data).head(args.limit)

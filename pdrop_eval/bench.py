@@ -168,6 +168,9 @@ class _TimedScorer(Scorer):
     def __init__(self, scorer: Scorer, device: str, spent: list):
         self.scorer, self.device, self.spent = scorer, device, spent
 
+    def attach(self, model) -> list:
+        return self.scorer.attach(model)
+
     def for_prompt(self, prompt) -> Scorer:
         return _TimedScorer(self.scorer.for_prompt(prompt), self.device, self.spent)
 
@@ -186,7 +189,7 @@ def run_bench(settings: BenchSettings) -> dict:
     measure = _seconds  # the ranking-overhead pass below times PyramidDrop's runs alone
     # A separate, already warm pass with the ranking timed, so its timers do not touch the timed rounds.
     spent = []
-    with apply_drop(model, pyramid, scorer=_TimedScorer(pyramid.scorer(), settings.device, spent)):
+    with apply_drop(model, pyramid, scorer=_TimedScorer(pyramid.parts()[0], settings.device, spent)):
         instrumented = measure(model, input_ids, replace(settings, warmup=0))
     scoring_overhead = sum(spent) / sum(instrumented)
 

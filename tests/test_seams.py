@@ -88,7 +88,7 @@ def test_a_scorer_passed_to_apply_drop_replaces_the_methods_own(llava):
     assert LastTokensFirst.calls == 1
     with pytest.raises(TypeError, match="scorer must be a pdrop_eval.engine.scoring.Scorer"):
         apply_drop(model, config, scorer=lambda view: view.hidden)
-    assert isinstance(config.scorer(), AttentionScorer)
+    assert isinstance(config.parts()[0], AttentionScorer)
 
 
 def test_a_release_without_the_names_the_engine_binds_to_names_the_versions(monkeypatch):
@@ -189,3 +189,36 @@ def test_a_method_placed_before_the_language_model_with_a_merging_reducer(llava)
     finally:
         METHODS.clear()
         METHODS.update(saved)
+
+
+def test_a_scorer_sees_the_drop_layers_input_and_may_hook_the_model(llava):
+    """Scoring at layer 1 for a drop before layer 2: `view.hidden` is layer 1's input and
+    `view.drop_hidden` layer 2's (as the stock model computes them); hooks the scorer attaches to the
+    model run while the config is applied and are gone after `remove()`."""
+    model, inputs = llava
+    seen = {}
+
+    class ByDropInputNorm(Scorer):
+        vision_calls = 0
+
+        def attach(self, model):
+            def count(module, args, output):
+                ByDropInputNorm.vision_calls += 1
+            return [model.model.vision_tower.register_forward_hook(count)]
+
+        def scores(self, view):
+            seen["hidden"], seen["drop_hidden"] = view.hidden, view.drop_hidden
+            return view.drop_hidden.float().norm(dim=-1)
+
+    config = DropConfig.fastv(k=2, r=0.5, position_mode="original")
+    with torch.no_grad():
+        stock = model(**inputs, output_hidden_states=True).hidden_states
+        with apply_drop(model, config, scorer=ByDropInputNorm()) as handle:
+            model(**inputs)
+        model(**inputs)  # after remove(): the hook is gone
+    assert ByDropInputNorm.vision_calls == 1
+    assert torch.allclose(seen["hidden"], stock[1], atol=1e-5) and torch.allclose(seen["drop_hidden"], stock[2], atol=1e-5)
+    for sample, stats in enumerate(handle.last_stats):
+        image = inputs["input_ids"][sample] == model.config.image_token_id
+        norms = stock[2][sample][image].norm(dim=-1)
+        assert list(stats.kept[0]) == sorted(norms.argsort(descending=True, stable=True)[: config.kept_counts(int(image.sum()))[0]].tolist())

@@ -39,7 +39,7 @@ _UNSUPPORTED_GENERATE_OPTIONS = {
 def apply_drop(model, config: DropConfig, *, scorer: Scorer | None = None) -> "DropHandle":
     """Enable `config` on `model`; returns a handle (`last_stats`, `remove()`, context manager).
 
-    scorer: ranks the image tokens instead of the method's own scorer (`config.scorer()`),
+    scorer: ranks the image tokens instead of the method's own scorer (`config.parts()`),
     with the method's schedule, counts and positions, e.g. to time or instrument the ranking."""
     return DropHandle(model, config, scorer=scorer)
 
@@ -80,8 +80,8 @@ class DropHandle:
         self.config = config
         self.family = family
         self.boundaries = config.boundaries(len(language_model.layers))
-        self.scorer = scorer if scorer is not None else config.scorer()
-        self.reducer = config.reducer()
+        own_scorer, self.reducer = config.parts()
+        self.scorer = own_scorer if scorer is None else scorer
         self.image_token_ids = torch.tensor(family.image_token_ids(model.config))
         self.last_stats: list[SampleDropStats] = []
         self._language_model = language_model
@@ -94,6 +94,7 @@ class DropHandle:
         self._hooks = [
             family.input_ids_module(model).register_forward_pre_hook(self._record_input_ids, with_kwargs=True),
             model.register_forward_pre_hook(self._record_labels, with_kwargs=True),
+            *(hook for part in (self.scorer, self.reducer) if part is not None for hook in part.attach(model)),
         ]
         language_model.forward = self._language_model_forward
         self._stock_generate = model.generate

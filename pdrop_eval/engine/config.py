@@ -148,13 +148,10 @@ class DropConfig:
             counts[boundary.drop_layer :] = [kept] * (num_layers - boundary.drop_layer)
         return counts
 
-    def scorer(self):
-        """The method's `pdrop_eval.engine.scoring.Scorer` (None: it drops nothing)."""
-        return self.spec.scorer(self.params)
-
-    def reducer(self):
-        """The method's `pdrop_eval.engine.reducers.Reducer`."""
-        return self.spec.reducer(self.params)
+    def parts(self) -> tuple:
+        """The method's (scorer, reducer) for one applied config (`pdrop_eval.engine.scoring`,
+        `pdrop_eval.engine.reducers`); the scorer is None for a method that drops nothing."""
+        return self.spec.parts(self.params)
 
     def describe(self) -> str:
         return self.spec.describe(self.params, self.position_mode)

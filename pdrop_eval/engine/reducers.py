@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pdrop_eval.engine.scoring import select_top_images
+from pdrop_eval.engine.scoring import PromptView, select_top_images
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,16 @@ class Reduction:
 
 
 class Reducer:
-    """Chooses (and may rewrite) the image tokens that survive a boundary."""
+    """Chooses (and may rewrite) the image tokens that survive a boundary. A method whose reducer needs
+    what its scorer saw gives both one shared object (see `MethodSpec.parts`)."""
+
+    def attach(self, model) -> list:
+        """Hooks it needs on the model, as handles with `remove()` (see `Scorer.attach`)."""
+        return []
+
+    def for_prompt(self, prompt: PromptView) -> Reducer:
+        """The reducer for one prompt batch (this one, unless it needs per-prompt state)."""
+        return self
 
     def reduce(self, *, hidden: torch.Tensor, scores: torch.Tensor, is_image: torch.Tensor, image_rank: torch.Tensor, keep: torch.Tensor) -> Reduction:
         """hidden (B, T_s, d) at the drop layer; scores (B, T_s) from the scorer; is_image (B, T_s) bool,

@@ -34,8 +34,10 @@ class StageView:
     """One boundary, as a scorer sees it: the score layer's input over the current stage's slots."""
 
     boundary: int  # 0-based index of the boundary in the schedule
+    language_model: nn.Module  # the decoder (its layers, final norm, rotary)
     layer: nn.Module | None  # the score layer (its input layernorm, q/k projections); None: before the language model
     hidden: torch.Tensor  # (B, T_s, d) that layer's input (the language model's input embeddings when layer is None)
+    drop_hidden: torch.Tensor  # (B, T_s, d) the drop layer's input (`hidden` when the score layer is the drop layer)
     position_embeddings: tuple[torch.Tensor, torch.Tensor]  # RoPE (cos, sin) of the slots' positions
     apply_rotary: Callable  # the model family's rotary: (states, cos, sin) -> rotated states
     key_mask: torch.Tensor  # (B, Q, T_s) bool: the keys each query row sees (valid and causal)
@@ -47,6 +49,11 @@ class StageView:
 
 class Scorer:
     """Ranks image tokens: higher scores are kept. Subclasses implement `scores`."""
+
+    def attach(self, model) -> list:
+        """Hooks it needs on the model (e.g. to read the vision tower), as handles with `remove()`;
+        `apply_drop` registers them and its handle removes them. None by default."""
+        return []
 
     def for_prompt(self, prompt: PromptView) -> Scorer:
         """The scorer for one prompt batch (this one, unless it needs per-prompt state)."""

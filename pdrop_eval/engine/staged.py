@@ -136,14 +136,19 @@ def _query_context(slots: Slots, queries: QueryRows) -> torch.Tensor:
     return slots.valid & (slots.origin <= last_query)
 
 
-def _stage_view(boundary: int, layer: nn.Module | None, slots: Slots, queries: QueryRows, position_embeddings, apply_rotary) -> StageView:
-    """What a scorer sees at `boundary`: `layer`'s input over the current slots and the query rows."""
+def _stage_view(
+    boundary: int, lm: nn.Module, layer: nn.Module | None, slots: Slots, drop_hidden: torch.Tensor, queries: QueryRows, position_embeddings, apply_rotary
+) -> StageView:
+    """What a scorer sees at `boundary`: `layer`'s input (`slots.hidden`) and the drop layer's input over
+    the current slots, and the query rows."""
     query_slots = (slots.origin.unsqueeze(1) == queries.index.unsqueeze(2)).long().argmax(2)  # (B, Q)
     key_mask = slots.valid.unsqueeze(1) & (slots.origin.unsqueeze(1) <= queries.index.unsqueeze(2))  # (B, Q, T_s)
     return StageView(
         boundary=boundary,
+        language_model=lm,
         layer=layer,
         hidden=slots.hidden,
+        drop_hidden=drop_hidden,
         position_embeddings=position_embeddings,
         apply_rotary=apply_rotary,
         key_mask=key_mask,
@@ -222,16 +227,17 @@ def staged_prefill(
 
     inputs = _stage_inputs(lm, hidden=slots.hidden, valid_2d=slots.valid, positions=slots.positions, cache=cache, first_layer=0)
     run = {"cache": cache, "use_cache": use_cache, "layer_kwargs": layer_kwargs}
-    scorer = scorer.for_prompt(PromptView(token_ids=token_ids, context=_query_context(slots, queries), is_image=slots.is_image))
+    prompt = PromptView(token_ids=token_ids, context=_query_context(slots, queries), is_image=slots.is_image)
+    scorer, reducer = scorer.for_prompt(prompt), reducer.for_prompt(prompt)
     next_layer = 0
     for stage_index, boundary in enumerate(boundaries):
         score_at = boundary.drop_layer if boundary.score_layer is None else boundary.score_layer
-        hidden = _run_layers(lm, range(next_layer, score_at), slots.hidden, inputs=inputs, **run)
-        slots = replace(slots, hidden=hidden)
+        score_input = _run_layers(lm, range(next_layer, score_at), slots.hidden, inputs=inputs, **run)
+        hidden = _run_layers(lm, range(score_at, boundary.drop_layer), score_input, inputs=inputs, **run)
         layer = None if boundary.score_layer is None else lm.layers[boundary.score_layer]
+        view = _stage_view(stage_index, lm, layer, replace(slots, hidden=score_input), hidden, queries, inputs.position_embeddings, apply_rotary)
         with record_function("pdrop::score"):
-            scores = scorer.scores(_stage_view(stage_index, layer, slots, queries, inputs.position_embeddings, apply_rotary))
-        hidden = _run_layers(lm, range(score_at, boundary.drop_layer), slots.hidden, inputs=inputs, **run)
+            scores = scorer.scores(view)
         reduction = reducer.reduce(
             hidden=hidden, scores=scores, is_image=slots.is_image & slots.valid, image_rank=slots.image_rank, keep=kept_counts[:, stage_index]
         )

@@ -198,6 +198,11 @@ class MethodSpec:
         """The `pdrop_eval.engine.scoring.Scorer` that ranks its image tokens (None: it drops nothing)."""
         return None
 
+    def parts(self, params) -> tuple:
+        """(scorer, reducer) for one applied config: `scorer(params)` and `reducer(params)`, unless a
+        method builds the two around a shared object (e.g. the vision features its scorer captured)."""
+        return self.scorer(params), self.reducer(params)
+
     def reducer(self, params):
         """The `pdrop_eval.engine.reducers.Reducer` that keeps (or merges) the scored tokens."""
         from pdrop_eval.engine.reducers import SelectTop  # torch: loaded only when a model runs
