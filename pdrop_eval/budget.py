@@ -233,13 +233,14 @@ def solve_for_checkpoint(
     *,
     convention: str = "avg_layer",
     image_tokens: int | None = None,
+    image_tokens_option: str = "budget_image_tokens=N",
     **shape,
 ) -> Solution:
     """`solve` for a checkpoint, given its HF config as a dict (config.json, `PretrainedConfig.to_dict()`).
 
     N is the checkpoint's own. LLaVA-NeXT's varies per image, so there an absolute budget needs
-    `image_tokens`, the N it counts with; a share of N, or the FLOPs of another config, is solved at the
-    largest N."""
+    `image_tokens`, the N it counts with (given as `image_tokens_option`, which the error names); a share
+    of N, or the FLOPs of another config, is solved at the largest N."""
     largest, varies = image_tokens_from_config(config)
     dims = dims_from_config_dict(config, image_tokens)
     solved = as_budget(budget, convention, dims)
@@ -248,7 +249,7 @@ def solve_for_checkpoint(
         of = "the no-drop TFLOPs" if solved.convention == "tflops" else "N"
         raise ValueError(
             f"budget {solved.describe()}: this checkpoint's number of image tokens varies per image (up to N={largest}); "
-            f"give the budget as a share of {of} (it is {share:.1%} at the largest N), or the N it counts with (budget_image_tokens=N)"
+            f"give the budget as a share of {of} (it is {share:.1%} at the largest N), or the N it counts with ({image_tokens_option})"
         )
     return solve(solved, dims, method, **shape)
 
@@ -303,7 +304,8 @@ def _pyramid_family(layers: tuple[int, ...], position_mode: str | None) -> _Fami
     def make(ratio: float) -> DropConfig:
         return DropConfig.pyramid(layer_list=layers, ratio=ratio, position_mode=position_mode or "compact")
 
-    hint = "move the first boundary earlier (e.g. layer_list=2;8;16) or search layer lists"
+    example = "" if layers == BUDGET_LAYER_LIST else f" (e.g. layer_list={';'.join(map(str, BUDGET_LAYER_LIST))})"
+    hint = f"move the first boundary before layer {layers[0]}{example}, or search layer lists (pdrop-eval schedule --search-layers)"
     return _Family(f"PyramidDrop with layer_list {list(layers)}", hint, make, lambda n: _pyramid_steps(n, len(layers)), (0.0, 1.0))
 
 
@@ -377,7 +379,7 @@ def _share_parameter(budget: Budget, dims: ModelDims, family: _Family) -> float:
             nothing = middle
         else:
             everything = middle
-    return float(f"{everything:.6g}")
+    return float(f"{everything:.6f}")  # fixed decimals: R meeting 100% is 0.0, not the bisection's 1e-09
 
 
 def _shortest_parameter(step: tuple[float, float], keeps_counts: Callable[[float], bool]) -> float:

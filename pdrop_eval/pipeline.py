@@ -90,7 +90,9 @@ def budget_settings(
     model_config = load_config(pretrained).to_dict()
     settings = [Setting("vanilla", DropConfig.none())] if with_vanilla else []
     for text in budgets:
-        solution = budget.solve_for_checkpoint(text, model_config, spec.name, convention=convention, image_tokens=image_tokens, **shape)
+        solution = budget.solve_for_checkpoint(
+            text, model_config, spec.name, convention=convention, image_tokens=image_tokens, image_tokens_option="--image-tokens N", **shape
+        )
         schedule = solution.schedule
         print(f"budget {solution.budget.describe()}: {schedule.config.describe()}; at N={schedule.num_image_tokens} "
               f"{schedule.avg_image_tokens:g} image tokens per layer on average, {schedule.kept_after_drop} after the "
