@@ -8,7 +8,7 @@ from torch.profiler import ProfilerActivity, profile
 from pdrop_eval.compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()
-from pdrop_eval.bench import _build_model, _prompt_ids  # noqa: E402
+from pdrop_eval.bench import build_model, prompt_ids  # noqa: E402
 from pdrop_eval.bench_settings import BenchSettings  # noqa: E402
 from pdrop_eval.engine.apply import apply_drop  # noqa: E402
 from pdrop_eval.engine.config import DropConfig  # noqa: E402
@@ -16,8 +16,8 @@ from pdrop_eval.engine.config import DropConfig  # noqa: E402
 
 s = BenchSettings(hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32, image_tokens=2880, text_tokens=60,
                   batch_size=8, dtype="bfloat16", device="cuda")
-model = _build_model(s)
-ids = _prompt_ids(s, model.config.image_token_id)
+model = build_model(s)
+ids = prompt_ids(s, model.config.image_token_id)
 kwargs = {"attention_mask": torch.ones_like(ids), "max_new_tokens": 16, "min_new_tokens": 16, "do_sample": False, "pad_token_id": 0}
 for name, cfg in [("vanilla", None), ("pdrop", DropConfig.pyramid(ratio=0.5)), ("fastv", DropConfig.fastv(k=2, r=0.5))]:
     handle = apply_drop(model, cfg) if cfg else None

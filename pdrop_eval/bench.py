@@ -31,7 +31,9 @@ from pdrop_eval.engine.scoring import Scorer
 from pdrop_eval.flops import tflops, tokens_per_layer
 
 
-def _build_model(settings: BenchSettings):
+def build_model(settings: BenchSettings):
+    """A randomly initialised LLaVA-1.5 model of the settings' decoder shape (a one-layer vision tower:
+    only the language model is timed), built on the settings' device, in their dtype, eval mode."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     torch.manual_seed(settings.seed)
@@ -53,7 +55,8 @@ def _build_model(settings: BenchSettings):
     return model.to(dtype=getattr(torch, settings.dtype)).eval()
 
 
-def _prompt_ids(settings: BenchSettings, image_token_id: int) -> torch.Tensor:
+def prompt_ids(settings: BenchSettings, image_token_id: int) -> torch.Tensor:
+    """(batch_size, text_tokens + image_tokens) ids: half the text, the image block, the other half."""
     generator = torch.Generator().manual_seed(settings.seed)
     half = settings.text_tokens // 2
     text = torch.randint(10, 1000, (settings.batch_size, settings.text_tokens), generator=generator)
@@ -181,8 +184,8 @@ class _TimedScorer(Scorer):
 
 
 def run_bench(settings: BenchSettings) -> dict:
-    model = _build_model(settings)
-    input_ids = _prompt_ids(settings, model.config.image_token_id)
+    model = build_model(settings)
+    input_ids = prompt_ids(settings, model.config.image_token_id)
     configs = variants(settings)
     pyramid, fastv = configs["pdrop"], configs["fastv"]
     seconds, peaks = _interleaved_seconds(model, input_ids, settings, configs)

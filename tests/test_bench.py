@@ -41,8 +41,8 @@ def test_variants_are_timed_in_turns_after_untimed_warm_up():
     from pdrop_eval.bench_settings import BenchSettings
 
     settings = BenchSettings(**SMALL, warmup=2, repeats=3)
-    model = bench._build_model(settings)
-    input_ids = bench._prompt_ids(settings, model.config.image_token_id)
+    model = bench.build_model(settings)
+    input_ids = bench.prompt_ids(settings, model.config.image_token_id)
     seen, timed = [], []
     model.model.language_model.layers[-1].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
     original_timed = bench._timed
@@ -109,8 +109,8 @@ def test_bench_generate_times_prefill_then_cached_decoding(capsys):
 
     settings = BenchSettings(hidden_size=32, intermediate_size=64, num_layers=4, num_heads=2, num_kv_heads=2,
                              image_tokens=12, text_tokens=6, generate_tokens=4, warmup=1, repeats=2)
-    model = bench._build_model(settings)
-    input_ids = bench._prompt_ids(settings, model.config.image_token_id)
+    model = bench.build_model(settings)
+    input_ids = bench.prompt_ids(settings, model.config.image_token_id)
     lengths = []  # tokens given to each language-model forward
     model.model.language_model.register_forward_pre_hook(
         lambda module, args, kwargs: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
@@ -135,8 +135,8 @@ def test_train_step_runs_backward_on_the_answer_tokens_only():
 
     settings = BenchSettings(hidden_size=32, intermediate_size=64, num_layers=4, num_heads=2, num_kv_heads=2,
                                    image_tokens=12, text_tokens=6, answer_tokens=2, train=True, warmup=1, repeats=2)
-    model = bench._build_model(settings)
-    input_ids = bench._prompt_ids(settings, model.config.image_token_id)
+    model = bench.build_model(settings)
+    input_ids = bench.prompt_ids(settings, model.config.image_token_id)
     labels = bench._answer_labels(input_ids, settings)
     assert (labels[:, :-2] == -100).all() and torch.equal(labels[:, -2:], input_ids[:, -2:])
     backward_calls = []
