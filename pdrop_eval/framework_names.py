@@ -29,6 +29,8 @@ FRAMEWORK_NAMES: dict[str, FrameworkNames] = {
         FrameworkNames("fastv", "llava_fastv", "LlavaFastV", "LLaVAFastV", "llava-1.5-7b"),  # FastV's own evaluation model
         FrameworkNames("pyramid", "llava_next_pdrop", "LlavaNextPDrop", "LLaVAPyramidDrop", "llava-next-7b"),
         FrameworkNames("random", "llava_random_drop", "LlavaRandomDrop", "LLaVARandomDrop", "llava-next-7b"),
+        FrameworkNames("visionzip", "llava_visionzip", "LlavaVisionZip", "LLaVAVisionZip", "llava-1.5-7b"),  # LLaVA-1.5 only
+        FrameworkNames("pool", "llava_pool", "LlavaPool", "LLaVAPool", "llava-1.5-7b"),  # LLaVA-1.5 only
     )
 }
 METHOD_OF_MODEL = {names.model: method for method, names in FRAMEWORK_NAMES.items()}  # pdrop-eval's framework models

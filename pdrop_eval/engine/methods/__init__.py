@@ -5,9 +5,11 @@ Adding a method is one module (its parameters and its spec: schedule, scorer, pl
 
 from pdrop_eval.engine.methods.base import OPTION_KEYS, POSITION_MODES, RECORD_FIELDS, Boundary, MethodSpec, NoParams
 from pdrop_eval.engine.methods.fastv import FASTV, FastVParams
+from pdrop_eval.engine.methods.pool import POOL, POOL_OPTIONS
 from pdrop_eval.engine.methods.pyramid import PYRAMID, PyramidParams
 from pdrop_eval.engine.methods.random_drop import RANDOM, RandomParams
 from pdrop_eval.engine.methods.vanilla import VANILLA
+from pdrop_eval.engine.methods.visionzip import VISIONZIP, VISIONZIP_OPTIONS
 
 METHODS: dict[str, MethodSpec] = {}  # in registration order: the report's row order within a model
 SWEPT_METHODS: dict[str, MethodSpec] = {}  # the methods `pdrop-eval sweep` varies, by the name sweeps use: its kind
@@ -33,6 +35,8 @@ def register_method(spec: MethodSpec, options: dict | None = None) -> MethodSpec
 
 for _spec in (VANILLA, FASTV, PYRAMID, RANDOM):  # the paper's order: vanilla, FastV, PDrop; then the control
     register_method(_spec)
+register_method(VISIONZIP, options=VISIONZIP_OPTIONS)
+register_method(POOL, options=POOL_OPTIONS)
 
 
 def method_spec(method: str) -> MethodSpec:

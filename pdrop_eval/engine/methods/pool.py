@@ -1,0 +1,101 @@
+"""The pooling control: each image's tokens average-pooled on their 2-D patch grid to `pool_tokens`
+tokens before the language model, the plain downsampling baseline token-reduction papers compare with.
+
+What exactly: LLaVA-1.5's image tokens (the projector's outputs, i.e. the language model's input
+embeddings, so it pools *after* the projector, as LLaVA-NeXT-Video's and LLaVA-OneVision's 2-D pooling
+of projected features does) are laid out on their side x side grid (24 x 24 for 576 tokens), row by
+row, and reduced with adaptive average pooling (`torch.nn.functional.adaptive_avg_pool2d`: output cell
+(i, j) averages rows floor(i·side/h) .. ceil((i+1)·side/h) - 1 and likewise columns) to an h x w grid
+with h·w = pool_tokens exactly: h the largest divisor of pool_tokens not above its square root, w =
+pool_tokens / h (64 -> 8 x 8, 128 -> 8 x 16, 192 -> 12 x 16). The pooled tokens go on row by row, in
+place of the image's tokens (compact positions: the language model sees the shorter sequence).
+LLaVA-1.5 only; LLaVA-NeXT (crops, newline tokens) is refused.
+
+Plain Python (no torch): the parts load when a model runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pdrop_eval.engine.methods.base import (
+    PLACE_BEFORE_LANGUAGE_MODEL,
+    Boundary,
+    MethodSpec,
+    check_int,
+    parse_int,
+)
+
+
+@dataclass(frozen=True)
+class PoolParams:
+    pool_tokens: int  # tokens per image after pooling: the h x w of `pool_grid`
+
+
+def pool_grid(pool_tokens: int) -> tuple[int, int]:
+    """(h, w): the most nearly square grid of exactly `pool_tokens` cells, h <= w."""
+    rows = max(divisor for divisor in range(1, math.isqrt(pool_tokens) + 1) if pool_tokens % divisor == 0)
+    return rows, pool_tokens // rows
+
+
+def image_grid_side(num_image_tokens: int) -> int:
+    """The side of the square patch grid of `num_image_tokens` image tokens (a ValueError if none)."""
+    side = math.isqrt(num_image_tokens)
+    if side * side != num_image_tokens:
+        raise ValueError(
+            f"pooling needs an image's tokens on a square patch grid; {num_image_tokens} image tokens are not one "
+            "(a [CLS] token kept by vision_feature_select_strategy='full', or several images in one prompt)"
+        )
+    return side
+
+
+class Pool(MethodSpec):
+    def check(self, params: PoolParams) -> None:
+        if check_int("pool_tokens", params.pool_tokens) < 1:
+            raise ValueError(f"pool_tokens must be >= 1, got {params.pool_tokens}")
+
+    def boundaries(self, params: PoolParams, num_layers: int) -> list[Boundary]:
+        return [Boundary.before_language_model()]
+
+    def kept_counts(self, params: PoolParams, num_image_tokens: int) -> list[int]:
+        if not num_image_tokens:
+            return [0]
+        side = image_grid_side(num_image_tokens)
+        rows, cols = pool_grid(params.pool_tokens)
+        if cols > side:
+            raise ValueError(
+                f"pool_tokens={params.pool_tokens} pools to a {rows} x {cols} grid, which the {side} x {side} grid of "
+                f"{num_image_tokens} image tokens cannot be averaged down to"
+            )
+        return [params.pool_tokens]
+
+    def scorer(self, params: PoolParams):
+        from pdrop_eval.engine.vision_side import (
+            FirstImageSlots,  # torch: loaded only when a model runs
+        )
+
+        return FirstImageSlots()
+
+    def reducer(self, params: PoolParams):
+        from pdrop_eval.engine.vision_side import GridPoolReducer
+
+        return GridPoolReducer(grid=pool_grid(params.pool_tokens))
+
+    def label(self, params: PoolParams, position_mode: str) -> str:
+        return f"{self.series} {params.pool_tokens}"
+
+    def describe(self, params: PoolParams, position_mode: str) -> str:
+        rows, cols = pool_grid(params.pool_tokens)
+        return f"{self.title}(pool_tokens={params.pool_tokens}, grid {rows}x{cols})"
+
+    def options(self, params: PoolParams, position_mode: str) -> dict[str, str]:
+        return {"pool_tokens": str(params.pool_tokens)}
+
+
+POOL_OPTIONS = {"pool_tokens": ("pool_tokens", parse_int)}
+
+POOL = Pool(
+    name="pool", title="Average pooling", kind="pool", series="Pool", keys=tuple(POOL_OPTIONS),
+    defaults={"pool_tokens": 64, "position_mode": "compact"}, params_class=PoolParams, place=PLACE_BEFORE_LANGUAGE_MODEL,
+)

@@ -1,0 +1,187 @@
+"""The parts of the methods that replace an image's tokens before the language model (VisionZip, the
+pooling control; their rules are in `pdrop_eval.engine.methods.visionzip` and `.pool`).
+
+The prompt keeps the model's N image placeholders, so the processor and HF's placeholder check see the
+stock count. At the before-the-language-model boundary the reducer writes each image's K new tokens
+into its sample's first K image slots (`FirstImageSlots` ranks them first) and the staged prefill drops
+the other N - K with compact positions: the language model reads prefix, the K tokens, suffix, as it
+does in these methods' own code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pdrop_eval.engine.methods.pool import image_grid_side
+from pdrop_eval.engine.methods.visionzip import kept_tokens
+from pdrop_eval.engine.reducers import Reducer, Reduction
+from pdrop_eval.engine.scoring import Scorer, StageView, select_top_images
+from pdrop_eval.models import family_of_model
+
+SUPPORTED_FAMILY = "llava"  # one image = one fixed grid of tokens; LLaVA-NeXT's crops and newline tokens are not handled
+
+
+def check_family(model, method: str):
+    """The model's family, if these parts handle it; otherwise a ValueError naming the supported one."""
+    family = family_of_model(model)
+    if family.name != SUPPORTED_FAMILY:
+        raise ValueError(f"{method} supports LLaVA-1.5 ({SUPPORTED_FAMILY!r}) models only, got a {family.describe()} model")
+    return family
+
+
+class FirstImageSlots(Scorer):
+    """Each sample's image slots in their order: the first K are the ones the reducer writes."""
+
+    def scores(self, view: StageView) -> torch.Tensor:
+        return -view.image_rank.float()
+
+
+class ReplacingReducer(Reducer):
+    """Writes each image's new tokens (`new_tokens`) into its sample's first image slots."""
+
+    method = ""  # for messages
+
+    def new_tokens(self, *, hidden: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
+        """(images, K, d): the new tokens of each sample that holds an image, in sample order."""
+        raise NotImplementedError
+
+    def reduce(self, *, hidden, scores, is_image, image_rank, keep) -> Reduction:
+        selected = select_top_images(scores, is_image, keep)
+        if not is_image.any():
+            return Reduction(selected=selected, hidden=hidden)
+        tokens = self.new_tokens(hidden=hidden, is_image=is_image)
+        slots = int(selected.sum())
+        if slots != tokens.shape[0] * tokens.shape[1]:
+            raise ValueError(f"{self.method} built {tokens.shape[0]} x {tokens.shape[1]} tokens for {slots} kept image slots")
+        return Reduction(selected=selected, hidden=hidden.masked_scatter(selected.unsqueeze(-1), tokens.to(hidden.dtype)))
+
+
+def image_blocks(hidden: torch.Tensor, is_image: torch.Tensor, method: str) -> torch.Tensor:
+    """(images, N, d): each sample's image-token states, for prompts of one image of N tokens each."""
+    per_sample = is_image.sum(1)
+    counts = sorted(set(per_sample[per_sample > 0].tolist()))
+    if len(counts) != 1:
+        raise ValueError(f"{method} needs every prompt's images to give the same number of tokens, got {counts}")
+    return hidden[is_image].view(-1, counts[0], hidden.shape[-1])
+
+
+class GridPoolReducer(ReplacingReducer):
+    """The pooling control: adaptive average pooling of each image's projected tokens, on their square
+    patch grid, to `grid` = (h, w), row by row."""
+
+    method = "Average pooling"
+
+    def __init__(self, grid: tuple[int, int]):
+        self.grid = grid
+
+    def attach(self, model) -> list:
+        check_family(model, self.method)
+        return []
+
+    def new_tokens(self, *, hidden, is_image):
+        blocks = image_blocks(hidden, is_image, self.method)  # (I, N, d)
+        side = image_grid_side(blocks.shape[1])
+        grid = blocks.float().view(blocks.shape[0], side, side, -1).permute(0, 3, 1, 2)  # (I, d, side, side)
+        pooled = F.adaptive_avg_pool2d(grid, self.grid)  # (I, d, h, w)
+        return pooled.flatten(2).transpose(1, 2)  # (I, h·w, d), row by row
+
+
+class VisionZipReducer(ReplacingReducer):
+    """VisionZip's dominant and contextual tokens (rule: `pdrop_eval.engine.methods.visionzip`), built by
+    a hook on the vision layer LLaVA takes its features from and projected by the model's projector."""
+
+    method = "VisionZip"
+
+    def __init__(self, dominant: int, contextual: int):
+        self.dominant = dominant
+        self.contextual = contextual
+        self._projector = None
+        self._drops_cls = True
+        self._tokens = None  # (images, K, d) of the last vision-tower call, taken by the next reduce
+
+    def attach(self, model) -> list:
+        family = check_family(model, self.method)
+        tower = family.vision_tower(model)
+        transformer = getattr(tower, "vision_model", tower)  # transformers 5.x puts embeddings and encoder on the tower itself
+        if not hasattr(transformer.embeddings, "class_embedding"):
+            raise ValueError(
+                f"VisionZip ranks tokens by the [CLS] token's attention; this model's vision tower ({type(tower).__name__}) has no [CLS] token"
+            )
+        layers = transformer.encoder.layers
+        layer = layers[self._feature_layer_index(model.config, len(layers))]
+        self._projector = family.freezable_part(model, "projector")
+        self._drops_cls = model.config.vision_feature_select_strategy == "default"  # LLaVA's tokens: the patches only
+        return [layer.register_forward_hook(self._capture, with_kwargs=True)]
+
+    @staticmethod
+    def _feature_layer_index(config, num_layers: int) -> int:
+        """The encoder layer whose output is `hidden_states[vision_feature_layer]` (the official code's
+        `layers[-2]` for LLaVA's -2)."""
+        feature_layer = config.vision_feature_layer
+        if not isinstance(feature_layer, int) or isinstance(feature_layer, bool):
+            raise TypeError(f"VisionZip needs one vision feature layer, got vision_feature_layer={feature_layer!r}")
+        index = feature_layer % (num_layers + 1) - 1 if -(num_layers + 1) <= feature_layer <= num_layers else -1
+        if index < 0:
+            raise ValueError(
+                f"VisionZip needs the features of a vision attention layer, got vision_feature_layer={feature_layer} "
+                f"of a {num_layers}-layer tower (the patch embeddings, or none)"
+            )
+        return index
+
+    def _capture(self, layer, args, kwargs, output):
+        inputs = args[0] if args else kwargs["hidden_states"]
+        features = output[0] if isinstance(output, tuple) else output
+        kept_tokens(self.dominant, self.contextual, features.shape[1] - self._drops_cls)  # before merging more than there is
+        with torch.no_grad():  # the official vision forward is no_grad; its projector is not (it trains in LLaVA)
+            cls_attention, keys = _cls_attention_and_keys(layer, inputs)
+            merged = visionzip_merge(features.float(), cls_attention, keys, dominant=self.dominant, contextual=self.contextual)
+        self._tokens = self._projector(merged.to(features.dtype))
+
+    def new_tokens(self, *, hidden, is_image):
+        tokens, self._tokens = self._tokens, None
+        if tokens is None:
+            raise ValueError("VisionZip found image tokens but the vision tower did not run for this prompt (pass pixel_values)")
+        prompts = int(is_image.any(1).sum())
+        if tokens.shape[0] != prompts:
+            raise ValueError(f"VisionZip handles one image per prompt: {tokens.shape[0]} images for {prompts} prompts with image tokens")
+        return tokens
+
+
+def _cls_attention_and_keys(layer, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The [CLS] query's attention over the patch tokens summed over heads (I, T-1), recomputed from the
+    layer's q/k so that every attention backend works, and the key states averaged over heads (I, T, hd),
+    VisionZip's metric (`CLIPAttention_forward`'s `raw_key_states.mean(1)`)."""
+    attention = layer.self_attn
+    normed = layer.layer_norm1(inputs)
+    images, length, _ = normed.shape
+    query = attention.q_proj(normed[:, :1]).view(images, 1, -1, attention.head_dim).float()  # (I, 1, H, hd)
+    keys = attention.k_proj(normed).view(images, length, -1, attention.head_dim).float()  # (I, T, H, hd)
+    weights = (torch.einsum("iqhd,ithd->iht", query, keys) * attention.scale).softmax(-1)  # (I, H, T)
+    return weights.sum(1)[:, 1:], keys.mean(2)
+
+
+def visionzip_merge(features: torch.Tensor, cls_attention: torch.Tensor, keys: torch.Tensor, *, dominant: int, contextual: int) -> torch.Tensor:
+    """(I, dominant + contextual, D): [CLS], the top `dominant - 1` patches by `cls_attention` in sequence
+    order, then the contextual tokens in target order (`CLIPVisionTower_VisionZip.forward`).
+
+    features (I, T, D) the feature layer's output; cls_attention (I, T-1); keys (I, T, hd). Ties go to
+    the earlier patch (the official `topk` leaves them unspecified)."""
+    images, length, width = features.shape
+    top = cls_attention.argsort(dim=1, descending=True, stable=True)[:, : dominant - 1] + 1
+    is_dominant = torch.zeros(images, length, dtype=torch.bool, device=features.device)
+    is_dominant[:, 0] = True
+    is_dominant.scatter_(1, top, True)
+    dominant_tokens = features[is_dominant].view(images, dominant, width)  # sequence order, [CLS] first
+
+    remaining = length - dominant
+    rest = features[~is_dominant].view(images, remaining, width)
+    metric = keys[~is_dominant].view(images, remaining, -1)
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    is_target = torch.zeros(remaining, dtype=torch.bool, device=features.device)
+    is_target[torch.arange(0, remaining, max(1, remaining // contextual), device=features.device)[:contextual]] = True
+    similarity = metric[:, ~is_target] @ metric[:, is_target].transpose(1, 2)  # (I, R - c, c)
+    assignment = F.one_hot(similarity.argmax(2), contextual).to(rest.dtype)  # first maximum on ties, as argmax
+    sums = assignment.transpose(1, 2) @ rest[:, ~is_target]  # (I, c, D)
+    contextual_tokens = rest[:, is_target] + sums / assignment.sum(1).clamp(min=1).unsqueeze(-1)
+    return torch.cat([dominant_tokens, contextual_tokens], dim=1)
