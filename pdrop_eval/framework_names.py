@@ -31,6 +31,7 @@ FRAMEWORK_NAMES: dict[str, FrameworkNames] = {
         FrameworkNames("random", "llava_random_drop", "LlavaRandomDrop", "LLaVARandomDrop", "llava-next-7b"),
         FrameworkNames("visionzip", "llava_visionzip", "LlavaVisionZip", "LLaVAVisionZip", "llava-1.5-7b"),  # LLaVA-1.5 only
         FrameworkNames("pool", "llava_pool", "LlavaPool", "LLaVAPool", "llava-1.5-7b"),  # LLaVA-1.5 only
+        FrameworkNames("dart", "llava_dart", "LlavaDart", "LLaVADart", "llava-1.5-7b"),  # DART's presets are LLaVA-1.5's
     )
 }
 METHOD_OF_MODEL = {names.model: method for method, names in FRAMEWORK_NAMES.items()}  # pdrop-eval's framework models

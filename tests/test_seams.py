@@ -184,6 +184,7 @@ def test_a_method_placed_before_the_language_model_with_a_merging_reducer(llava)
                 expected = model.generate(inputs_embeds=reduced, attention_mask=torch.ones(reduced.shape[:2], dtype=torch.long), max_new_tokens=4, do_sample=False)
                 assert dropped_tokens[sample].tolist() == expected[0, -4:].tolist()
                 assert handle.last_stats[sample].image_tokens_per_layer == (16,) * model.config.text_config.num_hidden_layers
+                assert handle.last_stats[sample].num_image_tokens == int(image.sum())  # N, not what layer 0 saw
         with pytest.raises(ValueError, match="Pool by 4 drops at before_language_model but its schedule gives"):
             DropConfig.from_args("method=pool4").spec.check_boundaries([Boundary(score_layer=1, drop_layer=2)])
     finally:

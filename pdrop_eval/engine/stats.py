@@ -43,12 +43,13 @@ def sample_stats(
     batch = image_tokens.shape[0]
     lengths = [end - start for start, end in zip(stage_first_layers, [*stage_first_layers[1:], num_layers])]
     repeats = image_tokens.new_tensor(lengths)
+    num_image = image_tokens[:, 0].tolist()  # the first stage's: N, even where a drop before layer 0 leaves it no layer
     image_counts = image_tokens.repeat_interleave(repeats, dim=1).tolist()  # (B, L)
     token_counts = tokens.repeat_interleave(repeats, dim=1).tolist()
     kept = kept.cpu()
     return [
         SampleDropStats(
-            num_image_tokens=image_counts[b][0],
+            num_image_tokens=num_image[b],
             image_tokens_per_layer=tuple(image_counts[b]),
             tokens_per_layer=tuple(token_counts[b]),
             kept=tuple(tuple(stage.nonzero().flatten().tolist()) for stage in kept[b]),

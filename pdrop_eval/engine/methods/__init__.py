@@ -4,6 +4,7 @@ Adding a method is one module (its parameters and its spec: schedule, scorer, pl
 `register_method` call; see the README's "Adding a method". Plain Python (no torch)."""
 
 from pdrop_eval.engine.methods.base import OPTION_KEYS, POSITION_MODES, RECORD_FIELDS, Boundary, MethodSpec, NoParams
+from pdrop_eval.engine.methods.dart import DART, DART_OPTIONS
 from pdrop_eval.engine.methods.fastv import FASTV, FastVParams
 from pdrop_eval.engine.methods.pool import POOL, POOL_OPTIONS
 from pdrop_eval.engine.methods.pyramid import PYRAMID, PyramidParams
@@ -35,6 +36,7 @@ def register_method(spec: MethodSpec, options: dict | None = None) -> MethodSpec
 
 for _spec in (VANILLA, FASTV, PYRAMID, RANDOM):  # the paper's order: vanilla, FastV, PDrop; then the control
     register_method(_spec)
+register_method(DART, options=DART_OPTIONS)
 register_method(VISIONZIP, options=VISIONZIP_OPTIONS)
 register_method(POOL, options=POOL_OPTIONS)
 
