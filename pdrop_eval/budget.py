@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from pdrop_eval.engine.config import DropConfig
-from pdrop_eval.engine.methods import METHODS
+from pdrop_eval.engine.methods import METHODS, MethodSpec, method_spec
 from pdrop_eval.flops import (
     ModelDims,
     dims_from_config_dict,
@@ -50,8 +50,8 @@ CONVENTION_TEXT = {
 # PyramidDrop boundaries for budgets: the paper's 8/16/24 cannot average below N/4 (its first 8 of 32
 # layers see all N tokens); 2/8/16 is what the PyramidDrop authors suggest for low budgets.
 BUDGET_LAYER_LIST = (2, 8, 16)
-# the schedule families whose λ / R a budget is solved for (`solve`); a method names its family (budget_method)
-SOLVABLE_METHODS = tuple(spec.name for spec in METHODS.values() if spec.budget_family == spec.name)
+# the methods whose schedule a budget is solved for (`solve`): λ, R, or a kept count (`MethodSpec.budget_family`)
+SOLVABLE_METHODS = tuple(spec.name for spec in METHODS.values() if spec.budget_family)
 
 
 @dataclass(frozen=True)
@@ -193,10 +193,11 @@ def as_budget(budget: Budget | str | float | DropConfig, convention: str, dims: 
 
 # ----- solving ----------------------------------------------------------------------------------------
 def for_budget(budget, method: str = "pyramid", *, model="llava-1.5-7b", image_tokens: int | None = None, convention: str = "avg_layer", **shape) -> DropConfig:
-    """The `method` ("pyramid" or "fastv") config closest to `budget`: 128 image tokens, "25%" of N,
+    """The `method` config (one of SOLVABLE_METHODS) closest to `budget`: 128 image tokens, "25%" of N,
     a TFLOPs figure (convention="tflops") or another DropConfig (the same FLOPs). `model` is a FLOPs
     preset name, a checkpoint folder or a `ModelDims`; `image_tokens` overrides its N. `shape`:
-    layer_list or search_layers=True (PyramidDrop), fastv_k (FastV), position_mode."""
+    layer_list or search_layers=True (PyramidDrop), fastv_k (FastV), position_mode, or the other
+    options of a method whose budget sets a token count (e.g. dart_k)."""
     return solve(budget, model_dims(model, image_tokens), method, convention=convention, **shape).config
 
 
@@ -206,24 +207,39 @@ def solve(
     method: str = "pyramid",
     *,
     convention: str = "avg_layer",
-    layer_list: Iterable[int] = BUDGET_LAYER_LIST,
-    fastv_k: int = 2,
-    position_mode: str | None = None,
     search_layers: bool = False,
+    **shape,
 ) -> Solution:
-    """The `method` schedule ("pyramid": λ for `layer_list`, or the best layer list too with
-    `search_layers`; "fastv": R for `fastv_k`) closest to `budget` at N = `dims.image_tokens`.
+    """The `method` schedule closest to `budget` at N = `dims.image_tokens`: PyramidDrop's λ for
+    `layer_list` (default 2/8/16; the best layer list too with `search_layers`), FastV's R for `fastv_k`
+    (default 2), or the kept count of a method whose budget sets one (its other options in `shape`).
 
     Raises ValueError when no schedule of that shape reaches the budget, saying what is reachable.
     """
     budget = as_budget(budget, convention, dims)
-    if method == "pyramid":
+    spec = method_spec(method) if method in METHODS else None
+    family = spec.budget_family if spec else None
+    if family == "pyramid":
+        layer_list = tuple(shape.pop("layer_list", BUDGET_LAYER_LIST))
+        position_mode = shape.pop("position_mode", None)
+        _check_no_shape_left(spec, shape)
         if search_layers:
-            return search_layer_lists(budget, dims, stages=len(tuple(layer_list)), position_mode=position_mode)[0]
-        return _solve_family(budget, dims, _pyramid_family(tuple(layer_list), position_mode))
-    if method == "fastv":
+            return search_layer_lists(budget, dims, stages=len(layer_list), position_mode=position_mode)[0]
+        return _solve_family(budget, dims, _pyramid_family(layer_list, position_mode))
+    if search_layers:
+        raise ValueError(f"search_layers searches PyramidDrop layer lists; {method} has none")
+    if family == "fastv":
+        fastv_k, position_mode = shape.pop("fastv_k", 2), shape.pop("position_mode", None)
+        _check_no_shape_left(spec, shape)
         return _solve_family(budget, dims, _fastv_family(fastv_k, position_mode))
+    if family == "count":
+        return _solve_family(budget, dims, _count_family(spec, shape))
     raise ValueError(f"a budget is solved for one of the methods {', '.join(SOLVABLE_METHODS)}, got {method!r}")
+
+
+def _check_no_shape_left(spec: MethodSpec, shape: dict) -> None:
+    if shape:
+        raise TypeError(f"a {spec.title} budget takes no {sorted(shape)}")
 
 
 def solve_for_checkpoint(
@@ -244,6 +260,13 @@ def solve_for_checkpoint(
     largest, varies = image_tokens_from_config(config)
     dims = dims_from_config_dict(config, image_tokens)
     solved = as_budget(budget, convention, dims)
+    counted = method in METHODS and METHODS[method].budget_family == "count"
+    if varies and image_tokens is None and solved.relative and counted and solved.convention != "tflops":
+        raise ValueError(
+            f"budget {solved.describe()}: {METHODS[method].title} keeps a fixed number of image tokens, which is no fixed "
+            f"share of N on this checkpoint, whose N varies per image (up to N={largest}); give a number of tokens and "
+            f"the N it counts with ({image_tokens_option})"
+        )
     if varies and image_tokens is None and not solved.relative and not isinstance(budget, DropConfig):
         share = solved.amount / no_drop_value(solved.convention, dims)
         of = "the no-drop TFLOPs" if solved.convention == "tflops" else "N"
@@ -298,6 +321,7 @@ class _Family:
     make: Callable[[float], DropConfig]
     steps: Callable[[int], list[tuple[float, float]]]  # N -> parameter intervals [lo, hi), cheapest first
     extremes: tuple[float, float]  # the parameter that keeps nothing, the one that keeps everything
+    counts: bool = False  # the parameter is a number of image tokens (a share of N is solved at this N)
 
 
 def _pyramid_family(layers: tuple[int, ...], position_mode: str | None) -> _Family:
@@ -318,6 +342,21 @@ def _fastv_family(k: int, position_mode: str | None) -> _Family:
         return [((n - kept) / n, (n - kept + 1) / n) for kept in range(1, n + 1)]
 
     return _Family(f"FastV with K={k}", "drop earlier (a smaller K)", make, steps, (1.0, 0.0))
+
+
+def _count_family(spec: MethodSpec, shape: dict) -> _Family:
+    """A method whose budget sets a kept count (`MethodSpec.budget_fields`); `shape`: its other options."""
+
+    def make(count: float) -> DropConfig:
+        return DropConfig.from_args({**shape, **spec.budget_fields(int(count))}, method=spec.name)
+
+    def steps(n: int) -> list[tuple[float, float]]:
+        counts = [(count, count) for count in spec.budget_counts(n, shape)]
+        if not counts:
+            raise ValueError(f"{spec.title} has no setting for N={n} image tokens")
+        return counts
+
+    return _Family(spec.title, "give a larger budget", make, steps, (0.0, 0.0), counts=True)
 
 
 def _pyramid_steps(n: int, stages: int) -> list[tuple[float, float]]:
@@ -353,12 +392,14 @@ def _solve_family(budget: Budget, dims: ModelDims, family: _Family) -> Solution:
             f"{given} at N={dims.image_tokens} is {problem} (reachable: {_format(lowest, budget.convention)} "
             f"to {_format(highest, budget.convention)}, {CONVENTION_TEXT[budget.convention]})"
         )
-    if budget.relative and budget.convention != "tflops":
+    if budget.relative and budget.convention != "tflops" and not family.counts:
         return Solution(budget, target, Schedule.of(family.make(_share_parameter(budget, dims, family)), dims))
     index = bisect_left(steps, target, key=value)
     neighbours = steps[max(index - 1, 0) : index + 1]
     best = min(neighbours, key=lambda step: (abs(value(step) - target), value(step)))
     counts = schedule(best).kept_per_stage
+    if family.counts:  # several counts can keep the same tokens (DART rounds to its pivots): the smallest says it
+        best = next(step for step in steps if schedule(step).kept_per_stage == counts)
     parameter = _shortest_parameter(best, lambda p: tuple(family.make(p).kept_counts(dims.image_tokens)) == counts)
     return Solution(budget, target, Schedule.of(family.make(parameter), dims))
 

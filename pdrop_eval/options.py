@@ -22,7 +22,8 @@ MODEL_PRESET_KEYS = ("pretrained", "dtype", "device_map", "attn_implementation")
 MODEL_KEYS = (*MODEL_PRESET_KEYS, "model_preset", "device", "max_new_tokens", "drop_preset", "pad_to_square", "save_kept")
 # budget=128 (or 25%, of N) instead of λ / R: `pdrop_eval.budget` solves it for the checkpoint
 BUDGET_KEYS = ("budget", "budget_convention", "budget_image_tokens")
-BUDGET_METHODS = ("pyramid", "fastv", "random")  # take budget=...; the random control solves it as the schedule it copies
+# take budget=...: a method solves it for its own schedule, the random control for the schedule it copies
+BUDGET_METHODS = tuple(name for name, spec in METHODS.items() if spec.budget_method({}))
 # lmms-eval's LLaVA adapters generate up to this many tokens when a task sets none; VLMEvalKit's
 # allow more, but benchmark answers need far less, so it is the default cap there too.
 DEFAULT_MAX_NEW_TOKENS = 1024
@@ -163,10 +164,10 @@ def check_budget_options(method: str, options: dict, *, owner: str) -> None:
     if method not in BUDGET_METHODS:
         raise ValueError(f"{owner}: bad drop settings: budget applies to the methods that drop ({', '.join(BUDGET_METHODS)}), not {METHODS[method].title}")
     drop_options = {key: value for key, value in options.items() if key in OPTION_KEYS}
-    solved = sorted(set(drop_options) & {"lambda", "ratio", "image_token_ratio_list", "fastv_r"})
+    solved = sorted(set(drop_options) & set(METHODS[method].budget_keys))
     if solved or "drop_preset" in options:
         given = solved + (["drop_preset"] if "drop_preset" in options else [])
-        raise ValueError(f"{owner}: bad drop settings: budget=... sets λ / R itself; leave out {given} (layer_list, fastv_k and position_mode shape it)")
+        raise ValueError(f"{owner}: bad drop settings: budget=... sets λ / R (or the kept count) itself; leave out {given} (the other options shape it)")
     # the shape as a config with the default λ / R: its values, and a random control's one schedule
     resolve_drop(method, drop_options, owner=owner)
 
@@ -181,7 +182,7 @@ def budget_drop(method: str, options: dict, model, *, owner: str) -> DropConfig:
 
     values = {OPTION_KEYS[key][0]: OPTION_KEYS[key][1](value) for key, value in options.items() if key in OPTION_KEYS}
     schedule_method = METHODS[method].budget_method(values)
-    shape = {name: values[name] for name in ("layer_list", "fastv_k", "position_mode") if name in values}
+    shape = {name: value for name, value in values.items() if name != "seed"}  # the random control's seed is not the schedule's
     convention = options.get("budget_convention", "avg_layer")
     try:
         if isinstance(model, dict):

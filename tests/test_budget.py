@@ -204,7 +204,7 @@ def test_budget_model_option_is_solved_for_the_checkpoint(method, options, expec
     "method, options, message",
     [
         ("pyramid", {"budget": "128"}, r"model: bad drop settings: budget 128 avg image tokens/layer at N=64 is more than the no-drop value \(64 tokens\)"),
-        ("pyramid", {"budget": "16", "lambda": "0.5"}, r"budget=... sets λ / R itself; leave out \['lambda'\]"),
+        ("pyramid", {"budget": "16", "lambda": "0.5"}, r"budget=... sets λ / R \(or the kept count\) itself; leave out \[.lambda.\]"),
         ("fastv", {"budget": "16", "drop_preset": "fastv-64"}, r"leave out \['drop_preset'\]"),
         ("fastv", {"budget": "16", "layer_list": "2;8"}, r"FastV does not take \['layer_list'\]"),
         ("pyramid", {"budget_convention": "tflops"}, r"\['budget_convention'\] go with budget=..., which is not given"),

@@ -1,11 +1,24 @@
-"""`pdrop-eval schedule`: token or FLOPs budgets as PyramidDrop and FastV schedules with exact counts.
+"""`pdrop-eval schedule`: token or FLOPs budgets as drop schedules with exact counts (PyramidDrop and
+FastV by default, `--methods all` for every method a budget is solved for).
 
 Plain arithmetic (`pdrop_eval.budget`); no torch is imported.
 """
 
+import argparse
+
 from pdrop_eval.commands.sweep import parse_layer_list
 
-METHOD_NAMES = {"pyramid": "PDrop", "fastv": "FastV"}
+DEFAULT_METHODS = ("pyramid", "fastv")
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    from pdrop_eval.budget import SOLVABLE_METHODS
+
+    methods = SOLVABLE_METHODS if text.strip() == "all" else tuple(_items(text))
+    unknown = [method for method in methods if method not in SOLVABLE_METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"a budget is solved for {', '.join(SOLVABLE_METHODS)} (or all), got {text!r}")
+    return methods
 
 
 def _items(text: str) -> list[str]:
@@ -46,6 +59,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--layer-list", default=None, help="PyramidDrop boundaries to solve λ for (default: 2,8,16)")
     parser.add_argument("--search-layers", action="store_true", help="search PyramidDrop layer lists too (as many boundaries as --layer-list)")
     parser.add_argument("--fastv-k", type=int, default=2, help="FastV layer K to solve R for (default: %(default)s)")
+    parser.add_argument(
+        "--methods", type=_methods, default=DEFAULT_METHODS, metavar="LIST",
+        help="methods to solve for, comma-separated, or all (default: pyramid,fastv)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -55,7 +72,7 @@ def run(args) -> int:
     from tabulate import tabulate
 
     from pdrop_eval import budget as budgets
-    from pdrop_eval.engine.config import DropConfig
+    from pdrop_eval.engine.config import METHODS, DropConfig
 
     budget_list = [budgets.Budget.parse(text, args.convention) for text in args.tokens]
     budget_list += [budgets.Budget.parse(text, "tflops") for text in args.tflops]
@@ -65,7 +82,8 @@ def run(args) -> int:
     image_tokens = args.image_tokens or [None]
     dims = budgets.model_dims(args.model, image_tokens[0])
     layer_list = parse_layer_list(args.layer_list) if args.layer_list else budgets.BUDGET_LAYER_LIST
-    shapes = {"pyramid": {"layer_list": layer_list, "search_layers": args.search_layers}, "fastv": {"fastv_k": args.fastv_k}}
+    given_shapes = {"pyramid": {"layer_list": layer_list, "search_layers": args.search_layers}, "fastv": {"fastv_k": args.fastv_k}}
+    shapes = {method: given_shapes.get(method, {}) for method in args.methods}
 
     requests = [(budget.describe(), budget) for budget in budget_list]
     requests += [(f"same FLOPs as {config.to_args() or 'no drop'}", config) for config in references]
@@ -78,11 +96,11 @@ def run(args) -> int:
             try:
                 solution = budgets.solve(budget, dims, method, **shape)
             except ValueError as error:
-                failures.append(f"{METHOD_NAMES[method]}, {label}: {error}")
-                rows.append([label, METHOD_NAMES[method], "unreachable (see below)", "", "", "", "", ""])
+                failures.append(f"{METHODS[method].series}, {label}: {error}")
+                rows.append([label, METHODS[method].series, "unreachable (see below)", "", "", "", "", ""])
                 continue
             schedules.append(solution.schedule)
-            rows.append(_row(label, METHOD_NAMES[method], solution.schedule, solution.target))
+            rows.append(_row(label, METHODS[method].series, solution.schedule, solution.target))
 
     vanilla = budgets.Schedule.of(DropConfig.none(), dims)
     print(f"{args.model}: d={dims.hidden_size} m={dims.intermediate_size} L={dims.num_layers} N={dims.image_tokens}; "
@@ -108,7 +126,7 @@ CONVENTION_NOTE = (
     "avg image tokens: (1/L)·Σ_l n_l, the image tokens each decoder layer sees averaged over all L layers "
     "(FLOPs-consistent); after drop: image tokens kept after the (first) drop layer; TFLOPs: the paper's "
     "convention, Σ_l 4·n_l·d² + 2·n_l²·d + 3·n_l·d·m over image tokens only. Counts are exact: PyramidDrop "
-    "keeps int(N·λ^s) after boundary s, FastV N − int(N·R)."
+    "keeps int(N·λ^s) after boundary s, FastV N − int(N·R), the other methods the count they are given."
 )
 
 

@@ -124,7 +124,10 @@ class MethodSpec:
     params_class: type = NoParams
     alternatives: tuple[frozenset, ...] = ()  # fields that stand for each other: giving one drops the others' defaults
     sweep_key: str | None = None  # the option `pdrop-eval sweep --values` varies; None: not swept
-    budget_family: str | None = None  # the method whose λ / R a token or TFLOPs budget solves (pdrop_eval.budget)
+    # How a token or TFLOPs budget is solved (pdrop_eval.budget): "pyramid" (λ), "fastv" (R), or "count"
+    # (`budget_fields` turns a kept image-token count into its options); None: it takes no budget.
+    budget_family: str | None = None
+    budget_keys: tuple[str, ...] = ()  # the options a budget sets itself (refused beside budget=...)
     place: str = PLACE_LANGUAGE_MODEL  # PLACES: where its boundaries may be
 
     def __post_init__(self):
@@ -168,8 +171,17 @@ class MethodSpec:
         return self.params_class(**as_field_types(values))
 
     def budget_method(self, fields) -> str | None:
-        """The schedule family a budget is solved for, given the option fields of a config (None: none)."""
-        return self.budget_family
+        """The method whose schedule a budget solves, given the option fields of a config (None: it takes no budget)."""
+        return self.name if self.budget_family else None
+
+    def budget_fields(self, count: int) -> dict:
+        """"count" budget family: the options that keep `count` image tokens (e.g. {"pool_tokens": 64})."""
+        raise NotImplementedError(f"{self.title} solves no token count")
+
+    def budget_counts(self, num_image_tokens: int, shape: dict):
+        """"count" budget family: the counts a budget may solve to, fewest first (a range or a list);
+        `shape`: the method's other options given with the budget."""
+        return range(1, num_image_tokens + 1)
 
     def preset_methods(self) -> tuple[str, ...]:
         """The methods whose drop presets give this one its settings."""

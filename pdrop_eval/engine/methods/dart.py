@@ -88,6 +88,14 @@ class Dart(MethodSpec):
 
         return DartScorer(params)
 
+    def budget_fields(self, count: int) -> dict:
+        return {"dart_tokens": count}
+
+    def budget_counts(self, num_image_tokens: int, shape: dict) -> range:
+        """From the pivots up: fewer dart_tokens than pivots is no DART setting."""
+        pivots = sum(shape.get(name, self.defaults[name]) for name in ("dart_pivot_image", "dart_pivot_text"))
+        return range(pivots, num_image_tokens + 1)
+
     def label(self, params: DartParams, position_mode: str) -> str:
         label = f"{self.series} K={params.dart_k} tokens={params.dart_tokens}"
         if (params.dart_pivot_image, params.dart_pivot_text) != (self.defaults["dart_pivot_image"], self.defaults["dart_pivot_text"]):
@@ -113,5 +121,5 @@ DART_OPTIONS = {key: (key, parse_int) for key in DART_KEYS if key != "position_m
 DART = Dart(
     name="dart", title="DART", kind="dart", series="DART", keys=DART_KEYS,
     defaults={"dart_k": 2, "dart_tokens": 128, "dart_pivot_image": 4, "dart_pivot_text": 4, "position_mode": "original"},
-    params_class=DartParams,
+    params_class=DartParams, budget_family="count", budget_keys=("dart_tokens",),
 )

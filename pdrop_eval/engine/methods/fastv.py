@@ -48,5 +48,5 @@ FASTV_KEYS = ("fastv_k", "fastv_r", "position_mode")
 FASTV = FastV(
     name="fastv", title="FastV", kind="fastv", series="FastV", keys=FASTV_KEYS,
     defaults={"fastv_k": 2, "fastv_r": 0.5, "position_mode": "original"}, params_class=FastVParams,
-    sweep_key="fastv_r", budget_family="fastv",
+    sweep_key="fastv_r", budget_family="fastv", budget_keys=("fastv_r",),
 )

@@ -82,6 +82,16 @@ class Pool(MethodSpec):
 
         return GridPoolReducer(grid=pool_grid(params.pool_tokens))
 
+    def budget_fields(self, count: int) -> dict:
+        return {"pool_tokens": count}
+
+    def budget_counts(self, num_image_tokens: int, shape: dict) -> list[int]:
+        """The counts whose grid fits the image's (none where the image tokens are no square grid)."""
+        side = math.isqrt(num_image_tokens)
+        if side * side != num_image_tokens:
+            return []
+        return [count for count in range(1, num_image_tokens + 1) if pool_grid(count)[1] <= side]
+
     def label(self, params: PoolParams, position_mode: str) -> str:
         return f"{self.series} {params.pool_tokens}"
 
@@ -98,4 +108,5 @@ POOL_OPTIONS = {"pool_tokens": ("pool_tokens", parse_int)}
 POOL = Pool(
     name="pool", title="Average pooling", kind="pool", series="Pool", keys=tuple(POOL_OPTIONS),
     defaults={"pool_tokens": 64, "position_mode": "compact"}, params_class=PoolParams, place=PLACE_BEFORE_LANGUAGE_MODEL,
+    budget_family="count", budget_keys=tuple(POOL_OPTIONS),
 )

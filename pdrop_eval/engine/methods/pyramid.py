@@ -85,5 +85,5 @@ RATIO_FORMS = frozenset({"ratio", "image_token_ratio_list"})
 PYRAMID = PyramidDrop(
     name="pyramid", title="PyramidDrop", kind="pdrop", series="PDrop", keys=PYRAMID_KEYS,
     defaults={"layer_list": (8, 16, 24), "ratio": 0.5, "position_mode": "compact"}, params_class=PyramidParams,
-    alternatives=(RATIO_FORMS,), sweep_key="lambda", budget_family="pyramid",
+    alternatives=(RATIO_FORMS,), sweep_key="lambda", budget_family="pyramid", budget_keys=("lambda", "ratio", "image_token_ratio_list"),
 )

@@ -37,7 +37,7 @@ class RandomDrop(MethodSpec):
         return schedule
 
     def budget_method(self, fields) -> str | None:
-        return self.schedule_spec(fields).budget_family
+        return self.schedule_spec(fields).name
 
     def preset_methods(self) -> tuple[str, ...]:
         return (self.name, *(spec.name for spec in self.schedules))
@@ -96,6 +96,6 @@ class RandomDrop(MethodSpec):
 
 RANDOM = RandomDrop(
     name="random", title="Random drop", kind="random", series="Random", keys=(*PYRAMID_KEYS, *FASTV_KEYS[:-1], "seed"),
-    defaults={"seed": 0}, params_class=RandomParams, alternatives=(RATIO_FORMS,),
+    defaults={"seed": 0}, params_class=RandomParams, alternatives=(RATIO_FORMS,), budget_keys=(*PYRAMID.budget_keys, *FASTV.budget_keys),
     sweep_key="lambda",  # PyramidDrop λ's counts: the control's curve beside PyramidDrop's
 )

@@ -82,6 +82,14 @@ class VisionZip(MethodSpec):
 
         return VisionZipReducer(dominant=params.dominant, contextual=params.contextual)
 
+    def budget_fields(self, count: int) -> dict:
+        """`count` tokens split as the official budgets are (54+10, 108+20, 162+30: a sixth and a bit contextual)."""
+        contextual = max(1, round(count * 10 / 64))
+        return {"dominant": count - contextual, "contextual": contextual}
+
+    def budget_counts(self, num_image_tokens: int, shape: dict) -> range:
+        return range(2, num_image_tokens + 1)  # at least the [CLS] token and one contextual token
+
     def label(self, params: VisionZipParams, position_mode: str) -> str:
         return f"{self.series} {params.dominant}+{params.contextual}"
 
@@ -97,5 +105,5 @@ VISIONZIP_OPTIONS = {"dominant": ("dominant", parse_int), "contextual": ("contex
 VISIONZIP = VisionZip(
     name="visionzip", title="VisionZip", kind="visionzip", series="VisionZip", keys=tuple(VISIONZIP_OPTIONS),
     defaults={"dominant": 54, "contextual": 10, "position_mode": "compact"},  # the official README's 64-token setting
-    params_class=VisionZipParams, place=PLACE_BEFORE_LANGUAGE_MODEL,
+    params_class=VisionZipParams, place=PLACE_BEFORE_LANGUAGE_MODEL, budget_family="count", budget_keys=tuple(VISIONZIP_OPTIONS),
 )
