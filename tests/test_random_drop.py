@@ -100,3 +100,24 @@ def test_each_image_token_is_kept_equally_often():
         kept += select_top_images(scores, is_image, torch.tensor([keep]))[0, is_image[0]].float()
     frequency = kept / draws
     assert (frequency - 0.5).abs().max() < 5 * (0.25 / draws) ** 0.5
+
+
+@pytest.mark.parametrize("schedule", ["dart_tokens=16", "dominant=12,contextual=4"], ids=["dart", "visionzip"])
+def test_control_takes_a_comparison_methods_counts_and_boundaries(tiny_llava, schedule):
+    """Random control over DART's schedule (a drop before layer 2) and VisionZip's (before the language
+    model): the schedule's per-layer counts on the tiny LLaVA (N=64), a random subset kept in order, the
+    same draw as PyramidDrop's control at the same seed would rank first (one order per sample)."""
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(tiny_llava)
+    control = DropConfig.from_args(f"{schedule},seed=3", method="random")
+    inputs = processor(images=[SQUARE], text=[PROMPT], return_tensors="pt")
+    with apply_drop(model, control) as handle, torch.no_grad():
+        model(**inputs)
+    (stats,) = handle.last_stats
+    assert stats.num_image_tokens == 64
+    assert list(stats.image_tokens_per_layer) == control.image_tokens_per_layer(64, 32)
+    (kept,) = stats.kept
+    assert len(kept) == control.kept_counts(64)[0] and list(kept) == sorted(kept)
+    with apply_drop(model, DropConfig.random(DropConfig.fastv(k=2, r=1 - len(kept) / 64), seed=3)) as handle, torch.no_grad():
+        model(**inputs)
+    assert handle.last_stats[0].kept[0] == kept  # the sample's one random order, whatever the schedule

@@ -1,13 +1,20 @@
-"""The random control: the per-stage counts of another method's schedule (PyramidDrop or FastV), with
-the kept image tokens drawn uniformly at random (`pdrop_eval.engine.scoring.RandomScorer`). It shows
-whether ranking matters at all."""
+"""The random control: the boundaries and per-stage counts of another method's schedule (PyramidDrop,
+FastV, DART, VisionZip, pooling), with the kept image tokens drawn uniformly at random
+(`pdrop_eval.engine.scoring.RandomScorer`) and kept as they are. It shows whether ranking (and
+merging) matters at all."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from pdrop_eval.engine.methods.base import Boundary, MethodSpec, check_int
-from pdrop_eval.engine.methods.fastv import FASTV, FASTV_KEYS
-from pdrop_eval.engine.methods.pyramid import PYRAMID, PYRAMID_KEYS, RATIO_FORMS
+from pdrop_eval.engine.methods.dart import DART
+from pdrop_eval.engine.methods.fastv import FASTV
+from pdrop_eval.engine.methods.pool import POOL
+from pdrop_eval.engine.methods.pyramid import PYRAMID, RATIO_FORMS
+from pdrop_eval.engine.methods.visionzip import VISIONZIP
+
+SCHEDULES = (PYRAMID, FASTV, DART, VISIONZIP, POOL)  # whose counts it takes; the first when the options name none
 
 
 @dataclass(frozen=True)
@@ -21,7 +28,7 @@ class RandomParams:
 
 
 class RandomDrop(MethodSpec):
-    schedules: tuple[MethodSpec, ...] = (PYRAMID, FASTV)  # the first is taken when the options name none
+    schedules: tuple[MethodSpec, ...] = SCHEDULES
 
     def schedule_spec(self, given) -> MethodSpec:
         """The schedule whose fields `given` names (the first one when they name none)."""
@@ -53,7 +60,8 @@ class RandomDrop(MethodSpec):
         if stray:
             raise ValueError(f"{self.title} does not take {stray}")
         if not values:
-            raise ValueError(f"{self.title} needs a schedule: PyramidDrop's layer_list and lambda or FastV's fastv_k and fastv_r")
+            names = " or ".join(spec.title for spec in self.schedules)
+            raise ValueError(f"{self.title} needs a schedule: the options of {names} (e.g. PyramidDrop's layer_list and lambda)")
         schedule = self.schedule_spec(values)
         return RandomParams(schedule_method=schedule.name, schedule=schedule.make_params(values), seed=seed)
 
@@ -73,7 +81,11 @@ class RandomDrop(MethodSpec):
         self._schedule(params).check(params.schedule)
 
     def boundaries(self, params: RandomParams, num_layers: int) -> list[Boundary]:
-        return self._schedule(params).boundaries(params.schedule, num_layers)
+        schedule = self._schedule(params)
+        return schedule.check_boundaries(schedule.boundaries(params.schedule, num_layers))
+
+    def check_boundaries(self, boundaries: list[Boundary]) -> list[Boundary]:
+        return boundaries  # placed where its schedule's method drops (checked by that method)
 
     def kept_counts(self, params: RandomParams, num_image_tokens: int) -> list[int]:
         return self._schedule(params).kept_counts(params.schedule, num_image_tokens)
@@ -95,7 +107,9 @@ class RandomDrop(MethodSpec):
 
 
 RANDOM = RandomDrop(
-    name="random", title="Random drop", kind="random", series="Random", keys=(*PYRAMID_KEYS, *FASTV_KEYS[:-1], "seed"),
-    defaults={"seed": 0}, params_class=RandomParams, alternatives=(RATIO_FORMS,), budget_keys=(*PYRAMID.budget_keys, *FASTV.budget_keys),
+    name="random", title="Random drop", kind="random", series="Random",
+    keys=tuple(dict.fromkeys(key for spec in SCHEDULES for key in spec.keys)) + ("seed",),
+    defaults={"seed": 0}, params_class=RandomParams, alternatives=(RATIO_FORMS,),
+    budget_keys=tuple(key for spec in SCHEDULES for key in spec.budget_keys),
     sweep_key="lambda",  # PyramidDrop λ's counts: the control's curve beside PyramidDrop's
 )
