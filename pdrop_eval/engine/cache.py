@@ -8,7 +8,6 @@ lives here rather than in a table keyed by the cache.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -40,11 +39,11 @@ class StagedCache(DynamicCache):
     layout: PrefillLayout | None = None
 
     def get_seq_length(self, *args, **kwargs) -> int:
-        """The sequence's logical length (the prompt before any drop, plus the tokens decoded since), which
-        generate() and the drop engine read: a layer whose stage dropped tokens stores fewer."""
+        """Asked for no layer (as generate() and the engine ask): the sequence's logical length, the prompt
+        before any drop plus the tokens decoded since, which a drop before layer 0 leaves no layer
+        storing. Asked for a layer (as transformers' mask code asks): what that layer stores."""
         stored = super().get_seq_length(*args, **kwargs)
-        if self.layout is None:
+        if self.layout is None or args or kwargs:
             return stored
-        layer_idx = inspect.signature(super().get_seq_length).bind(*args, **kwargs).arguments.get("layer_idx", 0)
-        stage = [stage for stage in self.layout.stages if stage.first_layer <= layer_idx][-1]
-        return stored - stage.valid.shape[1] + self.layout.prefill_len
+        first_stage = [stage for stage in self.layout.stages if stage.first_layer == 0][-1]  # the one layer 0 holds
+        return stored - first_stage.valid.shape[1] + self.layout.prefill_len
