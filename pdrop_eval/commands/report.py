@@ -36,9 +36,9 @@ def run(args) -> int:
     from pdrop_eval.report.files import check_writable, write_text
     from pdrop_eval.report.plot import write_plot
 
-    fmt = output_format(args.format, args.out)
     for path in filter(None, [args.out, args.plot]):
         check_writable(Path(path), args.force)  # before any work, so a refusal costs nothing
+    fmt = output_format(args.format, args.out)  # after: a folder is refused as one, not for its missing suffix
     report = build_report(args.run_dirs, args.layout, args.compare_paper, args.delta, args.paper_model)
     text = render(report, fmt)
     print(text)
