@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pdrop_eval.report.benchmarks import order
 from pdrop_eval.report.paper import PAPER_DIR, TABLES, load_table, paper_model_for, reference_row, table_groups
+from pdrop_eval.report.reference import REFERENCE_DIR, load_references, published_rows
 from pdrop_eval.report.runs import Run, find_runs
 from pdrop_eval.report.table import DeltaSpec, Row, Table, build_table, group_by_model, rows_from_runs, to_markdown
 
@@ -56,19 +57,23 @@ def render_paper_table(number: int, delta: str = DEFAULT_DELTA, paper_dir: Path 
     return paper_table_report(number, delta, paper_dir).markdown
 
 
-def with_references(rows: list[Row], paper_model: str | None, prefer: int | None, paper_dir: Path) -> tuple[list[Row], list[str]]:
-    """Each of our rows followed by the paper's numbers for the same model and drop setting."""
+def with_references(
+    rows: list[Row], paper_model: str | None, prefer: int | None, paper_dir: Path, reference_dir: Path
+) -> tuple[list[Row], list[str]]:
+    """Each of our rows followed by the PyramidDrop paper's numbers for the same model and drop setting,
+    then other papers' published numbers for the same method and kept tokens (data/reference)."""
     tables = [load_table(n, paper_dir) for n in sorted(TABLES, key=lambda n: n != prefer)]
+    published = load_references(reference_dir)
     result, notes = [], []
     for row in rows:
         result.append(row)
         model = paper_model or paper_model_for(row.checkpoint or row.model)
         reference = reference_row(row.model, model, row.drop, tables) if model and row.drop else None
-        if reference is None:
+        others = published_rows(row.model, model, row.drop, published) if model and row.drop else []
+        if reference is None and not others:
             notes.append(f"no paper numbers for {row.model} / {row.method} (paper models: vanilla-trained "
                          "LLaVA-1.5-7B, LLaVA-NeXT-7B; map a checkpoint with --paper-model)")
-        else:
-            result.append(reference)
+        result.extend(([reference] if reference else []) + others)
     return result, notes
 
 
@@ -79,6 +84,7 @@ def build_report(
     delta: str = DEFAULT_DELTA,
     paper_model: str | None = None,
     paper_dir: Path = PAPER_DIR,
+    reference_dir: Path = REFERENCE_DIR,
 ) -> Report:
     number = paper_table_number(layout)
     spec = DeltaSpec.parse(delta)
@@ -98,7 +104,7 @@ def build_report(
         notes += layout_notes(layout, benchmarks, found, compare_paper)
     shown = rows
     if compare_paper:
-        shown, missing = with_references(rows, paper_model, number, paper_dir)
+        shown, missing = with_references(rows, paper_model, number, paper_dir, reference_dir)
         notes += missing
     title = f"{layout}: {len(rows)} model/method rows from {len(runs)} runs"
     groups = group_by_model(shown)
