@@ -1,6 +1,7 @@
-"""The pooling control on the tiny LLaVA-1.5 (8 x 8 image tokens): each sample of a padded batch reads
-its image's projected tokens averaged, by hand, over the cells of an adaptive h x w grid; pooling to
-the full grid is the stock model; bad settings and models are refused by name."""
+"""The pooling control on the tiny LLaVA-1.5 (8 x 8 image tokens) and the tiny LLaVA-NeXT (8 x 8 base
+tile, anyres grid): each sample of a padded batch reads its image's projected tokens averaged, by hand,
+over the cells of adaptive grids; pooling to the full grid is the stock model; bad settings and models
+are refused by name."""
 
 import math
 
@@ -18,17 +19,29 @@ def llava(tiny_llava):
     return models_and_batch(tiny_llava, seed=7)
 
 
+@pytest.fixture(scope="module")
+def llava_next(tiny_llava_next):
+    """Two aspect ratios: 48 x 96 pixels -> an 8 x 16 anyres grid (N = 64 + 8·17 = 200), 96 x 40 -> 16 x 6
+    unpadded (N = 64 + 16·7 = 176)."""
+    return models_and_batch(tiny_llava_next, seed=7, image_shapes=((48, 96), (96, 40)))
+
+
 def pooled_by_hand(tokens, rows, cols):
-    """(rows·cols, d): cell (i, j) averages grid rows floor(i·S/rows) .. ceil((i+1)·S/rows) - 1, and
-    likewise columns, of the S x S grid of `tokens` (S² tokens, row by row)."""
+    """(rows·cols, d) of the S x S grid of `tokens` (S² tokens, row by row): `pooled_grid_by_hand`."""
     side = math.isqrt(len(tokens))
-    grid = tokens.view(side, side, -1)
+    return pooled_grid_by_hand(tokens.view(side, side, -1), rows, cols)
+
+
+def pooled_grid_by_hand(grid, rows, cols):
+    """(rows·cols, d): cell (i, j) averages grid rows floor(i·H/rows) .. ceil((i+1)·H/rows) - 1, and
+    likewise columns over W, of the H x W x d `grid`."""
+    height, width = grid.shape[:2]
     cells = []
     for i in range(rows):
         for j in range(cols):
-            top, bottom = i * side // rows, -(-(i + 1) * side // rows)
-            left, right = j * side // cols, -(-(j + 1) * side // cols)
-            cells.append(grid[top:bottom, left:right].reshape(-1, tokens.shape[-1]).mean(0))
+            top, bottom = i * height // rows, -(-(i + 1) * height // rows)
+            left, right = j * width // cols, -(-(j + 1) * width // cols)
+            cells.append(grid[top:bottom, left:right].reshape(-1, grid.shape[-1]).mean(0))
     return torch.stack(cells)
 
 
@@ -45,6 +58,33 @@ def test_each_sample_reads_its_pooled_grid(llava, attention):
             pooled = with_image_replaced(model, inputs, embeddings, sample, lambda image: pooled_by_hand(image, 4, 6))
             assert torch.allclose(model(inputs_embeds=pooled[None]).logits[0, -1], logits[sample], atol=1e-4)
             assert handle.last_stats[sample].image_tokens_per_layer == (24,) * model.config.text_config.num_hidden_layers
+
+
+def test_llava_next_pools_base_tile_and_grid_without_newlines(llava_next):
+    """pool_tokens=20 per image. Sample 0 (8 x 16 grid, 128 patches): base floor(20·64/192) = 6 -> 2 x 3,
+    grid 14 -> 2 x 7. Sample 1 (16 x 6 grid, 96 patches): base floor(20·64/160) = 8 -> 2 x 4, grid 12 ->
+    3 x 4 turned upright to 4 x 3. Newline tokens (every 17th / 7th grid token) are dropped."""
+    models, inputs = llava_next
+    model = models["sdpa"]
+    config = DropConfig.from_args("method=pool,pool_tokens=20")
+    layout = [((8, 16), (2, 3), (2, 7)), ((16, 6), (2, 4), (4, 3))]  # (grid rows x columns, base cells, grid cells)
+    layers = model.config.text_config.num_hidden_layers
+    with torch.no_grad():
+        embeddings = model(**inputs, output_hidden_states=True).hidden_states[0]
+        with apply_drop(model, config) as handle:
+            logits = model(**inputs).logits[:, -1]
+        for sample, ((rows, cols), base_cells, grid_cells) in enumerate(layout):
+
+            def pool(image, rows=rows, cols=cols, base_cells=base_cells, grid_cells=grid_cells):
+                assert len(image) == 64 + rows * (cols + 1)
+                grid = image[64:].view(rows, cols + 1, -1)[:, :cols]  # each row's last token is its newline
+                return torch.cat([pooled_grid_by_hand(image[:64].view(8, 8, -1), *base_cells), pooled_grid_by_hand(grid, *grid_cells)])
+
+            pooled = with_image_replaced(model, inputs, embeddings, sample, pool)
+            assert torch.allclose(model(inputs_embeds=pooled[None]).logits[0, -1], logits[sample], atol=1e-4)
+            stats = handle.last_stats[sample]
+            assert stats.image_tokens_per_layer == tuple(config.image_tokens_per_layer(stats.num_image_tokens, layers))
+        assert [stats.num_image_tokens for stats in handle.last_stats] == [200, 176]
 
 
 def test_pooling_to_the_full_grid_is_the_stock_model(llava):
@@ -67,7 +107,5 @@ def test_bad_settings_and_models_are_refused_by_name(llava, tiny_llava_next):
         model(**inputs)
     with pytest.raises(ValueError, match="pool_tokens=11 pools to a 1 x 11 grid"):
         DropConfig.from_args("method=pool,pool_tokens=11").kept_counts(64)
-    with pytest.raises(ValueError, match="65 image tokens are not one"):
-        DropConfig.from_args("method=pool").kept_counts(65)
-    with pytest.raises(ValueError, match=r"Average pooling supports LLaVA-1.5 \('llava'\) models only, got a LLaVA-NeXT"):
-        apply_drop(load(tiny_llava_next, "sdpa"), DropConfig.from_args("method=pool"))
+    with pytest.raises(ValueError, match="pool_tokens=1 cannot pool a LLaVA-NeXT image of 65 tokens"):
+        DropConfig.from_args("method=pool,pool_tokens=1").kept_counts(65)

@@ -13,20 +13,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pdrop_eval.engine.methods.pool import image_grid_side
+from pdrop_eval.engine.methods.pool import image_grid_side, pool_grid, pool_split
 from pdrop_eval.engine.methods.visionzip import kept_tokens
 from pdrop_eval.engine.reducers import Reducer, Reduction
 from pdrop_eval.engine.scoring import Scorer, StageView, select_top_images
 from pdrop_eval.models import family_of_model
 
-SUPPORTED_FAMILY = "llava"  # one image = one fixed grid of tokens; LLaVA-NeXT's crops and newline tokens are not handled
+SUPPORTED_FAMILY = "llava"  # one image = one fixed grid of tokens; VisionZip does not handle LLaVA-NeXT's crops and newline tokens
+NEXT_FAMILY = "llava_next"  # the pooling control also pools LLaVA-NeXT (rule: pdrop_eval.engine.methods.pool)
 
 
-def check_family(model, method: str):
-    """The model's family, if these parts handle it; otherwise a ValueError naming the supported one."""
+def check_family(model, method: str, supported=(SUPPORTED_FAMILY,)):
+    """The model's family, if these parts handle it; otherwise a ValueError naming the supported ones."""
     family = family_of_model(model)
-    if family.name != SUPPORTED_FAMILY:
-        raise ValueError(f"{method} supports LLaVA-1.5 ({SUPPORTED_FAMILY!r}) models only, got a {family.describe()} model")
+    if family.name not in supported:
+        names = " and ".join(repr(name) for name in supported)
+        title = "LLaVA-1.5" if supported == (SUPPORTED_FAMILY,) else "LLaVA-1.5 and LLaVA-NeXT"
+        raise ValueError(f"{method} supports {title} ({names}) models only, got a {family.describe()} model")
     return family
 
 
@@ -74,17 +77,48 @@ class GridPoolReducer(ReplacingReducer):
 
     def __init__(self, grid: tuple[int, int]):
         self.grid = grid
+        self._next_layout = None  # LLaVA-NeXT: (base tile side, image_newline vector)
 
     def attach(self, model) -> list:
-        check_family(model, self.method)
+        family = check_family(model, self.method, supported=(SUPPORTED_FAMILY, NEXT_FAMILY))
+        if family.name == NEXT_FAMILY:
+            self._next_layout = (family._patches_per_side(model.config), model.model.image_newline.detach())
         return []
 
     def new_tokens(self, *, hidden, is_image):
+        if self._next_layout is not None:
+            return torch.stack([self._pool_next_image(hidden[sample][is_image[sample]]) for sample in range(len(hidden)) if is_image[sample].any()])
         blocks = image_blocks(hidden, is_image, self.method)  # (I, N, d)
         side = image_grid_side(blocks.shape[1])
         grid = blocks.float().view(blocks.shape[0], side, side, -1).permute(0, 3, 1, 2)  # (I, d, side, side)
         pooled = F.adaptive_avg_pool2d(grid, self.grid)  # (I, d, h, w)
         return pooled.flatten(2).transpose(1, 2)  # (I, h·w, d), row by row
+
+    def _pool_next_image(self, block: torch.Tensor) -> torch.Tensor:
+        """(pool_tokens, d) of one LLaVA-NeXT image block (N, d): base tile then grid, newlines dropped."""
+        side, newline = self._next_layout
+        base, grid = block[: side * side], block[side * side :]
+        is_newline = (grid == newline.to(grid.dtype)).all(-1)
+        rows = int(is_newline.sum())
+        if not rows or len(grid) % rows or not is_newline.view(rows, -1)[:, -1].all() or int(is_newline.view(rows, -1).sum()) != rows:
+            raise ValueError(
+                f"{self.method} expects a LLaVA-NeXT image block of {side}x{side} base patches then grid rows each closed by one "
+                f"image_newline token; the {len(block)} tokens read hold {rows} newline tokens not closing equal rows (several images in one prompt?)"
+            )
+        columns = len(grid) // rows - 1
+        base_count, grid_count = pool_split(self.grid[0] * self.grid[1], side * side, rows * columns)
+        base_cells, grid_cells = pool_grid(base_count), pool_grid(grid_count)
+        if rows > columns:
+            grid_cells = grid_cells[::-1]  # upright, like the grid
+        for part, cells, shape in (("base tile", base_cells, (side, side)), ("anyres grid", grid_cells, (rows, columns))):
+            if cells[0] > shape[0] or cells[1] > shape[1]:
+                raise ValueError(
+                    f"{self.method}: pool_tokens={self.grid[0] * self.grid[1]} gives the {part} of a {len(block)}-token LLaVA-NeXT image "
+                    f"a {cells[0]} x {cells[1]} grid, which its {shape[0]} x {shape[1]} patches cannot be averaged down to"
+                )
+        patches = [base.float().view(side, side, -1), grid[~is_newline].float().view(rows, columns, -1)]
+        pooled = [F.adaptive_avg_pool2d(part.permute(2, 0, 1), cells).flatten(1).T for part, cells in zip(patches, (base_cells, grid_cells))]
+        return torch.cat(pooled)  # base then grid, each row by row
 
 
 class VisionZipReducer(ReplacingReducer):

@@ -9,7 +9,14 @@ row, and reduced with adaptive average pooling (`torch.nn.functional.adaptive_av
 with h·w = pool_tokens exactly: h the largest divisor of pool_tokens not above its square root, w =
 pool_tokens / h (64 -> 8 x 8, 128 -> 8 x 16, 192 -> 12 x 16). The pooled tokens go on row by row, in
 place of the image's tokens (compact positions: the language model sees the shorter sequence).
-LLaVA-1.5 only; LLaVA-NeXT (crops, newline tokens) is refused.
+
+LLaVA-NeXT: `pool_tokens` counts the whole image. Its block is the base tile (side x side patches, row
+by row) then the unpadded anyres grid (R rows x C patches, each row closed by an `image_newline`
+token). The newline tokens are dropped; the base tile gets floor(pool_tokens · side² / (side² + R·C))
+tokens (at least 1, at most pool_tokens - 1: `pool_split`), the grid the rest; each part is pooled as
+above to the most nearly square grid of its count (`pool_grid`), the grid's turned to stand upright
+when R > C. The pooled tokens go on base first, then grid, row by row. So every image keeps exactly
+pool_tokens tokens whatever its N. The reducer finds R from the newline tokens it reads.
 
 Plain Python (no torch): the parts load when a model runs.
 """
@@ -39,6 +46,13 @@ def pool_grid(pool_tokens: int) -> tuple[int, int]:
     return rows, pool_tokens // rows
 
 
+def pool_split(pool_tokens: int, base_patches: int, grid_patches: int) -> tuple[int, int]:
+    """(base, grid): LLaVA-NeXT's pool_tokens shared between the base tile and the anyres grid in
+    proportion to their patches, rounded down for the base, each part keeping at least one token."""
+    base = min(max(pool_tokens * base_patches // (base_patches + grid_patches), 1), pool_tokens - 1)
+    return base, pool_tokens - base
+
+
 def image_grid_side(num_image_tokens: int) -> int:
     """The side of the square patch grid of `num_image_tokens` image tokens (a ValueError if none)."""
     side = math.isqrt(num_image_tokens)
@@ -61,6 +75,13 @@ class Pool(MethodSpec):
     def kept_counts(self, params: PoolParams, num_image_tokens: int) -> list[int]:
         if not num_image_tokens:
             return [0]
+        if math.isqrt(num_image_tokens) ** 2 != num_image_tokens:  # LLaVA-NeXT (base tile + grid); LLaVA-1.5's reducer refuses it
+            if not 2 <= params.pool_tokens < num_image_tokens:
+                raise ValueError(
+                    f"pool_tokens={params.pool_tokens} cannot pool a LLaVA-NeXT image of {num_image_tokens} tokens: it needs "
+                    "at least 1 token for the base tile and 1 for the grid, and fewer than the image has"
+                )
+            return [params.pool_tokens]
         side = image_grid_side(num_image_tokens)
         rows, cols = pool_grid(params.pool_tokens)
         if cols > side:
@@ -86,10 +107,11 @@ class Pool(MethodSpec):
         return {"pool_tokens": count}
 
     def budget_counts(self, num_image_tokens: int, shape: dict) -> list[int]:
-        """The counts whose grid fits the image's (none where the image tokens are no square grid)."""
+        """The counts whose grid fits the image's; for LLaVA-NeXT's non-square N, 2 .. N - 1 (whether a
+        count's grids fit one image's tiles is known only when the reducer reads its layout)."""
         side = math.isqrt(num_image_tokens)
         if side * side != num_image_tokens:
-            return []
+            return list(range(2, num_image_tokens))
         return [count for count in range(1, num_image_tokens + 1) if pool_grid(count)[1] <= side]
 
     def label(self, params: PoolParams, position_mode: str) -> str:
