@@ -82,7 +82,7 @@ class GridPoolReducer(ReplacingReducer):
     def attach(self, model) -> list:
         family = check_family(model, self.method, supported=(SUPPORTED_FAMILY, NEXT_FAMILY))
         if family.name == NEXT_FAMILY:
-            self._next_layout = (family._patches_per_side(model.config), model.model.image_newline.detach())
+            self._next_layout = (family.patches_per_side(model.config), model.model.image_newline.detach())
         return []
 
     def new_tokens(self, *, hidden, is_image):

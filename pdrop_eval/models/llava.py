@@ -47,11 +47,12 @@ class LlavaFamily(ModelFamily):
     def _tile_tokens(self, config) -> int:
         """Tokens of one vision-tower image: its patches, plus the CLS token that the feature strategy
         "full" keeps ("default" removes it)."""
-        side = self._patches_per_side(config)
+        side = self.patches_per_side(config)
         return side * side + (config_value(config, "vision_feature_select_strategy", "default") == "full")
 
     @classmethod
-    def _patches_per_side(cls, config) -> int:
+    def patches_per_side(cls, config) -> int:
+        """The side of one vision-tower image's square patch grid (24 for 336-pixel tiles of 14-pixel patches)."""
         return cls._vision_field(config, "image_size") // cls._vision_field(config, "patch_size")
 
     @staticmethod

@@ -28,7 +28,7 @@ class LlavaNextFamily(LlavaFamily):
 
         ensure_torchvision_importable()  # before transformers' image code imports torchvision
         width, height = image_size
-        tile, side = self._vision_field(config, "image_size"), self._patches_per_side(config)
+        tile, side = self._vision_field(config, "image_size"), self.patches_per_side(config)
         best_height, best_width = select_best_resolution((height, width), self._grid_resolutions(config))
         rows, columns = unpadded_cells(best_height // tile * side, best_width // tile * side, width, height)
         return self._tile_tokens(config) + len(rows) * (len(columns) + 1)  # base tile, grid, one newline per row
@@ -37,7 +37,7 @@ class LlavaNextFamily(LlavaFamily):
         """The base tile, plus the largest anyres grid with one newline token per row, which an image of
         the grid's own aspect ratio gets unpadded (2928 for 336-pixel tiles and a 2x2 grid, where the
         paper's FLOPs column uses 2880)."""
-        tile, side = self._vision_field(config, "image_size"), self._patches_per_side(config)
+        tile, side = self._vision_field(config, "image_size"), self.patches_per_side(config)
         grids = [(height // tile * side, width // tile * side) for height, width in self._grid_resolutions(config)]
         return self._tile_tokens(config) + max(rows * columns + rows for rows, columns in grids), True
 
