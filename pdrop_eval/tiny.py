@@ -1,4 +1,5 @@
-"""Tiny LLaVA-1.5 / LLaVA-NeXT checkpoints, built offline, loadable with `from_pretrained`.
+"""Tiny checkpoints of every model family (`ARCHS`: LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL, ...), built offline,
+loadable with `from_pretrained`.
 
 They have the real architecture (CLIP tower, projector, GQA decoder with 32 layers so the paper's
 default boundaries 8/16/24 apply) at toy width, a byte-level BPE tokenizer trained here, and a

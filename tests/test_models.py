@@ -35,7 +35,7 @@ def models(checkpoints):
 
 
 def test_every_lookup_finds_the_family(checkpoints, models):
-    assert FAMILY_NAMES == ("llava", "llava_next")
+    assert {"llava", "llava_next", "qwen2_5_vl"} <= set(FAMILY_NAMES)
     for name, path in checkpoints.items():
         family = family_named(name)
         assert family.name == name
@@ -47,8 +47,8 @@ def test_every_lookup_finds_the_family(checkpoints, models):
 
 
 def test_other_models_are_refused_naming_the_supported_families(tmp_path, tiny_llava):
-    with pytest.raises(ValueError, match=rf"unknown model family 'qwen2_5_vl'; {SUPPORTED}"):
-        family_named("qwen2_5_vl")
+    with pytest.raises(ValueError, match=rf"unknown model family 'qwen2_vl'; {SUPPORTED}"):
+        family_named("qwen2_vl")
     with pytest.raises(ValueError, match=rf"this is a 'llama' checkpoint; {SUPPORTED}"):
         family_of_config({"model_type": "llama"})
     with pytest.raises(ValueError, match=rf"this has no model_type in its config; {SUPPORTED}"):
@@ -61,7 +61,7 @@ def test_other_models_are_refused_naming_the_supported_families(tmp_path, tiny_l
         family_of_checkpoint(tmp_path / "missing")
     with pytest.raises(TypeError, match=r"LlamaForCausalLM is not a model of a supported family; supported: LLaVA-1\.5 \(LlavaForConditionalGeneration\)"):
         family_of_model(LlamaForCausalLM(llama))
-    with pytest.raises(TypeError, match="expected a LlavaProcessor or LlavaNextProcessor, got CLIPImageProcessor"):
+    with pytest.raises(TypeError, match="expected a LlavaProcessor or LlavaNextProcessor or .*, got CLIPImageProcessor"):
         family_of_processor(AutoProcessor.from_pretrained(tiny_llava).image_processor)
 
 
