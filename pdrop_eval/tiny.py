@@ -23,6 +23,13 @@ from pdrop_eval.models import FAMILY_NAMES, family_named
 
 ARCHS = FAMILY_NAMES
 TEXT_ARCHS = ("llama", "mistral", "qwen2")
+DEFAULT_TEXT_ARCHS = {"llava_onevision": "qwen2"}  # the decoder a family is released with, where not llama
+
+
+def default_text_arch(arch: str) -> str:
+    """The decoder family a tiny checkpoint of `arch` gets unless told otherwise."""
+    return DEFAULT_TEXT_ARCHS.get(arch, "llama")
+
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
@@ -177,12 +184,13 @@ def _text_config(text_arch: str, tokenizer, num_layers: int, spec: TinySpec):
 def make_tiny_model(
     out_dir: str | Path,
     arch: str = "llava",
-    text_arch: str = "llama",
+    text_arch: str | None = None,
     num_layers: int = 32,
     seed: int = 0,
     spec: TinySpec = TINY,
 ) -> Path:
-    """Write a tiny checkpoint with fresh weights (model, tokenizer, processor, chat template) to `out_dir`."""
+    """Write a tiny checkpoint with fresh weights (model, tokenizer, processor, chat template) to `out_dir`;
+    `text_arch` None: `default_text_arch(arch)`."""
     from pdrop_eval.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()  # before transformers imports torchvision
@@ -191,6 +199,7 @@ def make_tiny_model(
 
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    text_arch = default_text_arch(arch) if text_arch is None else text_arch
     if text_arch not in TEXT_ARCHS:
         raise ValueError(f"text_arch must be one of {TEXT_ARCHS}, got {text_arch!r}")
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:

@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
         "--preset", choices=sorted(PRESETS), default="tiny",
         help="tiny: random, peaked attention (tests); synth: the untrained model `pdrop-eval train` fits to pdrop_synth",
     )
-    parser.add_argument("--text-arch", choices=TEXT_ARCHS, default="llama", help="decoder family")
+    parser.add_argument("--text-arch", choices=TEXT_ARCHS, default=None, help="decoder family (default: llama; qwen2 for llava_onevision)")
     parser.add_argument("--num-layers", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="write into DIR even if it is not empty")
@@ -23,7 +23,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from pdrop_eval.report.files import OutputExistsError
-    from pdrop_eval.tiny import make_tiny_model
+    from pdrop_eval.tiny import default_text_arch, make_tiny_model
 
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -32,8 +32,7 @@ def run(args) -> int:
         raise OutputExistsError(f"{out_dir} is not empty; pass --force to write the checkpoint into it anyway")
 
     arch = args.arch or ("llava_next" if args.preset == "synth" else "llava")
-    path = make_tiny_model(
-        args.out_dir, arch=arch, text_arch=args.text_arch, num_layers=args.num_layers, seed=args.seed, spec=PRESETS[args.preset]
-    )
-    print(f"wrote {args.preset} {arch} ({args.text_arch}, {args.num_layers} layers) checkpoint to {path}")
+    text_arch = args.text_arch or default_text_arch(arch)
+    path = make_tiny_model(args.out_dir, arch=arch, text_arch=text_arch, num_layers=args.num_layers, seed=args.seed, spec=PRESETS[args.preset])
+    print(f"wrote {args.preset} {arch} ({text_arch}, {args.num_layers} layers) checkpoint to {path}")
     return 0

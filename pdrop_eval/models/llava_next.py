@@ -28,18 +28,26 @@ class LlavaNextFamily(LlavaFamily):
 
         ensure_torchvision_importable()  # before transformers' image code imports torchvision
         width, height = image_size
-        tile, side = self._vision_field(config, "image_size"), self.patches_per_side(config)
         best_height, best_width = select_best_resolution((height, width), self._grid_resolutions(config))
-        rows, columns = unpadded_cells(best_height // tile * side, best_width // tile * side, width, height)
-        return self._tile_tokens(config) + len(rows) * (len(columns) + 1)  # base tile, grid, one newline per row
+        rows, columns = self.resolution_grid(config, best_height, best_width)
+        rows, columns = unpadded_cells(rows, columns, width, height)
+        return self._tile_tokens(config) + self._grid_tokens(config, len(rows), len(columns))  # base tile, then the grid
 
     def max_image_tokens(self, config) -> tuple[int, bool]:
         """The base tile, plus the largest anyres grid with one newline token per row, which an image of
         the grid's own aspect ratio gets unpadded (2928 for 336-pixel tiles and a 2x2 grid, where the
         paper's FLOPs column uses 2880)."""
+        grids = [self.resolution_grid(config, height, width) for height, width in self._grid_resolutions(config)]
+        return self._tile_tokens(config) + max(self._grid_tokens(config, rows, columns) for rows, columns in grids), True
+
+    def resolution_grid(self, config, height: int, width: int) -> tuple[int, int]:
+        """(rows, columns) of patch cells of the feature map of one anyres grid resolution (in pixels)."""
         tile, side = self._vision_field(config, "image_size"), self.patches_per_side(config)
-        grids = [(height // tile * side, width // tile * side) for height, width in self._grid_resolutions(config)]
-        return self._tile_tokens(config) + max(rows * columns + rows for rows, columns in grids), True
+        return height // tile * side, width // tile * side
+
+    def _grid_tokens(self, config, rows: int, columns: int) -> int:
+        """Tokens of an unpadded anyres grid of rows x columns cells: the cells and one newline per row."""
+        return rows * (columns + 1)
 
 
     @staticmethod
@@ -68,7 +76,7 @@ class LlavaNextFamily(LlavaFamily):
         from transformers.image_processing_utils import select_best_resolution
 
         image_processor = processor.image_processor
-        resize, crop, patch = size_dict(image_processor.size), size_dict(image_processor.crop_size), processor.patch_size
+        resize, crop, patch = size_dict(image_processor.size), size_dict(image_processor.crop_size), self._patch_pixels(processor)
         width, height = size
         original = Frame(width, height)
         tile_height, tile_width = (resize.height, resize.width) if resize.height and resize.width else (resize.shortest_edge,) * 2
@@ -92,12 +100,19 @@ class LlavaNextFamily(LlavaFamily):
             ]
             feature_map += [[box for tile_row in rows for box in tile_row] for rows in zip(*tile_rows)]
         rows, columns = unpadded_cells(len(feature_map), len(feature_map[0]), width, height)
-        for row in rows:
-            boxes = feature_map[row][columns.start : columns.stop]
+        for boxes in self._token_rows(processor, [feature_map[row][columns.start : columns.stop] for row in rows]):
             regions += [TokenRegion(image, "grid", box) for box in boxes]
             span = (boxes[0][0], min(b[1] for b in boxes), boxes[-1][2], max(b[3] for b in boxes))
             regions.append(TokenRegion(image, "newline", span))
         return regions
+
+    def _patch_pixels(self, processor) -> int:
+        """The side in tile pixels of one vision patch, as the processor knows it."""
+        return processor.patch_size
+
+    def _token_rows(self, processor, cells: list[list[tuple]]) -> list[list[tuple]]:
+        """The grid tokens' boxes row by row, from the unpadded grid's cell boxes: the cells themselves."""
+        return cells
 
     # ----- tiny checkpoints -----------------------------------------------------------------------
     def _anyres_settings(self, spec) -> dict:

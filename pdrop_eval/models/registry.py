@@ -9,9 +9,10 @@ from pathlib import Path
 from pdrop_eval.models.family import ModelFamily, config_value
 from pdrop_eval.models.llava import LlavaFamily
 from pdrop_eval.models.llava_next import LlavaNextFamily
+from pdrop_eval.models.llava_onevision import LlavaOnevisionFamily
 from pdrop_eval.models.qwen2_5_vl import Qwen2_5_VLFamily
 
-FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (LlavaFamily(), LlavaNextFamily(), Qwen2_5_VLFamily())}
+FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (LlavaFamily(), LlavaNextFamily(), Qwen2_5_VLFamily(), LlavaOnevisionFamily())}
 FAMILY_NAMES = tuple(FAMILIES)  # the HF model_type of each supported family
 
 
