@@ -29,8 +29,8 @@ FRAMEWORK_NAMES: dict[str, FrameworkNames] = {
         FrameworkNames("fastv", "llava_fastv", "LlavaFastV", "LLaVAFastV", "llava-1.5-7b"),  # FastV's own evaluation model
         FrameworkNames("pyramid", "llava_next_pdrop", "LlavaNextPDrop", "LLaVAPyramidDrop", "llava-next-7b"),
         FrameworkNames("random", "llava_random_drop", "LlavaRandomDrop", "LLaVARandomDrop", "llava-next-7b"),
-        FrameworkNames("visionzip", "llava_visionzip", "LlavaVisionZip", "LLaVAVisionZip", "llava-1.5-7b"),  # LLaVA-1.5 only
-        FrameworkNames("pool", "llava_pool", "LlavaPool", "LLaVAPool", "llava-1.5-7b"),  # LLaVA-1.5 only
+        FrameworkNames("visionzip", "llava_visionzip", "LlavaVisionZip", "LLaVAVisionZip", "llava-1.5-7b"),  # LLaVA-NeXT: per crop
+        FrameworkNames("pool", "llava_pool", "LlavaPool", "LLaVAPool", "llava-1.5-7b"),  # LLaVA-NeXT: base tile and grid
         FrameworkNames("dart", "llava_dart", "LlavaDart", "LLaVADart", "llava-1.5-7b"),  # DART's presets are LLaVA-1.5's
     )
 }

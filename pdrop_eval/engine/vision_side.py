@@ -10,6 +10,8 @@ does in these methods' own code.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -19,8 +21,8 @@ from pdrop_eval.engine.reducers import Reducer, Reduction
 from pdrop_eval.engine.scoring import Scorer, StageView, select_top_images
 from pdrop_eval.models import family_of_model
 
-SUPPORTED_FAMILY = "llava"  # one image = one fixed grid of tokens; VisionZip does not handle LLaVA-NeXT's crops and newline tokens
-NEXT_FAMILY = "llava_next"  # the pooling control also pools LLaVA-NeXT (rule: pdrop_eval.engine.methods.pool)
+SUPPORTED_FAMILY = "llava"  # one image = one fixed grid of tokens
+NEXT_FAMILY = "llava_next"  # base tile + anyres crops (rules: pdrop_eval.engine.methods.pool and .visionzip)
 
 
 def check_family(model, method: str, supported=(SUPPORTED_FAMILY,)):
@@ -123,7 +125,9 @@ class GridPoolReducer(ReplacingReducer):
 
 class VisionZipReducer(ReplacingReducer):
     """VisionZip's dominant and contextual tokens (rule: `pdrop_eval.engine.methods.visionzip`), built by
-    a hook on the vision layer LLaVA takes its features from and projected by the model's projector."""
+    a hook on the vision layer LLaVA takes its features from and projected by the model's projector.
+    LLaVA-NeXT: per crop, the image's budget shared out over its crops (`crop_shares`), assembled as
+    the official NeXT path does (`_next_image`)."""
 
     method = "VisionZip"
 
@@ -132,10 +136,12 @@ class VisionZipReducer(ReplacingReducer):
         self.contextual = contextual
         self._projector = None
         self._drops_cls = True
+        self._next_layout = None  # LLaVA-NeXT: (grid_pinpoints, tile pixels, patches per tile side)
+        self._image_sizes = None  # LLaVA-NeXT: each image's (height, width), read by a pre-hook
         self._tokens = None  # (images, K, d) of the last vision-tower call, taken by the next reduce
 
     def attach(self, model) -> list:
-        family = check_family(model, self.method)
+        family = check_family(model, self.method, supported=(SUPPORTED_FAMILY, NEXT_FAMILY))
         tower = family.vision_tower(model)
         transformer = getattr(tower, "vision_model", tower)  # transformers 5.x puts embeddings and encoder on the tower itself
         if not hasattr(transformer.embeddings, "class_embedding"):
@@ -146,7 +152,18 @@ class VisionZipReducer(ReplacingReducer):
         layer = layers[self._feature_layer_index(model.config, len(layers))]
         self._projector = family.freezable_part(model, "projector")
         self._drops_cls = model.config.vision_feature_select_strategy == "default"  # LLaVA's tokens: the patches only
-        return [layer.register_forward_hook(self._capture, with_kwargs=True)]
+        hooks = [layer.register_forward_hook(self._capture, with_kwargs=True)]
+        if family.name == NEXT_FAMILY:
+            config = model.config
+            self._next_layout = (config.image_grid_pinpoints, config.vision_config.image_size, family.patches_per_side(config))
+            multimodal = family.input_ids_module(model)  # its forward takes image_sizes and calls the vision tower
+            signature = inspect.signature(type(multimodal).forward)
+
+            def record_image_sizes(module, args, kwargs):
+                self._image_sizes = signature.bind_partial(module, *args, **kwargs).arguments.get("image_sizes")
+
+            hooks.append(multimodal.register_forward_pre_hook(record_image_sizes, with_kwargs=True))
+        return hooks
 
     @staticmethod
     def _feature_layer_index(config, num_layers: int) -> int:
@@ -166,11 +183,59 @@ class VisionZipReducer(ReplacingReducer):
     def _capture(self, layer, args, kwargs, output):
         inputs = args[0] if args else kwargs["hidden_states"]
         features = output[0] if isinstance(output, tuple) else output
-        kept_tokens(self.dominant, self.contextual, features.shape[1] - self._drops_cls)  # before merging more than there is
+        if self._next_layout is None:
+            kept_tokens(self.dominant, self.contextual, features.shape[1] - self._drops_cls)  # before merging more than there is
         with torch.no_grad():  # the official vision forward is no_grad; its projector is not (it trains in LLaVA)
             cls_attention, keys = _cls_attention_and_keys(layer, inputs)
-            merged = visionzip_merge(features.float(), cls_attention, keys, dominant=self.dominant, contextual=self.contextual)
+            features32 = features.float()
+            if self._next_layout is None:
+                merged = visionzip_merge(features32, cls_attention, keys, dominant=self.dominant, contextual=self.contextual)
+            else:
+                merged = torch.stack([self._next_image(*crops) for crops in self._split_images(features32, cls_attention, keys)])
         self._tokens = self._projector(merged.to(features.dtype))
+
+    def _split_images(self, *per_crop: torch.Tensor):
+        """Yield ((crops, ...) of each tensor in `per_crop`, (grid rows, grid columns)) image by image:
+        LLaVA-NeXT runs the tower on each image's base tile then its anyres crops row by row, and the
+        images one after another."""
+        from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+
+        pinpoints, tile, _ = self._next_layout
+        sizes, self._image_sizes = self._image_sizes, None
+        if sizes is None:
+            raise ValueError("VisionZip on LLaVA-NeXT needs each image's size: the model was called without image_sizes")
+        grids = [get_anyres_image_grid_shape(size, pinpoints, tile) for size in sizes]
+        crops = [1 + rows * columns for rows, columns in grids]
+        if sum(crops) != len(per_crop[0]):
+            raise ValueError(f"VisionZip: the images' sizes give {sum(crops)} LLaVA-NeXT crops, the vision tower ran on {len(per_crop[0])}")
+        start = 0
+        for count, grid in zip(crops, grids):
+            yield *(tensor[start : start + count] for tensor in per_crop), grid
+            start += count
+
+    def _next_image(self, features, cls_attention, keys, grid: tuple[int, int]) -> torch.Tensor:
+        """(dominant + contextual, D) of one LLaVA-NeXT image from its crops' features (crops, T, D):
+        the base crop's [CLS, dominant patches, contextual tokens], then the grid crops' dominant
+        patches in raster order over the whole (rows·side) x (columns·side) grid, their [CLS] tokens and
+        their contextual tokens crop by crop (`restore_image_features_sorted`)."""
+        columns, side = grid[1], self._next_layout[2]
+        shares = crop_shares(self.dominant, self.contextual, len(features), features.shape[1])
+        crops = [
+            visionzip_merge(features[crop : crop + 1], cls_attention[crop : crop + 1], keys[crop : crop + 1], dominant=dominant,
+                            contextual=contextual, with_mask=True)
+            for crop, (dominant, contextual) in enumerate(shares)
+        ]
+        patch = torch.arange(side * side, device=features.device)
+        patches, raster, cls_tokens, contextual_tokens = [], [], [], []
+        for crop, ((tokens, is_dominant), (dominant, _)) in enumerate(zip(crops[1:], shares[1:])):
+            crop_row, crop_column = divmod(crop, columns)
+            patches.append(tokens[0, 1:dominant])  # sequence order, as the patch indices below
+            grid_index = (crop_row * side + patch // side) * (columns * side) + crop_column * side + patch % side
+            raster.append(grid_index[is_dominant[0, 1:]])
+            cls_tokens.append(tokens[0, :1])
+            contextual_tokens.append(tokens[0, dominant:])
+        order = torch.cat(raster).argsort()
+        return torch.cat([crops[0][0][0], torch.cat(patches)[order], *cls_tokens, *contextual_tokens])
 
     def new_tokens(self, *, hidden, is_image):
         tokens, self._tokens = self._tokens, None
@@ -180,6 +245,23 @@ class VisionZipReducer(ReplacingReducer):
         if tokens.shape[0] != prompts:
             raise ValueError(f"VisionZip handles one image per prompt: {tokens.shape[0]} images for {prompts} prompts with image tokens")
         return tokens
+
+
+def crop_shares(dominant: int, contextual: int, crops: int, crop_tokens: int) -> list[tuple[int, int]]:
+    """(dominant, contextual) of each of a LLaVA-NeXT image's `crops` crops: the image's counts shared
+    out as evenly as they go, the first crops (base tile first) taking one more; every crop keeps at
+    least its [CLS] token, and none more than its `crop_tokens` tokens ([CLS] included)."""
+    if dominant < crops:
+        raise ValueError(
+            f"VisionZip keeps each LLaVA-NeXT crop's [CLS] token: dominant={dominant} is fewer than this image's {crops} crops"
+        )
+    shares = [(dominant // crops + (crop < dominant % crops), contextual // crops + (crop < contextual % crops)) for crop in range(crops)]
+    if sum(shares[0]) > crop_tokens:
+        raise ValueError(
+            f"VisionZip: dominant + contextual = {dominant} + {contextual} over this image's {crops} LLaVA-NeXT crops gives its base crop "
+            f"{shares[0][0]} + {shares[0][1]} tokens, more than the {crop_tokens} it has"
+        )
+    return shares
 
 
 def _cls_attention_and_keys(layer, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,9 +277,12 @@ def _cls_attention_and_keys(layer, inputs: torch.Tensor) -> tuple[torch.Tensor, 
     return weights.sum(1)[:, 1:], keys.mean(2)
 
 
-def visionzip_merge(features: torch.Tensor, cls_attention: torch.Tensor, keys: torch.Tensor, *, dominant: int, contextual: int) -> torch.Tensor:
+def visionzip_merge(features: torch.Tensor, cls_attention: torch.Tensor, keys: torch.Tensor, *, dominant: int, contextual: int,
+                    with_mask: bool = False):
     """(I, dominant + contextual, D): [CLS], the top `dominant - 1` patches by `cls_attention` in sequence
-    order, then the contextual tokens in target order (`CLIPVisionTower_VisionZip.forward`).
+    order, then the contextual tokens in target order (`CLIPVisionTower_VisionZip.forward`); with
+    `with_mask`, also the (I, T) mask of the dominant tokens. `contextual` 0 (a LLaVA-NeXT crop whose
+    share has none): no contextual tokens.
 
     features (I, T, D) the feature layer's output; cls_attention (I, T-1); keys (I, T, hd). Ties go to
     the earlier patch (the official `topk` leaves them unspecified)."""
@@ -207,6 +292,8 @@ def visionzip_merge(features: torch.Tensor, cls_attention: torch.Tensor, keys: t
     is_dominant[:, 0] = True
     is_dominant.scatter_(1, top, True)
     dominant_tokens = features[is_dominant].view(images, dominant, width)  # sequence order, [CLS] first
+    if not contextual:
+        return (dominant_tokens, is_dominant) if with_mask else dominant_tokens
 
     remaining = length - dominant
     rest = features[~is_dominant].view(images, remaining, width)
@@ -218,4 +305,5 @@ def visionzip_merge(features: torch.Tensor, cls_attention: torch.Tensor, keys: t
     assignment = F.one_hot(similarity.argmax(2), contextual).to(rest.dtype)  # first maximum on ties, as argmax
     sums = assignment.transpose(1, 2) @ rest[:, ~is_target]  # (I, c, D)
     contextual_tokens = rest[:, is_target] + sums / assignment.sum(1).clamp(min=1).unsqueeze(-1)
-    return torch.cat([dominant_tokens, contextual_tokens], dim=1)
+    merged = torch.cat([dominant_tokens, contextual_tokens], dim=1)
+    return (merged, is_dominant) if with_mask else merged

@@ -1,5 +1,6 @@
-"""VisionZip (Yang et al., 2024) on LLaVA-1.5: before the language model, each image's vision tokens
-become `dominant` + `contextual` tokens, built at the vision layer LLaVA takes its features from.
+"""VisionZip (Yang et al., 2024) on LLaVA-1.5 and LLaVA-NeXT: before the language model, each image's
+vision tokens become `dominant` + `contextual` tokens, built at the vision layer LLaVA takes its
+features from.
 
 The rule follows `dvlab-research/VisionZip` at commit 3151f6d:
 - `visionzip/main.py`, `visionzip()`: `dominant` counts the [CLS] token, so `dominant - 1` patch tokens
@@ -15,11 +16,27 @@ The rule follows `dvlab-research/VisionZip` at commit 3151f6d:
 - `visionzip/llava_arch.py`, `encode_images_visionzip`: the projector runs on those merged features,
   and the language model reads them in place of the image's tokens (a shorter sequence).
 
+LLaVA-NeXT (`visionzip/llava_arch.py`, `prepare_inputs_labels_for_multimodal_visionzip` with
+`encode_images_visionzip_multi` and `restore_image_features_sorted`): the rule above runs on every
+crop (the base tile and each anyres crop) on its own; the image is then the base crop's
+[CLS, dominant patches, contextual tokens] followed by the grid crops' dominant patches put back on the
+whole (rows·side) x (columns·side) crop grid and read in raster order, then the grid crops' [CLS]
+tokens, then their contextual tokens, crop by crop. The official code computes the `image_newline`
+rows but never inserts them, and never calls `unpad_image`: no newline tokens, and crops that are
+mostly padding keep their share too. So does this one. One deviation: the official code gives every
+crop the same `dominant` + `contextual`, so an image keeps (1 + crops)·(dominant + contextual) tokens
+and the count depends on its crop grid; the engine's counts depend on N alone, so here `dominant` and
+`contextual` count the whole image and are shared out over its crops as evenly as they go, the base
+tile first taking one more (`pdrop_eval.engine.vision_side.crop_shares`). The official 54+10 per crop
+on an image of a 2x2 grid (5 crops) is dominant=270, contextual=50 here. A crop whose contextual share
+is 0 keeps its dominant tokens only; every crop keeps its [CLS] token (dominant >= crops).
+
 Here the prompt keeps LLaVA's N image placeholders (the processor and HF's placeholder check see the
-stock count); a hook on the vision layer builds the tokens, the reducer
-(`pdrop_eval.engine.vision_side.VisionZipReducer`) writes them into the first `dominant + contextual`
-image slots and the staged prefill drops the rest with compact positions. The README's "Comparison
-methods" lists the deviations. LLaVA-1.5 only: LLaVA-NeXT and towers without a [CLS] token are refused.
+stock count, N, as the language model receives N features); a hook on the vision layer builds the
+tokens, the reducer (`pdrop_eval.engine.vision_side.VisionZipReducer`) writes them into the first
+`dominant + contextual` image slots and the staged prefill drops the rest with compact positions. The
+README's "Comparison methods" lists the deviations. Towers without a [CLS] token, and a feature layer
+that is the patch embeddings, are refused.
 
 Plain Python (no torch): the parts load when a model runs.
 """
@@ -40,7 +57,7 @@ from pdrop_eval.engine.methods.base import (
 @dataclass(frozen=True)
 class VisionZipParams:
     """dominant: tokens chosen by the [CLS] attention, the [CLS] token included (the official
-    `dominant`); contextual: merged tokens."""
+    `dominant`); contextual: merged tokens. Per image (on LLaVA-NeXT shared out over its crops)."""
 
     dominant: int
     contextual: int
