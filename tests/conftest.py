@@ -28,6 +28,19 @@ def tiny_llava_next(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen2_5_vl(tmp_path_factory):
+    """Qwen2.5-VL: one token per 8x8 pixels at the processor's resize (N varies), 3-D M-RoPE, 32-layer GQA decoder."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), arch="qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_onevision(tmp_path_factory):
+    """LLaVA-OneVision style: SigLIP tiles without [CLS], anyres grid downsampled above 2 tiles' worth, newline
+    tokens per grid row, 32-layer GQA Qwen2 decoder."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_llava_onevision"), arch="llava_onevision")
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """`pdrop-eval demo` on a tiny random LLaVA and the bundled local tasks (plus --limit to stay fast):
     real lmms-eval runs of vanilla, PyramidDrop λ=0.5 and FastV. (folder, stdout); the checkpoint is

@@ -93,7 +93,7 @@ def test_each_image_token_is_kept_equally_often():
         token_ids = torch.tensor([[1, 2, draw] + [32000] * num_image + [draw + 7]])
         scorer = CONTROL.parts()[0].for_prompt(PromptView(token_ids=token_ids, context=torch.ones_like(is_image), is_image=is_image))
         view = StageView(
-            boundary=0, language_model=None, layer=None, hidden=None, drop_hidden=None, position_embeddings=None, apply_rotary=None, key_mask=None,
+            boundary=0, language_model=None, layer=None, hidden=None, drop_hidden=None, positions=None, position_embeddings=None, apply_rotary=None, key_mask=None,
             query_slots=None, query_valid=None, is_image=is_image, image_rank=is_image.long().cumsum(1) - 1,
         )
         scores = scorer.scores(view)

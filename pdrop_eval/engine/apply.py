@@ -1,5 +1,5 @@
 """`apply_drop(model, config)`: enable dropping on a loaded HF vision-language model of a supported
-family (`pdrop_eval.models`: LLaVA-1.5, LLaVA-NeXT).
+family (`pdrop_eval.models`: LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL).
 
 The language model's `forward` is replaced on the instance by a staged layer loop over the
 unmodified decoder layers. LLaVA's forward hands the language model neither the token ids (it
@@ -27,9 +27,10 @@ from pdrop_eval.engine.hf_binding import cache_field, cache_parameter, pop_cache
 from pdrop_eval.engine.scoring import Scorer
 from pdrop_eval.engine.staged import QueryRows, Slots, staged_decode, staged_prefill
 from pdrop_eval.engine.stats import SampleDropStats, sample_stats
-from pdrop_eval.models import ROPE_1D, family_of_model
+from pdrop_eval.models import MROPE_3D, ROPE_1D, family_of_model
 
 IGNORE_INDEX = -100  # HF's label for positions without loss
+POSITION_AXES = {ROPE_1D: 1, MROPE_3D: 3}  # position ids per token of each position scheme
 _UNSUPPORTED_GENERATE_OPTIONS = {
     "assistant_model": "assisted decoding",
     "prompt_lookup_num_tokens": "prompt-lookup decoding",
@@ -50,7 +51,7 @@ class _Batch:
 
     hidden: torch.Tensor  # (B, q, d) input embeddings
     attention_mask: torch.Tensor  # (B, past + q) bool over the original sequence
-    position_ids: torch.Tensor  # (B, q) long
+    position_ids: torch.Tensor  # (B, q) long, or (B, q, 3) M-RoPE (t, h, w) ids
     cache: StagedCache | None  # the prompt's cache (a decode step's: filled by the prefill); None without caching
     use_cache: bool
     past_len: int
@@ -69,8 +70,6 @@ class DropHandle:
         if scorer is not None and not isinstance(scorer, Scorer):
             raise TypeError(f"scorer must be a pdrop_eval.engine.scoring.Scorer, got {type(scorer).__name__}")
         family = family_of_model(model)
-        if family.position_scheme != ROPE_1D:
-            raise TypeError(f"the drop engine does not yet handle {family.describe()}'s {family.position_scheme} positions")
         language_model = family.language_model(model)
         _check_decoder(language_model)
         if "forward" in vars(language_model):
@@ -91,10 +90,20 @@ class DropHandle:
 
         self._forward_signature = inspect.signature(type(model).forward)  # the class's: wrappers may hide it
         self._language_model_signature = inspect.signature(type(language_model).forward)
+        # The parts first: one that refuses this model (a method without a rule for its family) leaves no hook behind.
+        part_hooks = [hook for part in (self.scorer, self.reducer) if part is not None for hook in part.attach(model)]
+        if family.position_scheme != ROPE_1D and config.position_mode == "compact" and self.boundaries:
+            for hook in part_hooks:
+                hook.remove()
+            raise ValueError(
+                f"{config.describe()} with position_mode='compact' cannot run on {family.describe()}: compact renumbers "
+                f"1-D positions, and its {family.position_scheme} (t, h, w) ids have no contiguous renumbering; pass "
+                "position_mode=original (kept tokens keep their original ids)"
+            )
         self._hooks = [
             family.input_ids_module(model).register_forward_pre_hook(self._record_input_ids, with_kwargs=True),
             model.register_forward_pre_hook(self._record_labels, with_kwargs=True),
-            *(hook for part in (self.scorer, self.reducer) if part is not None for hook in part.attach(model)),
+            *part_hooks,
         ]
         language_model.forward = self._language_model_forward
         self._stock_generate = model.generate
@@ -214,8 +223,7 @@ class DropHandle:
         use_cache = lm.config.use_cache if use_cache is None else use_cache
         if use_cache:
             cache = self._prompt_cache(cache, past_len)
-        if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + seq_len, device=hidden.device).unsqueeze(0)
+        position_ids = self._token_positions(position_ids, past_len=past_len, batch=batch, seq_len=seq_len, device=hidden.device)
         if attention_mask is None:
             attention_mask = torch.ones(batch, past_len + seq_len, dtype=torch.bool, device=hidden.device)
         if attention_mask.shape != (batch, past_len + seq_len):
@@ -225,11 +233,31 @@ class DropHandle:
         return _Batch(
             hidden=hidden,
             attention_mask=attention_mask.bool(),
-            position_ids=position_ids.expand(batch, seq_len),
+            position_ids=position_ids,
             cache=cache if use_cache else None,
             use_cache=use_cache,
             past_len=past_len,
         )
+
+    def _token_positions(self, position_ids, *, past_len: int, batch: int, seq_len: int, device) -> torch.Tensor:
+        """(B, q) positions, or (B, q, 3) (t, h, w) ids for M-RoPE, from what the language model was given,
+        read by shape: none (the positions after the cache, text-like), (B, q) (one id for every axis),
+        or (axes, B, q); M-RoPE's (4, B, q) leads with a text row that transformers reads for packed masks
+        only, which the engine does not use."""
+        axes = POSITION_AXES[self.family.position_scheme]
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + seq_len, device=device).unsqueeze(0)
+        if position_ids.ndim == 2:
+            position_ids = position_ids.unsqueeze(0).expand(axes, -1, -1)
+        elif axes > 1 and position_ids.ndim == 3 and position_ids.shape[0] in (axes, axes + 1):
+            position_ids = position_ids[-axes:]
+        else:
+            raise ValueError(
+                f"position_ids of shape {tuple(position_ids.shape)}: {self.family.describe()} takes (batch, length)"
+                + (f" or ({axes} or {axes + 1}, batch, length)" if axes > 1 else "")
+            )
+        position_ids = position_ids.expand(axes, batch, seq_len)
+        return position_ids[0] if axes == 1 else position_ids.permute(1, 2, 0)
 
     def _prompt_cache(self, cache, past_len: int) -> StagedCache:
         """The cache a prefill fills (a new `StagedCache`, returned in the output, where generate() and
@@ -304,7 +332,7 @@ class DropHandle:
     def _image_mask(self, token_ids, shape) -> torch.Tensor:
         if token_ids is None:
             raise ValueError(
-                "the image tokens cannot be located: call the LLaVA model with input_ids (not inputs_embeds) "
+                "the image tokens cannot be located: call the model with input_ids (not inputs_embeds) "
                 "while a drop config is applied"
             )
         if token_ids.shape != shape:

@@ -38,6 +38,7 @@ class StageView:
     layer: nn.Module | None  # the score layer (its input layernorm, q/k projections); None: before the language model
     hidden: torch.Tensor  # (B, T_s, d) that layer's input (the language model's input embeddings when layer is None)
     drop_hidden: torch.Tensor  # (B, T_s, d) the drop layer's input (`hidden` when the score layer is the drop layer)
+    positions: torch.Tensor  # (B, T_s) the slots' position ids, or (B, T_s, 3) (t, h, w) M-RoPE ids
     position_embeddings: tuple[torch.Tensor, torch.Tensor]  # RoPE (cos, sin) of the slots' positions
     apply_rotary: Callable  # the model family's rotary: (states, cos, sin) -> rotated states
     key_mask: torch.Tensor  # (B, Q, T_s) bool: the keys each query row sees (valid and causal)

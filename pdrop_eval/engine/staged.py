@@ -33,7 +33,7 @@ class Slots:
     hidden: torch.Tensor  # (B, T_s, d) the input of the next decoder layer
     valid: torch.Tensor  # (B, T_s) bool: slot holds a real prompt token (not padding/filler)
     origin: torch.Tensor  # (B, T_s) long: the token's index in the original sequence
-    positions: torch.Tensor  # (B, T_s) long: RoPE positions
+    positions: torch.Tensor  # (B, T_s) long RoPE positions, or (B, T_s, 3) (t, h, w) M-RoPE ids
     is_image: torch.Tensor  # (B, T_s) bool
     image_rank: torch.Tensor  # (B, T_s) long: index into the sample's image-token block (image slots)
 
@@ -55,7 +55,7 @@ class Slots:
         # A stable sort puts dropped and filler slots first, kept ones last in their original order.
         order = torch.sort(keep.long(), dim=1, stable=True).indices[:, keep.shape[1] - new_len :]
         valid = keep.gather(1, order)
-        hidden = self.hidden.gather(1, order.unsqueeze(-1).expand(-1, -1, self.hidden.shape[-1]))
+        hidden = _gather_slots(self.hidden, order)
         # Filler slots would hold copies of dropped tokens. The mask hides them from every real token,
         # but only through a zero attention weight, and 0 * inf is NaN: they must hold finite values
         # whatever was dropped. Zeros are that, and make the padding independent of the drop.
@@ -64,10 +64,22 @@ class Slots:
             hidden=hidden,
             valid=valid,
             origin=self.origin.gather(1, order),
-            positions=self.positions.gather(1, order),
+            positions=_gather_slots(self.positions, order),
             is_image=self.is_image.gather(1, order),
             image_rank=self.image_rank.gather(1, order),
         )
+
+
+def _gather_slots(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """values (B, T, ...) at the slots `order` (B, T') along dim 1, whatever follows per slot."""
+    index = order.view(*order.shape, *[1] * (values.ndim - 2)).expand(-1, -1, *values.shape[2:])
+    return values.gather(1, index)
+
+
+def rotary_embeddings(lm: nn.Module, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's RoPE (cos, sin), each (B, T, head_dim), at `positions`: (B, T), or (B, T, 3) M-RoPE
+    ids, which the rotary embedding takes axis first (3, B, T) and composes into one (cos, sin)."""
+    return lm.rotary_emb(hidden, positions if positions.ndim == 2 else positions.permute(2, 0, 1))
 
 
 @dataclass(frozen=True)
@@ -111,7 +123,7 @@ def _stage_inputs(lm: nn.Module, *, hidden: torch.Tensor, valid_2d: torch.Tensor
             # sized against this stage's own cache, not the first layer's (transformers' default).
             layer_idx=first_layer,
         )
-        return _StageInputs(mask=mask, position_embeddings=lm.rotary_emb(hidden, positions))
+        return _StageInputs(mask=mask, position_embeddings=rotary_embeddings(lm, hidden, positions))
 
 
 def _run_layers(lm: nn.Module, layers: range, hidden: torch.Tensor, *, inputs: _StageInputs, cache, use_cache: bool, layer_kwargs: dict) -> torch.Tensor:
@@ -149,6 +161,7 @@ def _stage_view(
         layer=layer,
         hidden=slots.hidden,
         drop_hidden=drop_hidden,
+        positions=slots.positions,
         position_embeddings=position_embeddings,
         apply_rotary=apply_rotary,
         key_mask=key_mask,
@@ -288,7 +301,7 @@ def staged_decode(
     """New tokens (B, q, d) after a staged prefill: each stage attends its own pruned cache.
 
     attention_mask (B, past + q) is generate()'s 2D mask over the original sequence; positions
-    (B, q) are original positions.
+    (B, q), or (B, q, 3) M-RoPE ids, are original positions.
     """
     new_mask = attention_mask[:, layout.prefill_len :].bool()  # decode tokens so far plus the new ones
     ends = [stage.first_layer for stage in layout.stages[1:]] + [len(lm.layers)]

@@ -22,9 +22,12 @@ class DartScorer(Scorer):
         sees = view.key_mask.any(1)  # (B, T): the sample's real tokens up to its query row
         # RoPE keeps a key's L2 norm but not its L1 norm, so the pivots depend on the positions' offset: rotate
         # at each sample's own positions (the official code runs one sample from position 0), whatever
-        # numbering a padded batch came with (a plain forward numbers the left padding too).
-        own_positions = (sees.long().cumsum(1) - 1).clamp(min=0)
-        cos, sin = view.language_model.rotary_emb(view.hidden, own_positions)
+        # numbering a padded batch came with (a plain forward numbers the left padding too). M-RoPE ids
+        # (get_rope_index) already count each sample's own tokens from 0, and only they rotate as the model does.
+        if view.positions.ndim == 3:
+            cos, sin = view.position_embeddings
+        else:
+            cos, sin = view.language_model.rotary_emb(view.hidden, (sees.long().cumsum(1) - 1).clamp(min=0))
         keys = attention.k_proj(layer.input_layernorm(view.hidden)).view(batch, seq_len, -1, attention.head_dim).transpose(1, 2)
         keys = view.apply_rotary(keys, cos.unsqueeze(1), sin.unsqueeze(1))  # (B, H_kv, T, head_dim)
         key_l1 = keys.float().abs().sum(dim=(1, 3))  # (B, T)
