@@ -53,29 +53,40 @@ def pyramid_drop(model, embeds, *, is_image: list[bool], query_rows: list[int], 
     """PyramidDrop over one sample's `embeds` (T, d): before each layer L in `layer_list` keep the
     int(N * ratio**s) image tokens the `query_rows` attend to most (layer L's own eager attention,
     mean over heads, then over rows); without query rows nothing is dropped."""
+    num_image = sum(is_image)
+    schedule = [(layer, layer, int(num_image * ratio**stage)) for stage, layer in enumerate(layer_list, 1)]
+    return staged_drop(model, embeds, is_image=is_image, query_rows=query_rows, schedule=schedule, compact=compact)
+
+
+def staged_drop(model, embeds, *, is_image: list[bool], query_rows: list[int], schedule, compact: bool) -> ReferenceRun:
+    """Drops over one sample's `embeds` (T, d) by `schedule`, (score_layer, drop_layer, kept) per boundary:
+    rank the image tokens by the `query_rows`' attention at score_layer (its own eager attention over its
+    input, mean over heads, then over rows) and keep the `kept` best before drop_layer runs (FastV:
+    (K-1, K, kept); PyramidDrop: (L, L, kept)); without query rows nothing is dropped."""
     lm = model.model.language_model
     image_order = [i for i, image in enumerate(is_image) if image]
-    num_image = len(image_order)
     alive = list(range(len(is_image)))  # original indices of the current tokens, in order
     hidden = embeds
     outputs = [None] * len(is_image)
     kept = []
+    scores = None
     for layer_idx, layer in enumerate(lm.layers):
-        if layer_idx in layer_list and query_rows:
-            stage = layer_list.index(layer_idx) + 1
-            with torch.no_grad(), _eager_attention(model):
-                weights = _attention_weights(lm, layer, hidden.detach(), _positions(alive, compact))  # (H, t, t)
-            rows = [alive.index(q) for q in query_rows]
-            scores = weights.mean(0)[rows].mean(0)  # (t,)
-            image_slots = [i for i, original in enumerate(alive) if is_image[original]]
-            best = sorted(image_slots, key=lambda i: -scores[i].item())[: int(num_image * ratio**stage)]
-            keep = [i for i, original in enumerate(alive) if not is_image[original] or i in best]
-            for i, original in enumerate(alive):
-                if i not in keep:
-                    outputs[original] = hidden[i]
-            kept.append(sorted(image_order.index(alive[i]) for i in best))
-            hidden = hidden[keep]
-            alive = [alive[i] for i in keep]
+        for score_layer, drop_layer, keep_count in schedule if query_rows else ():
+            if layer_idx == score_layer:
+                with torch.no_grad(), _eager_attention(model):
+                    weights = _attention_weights(lm, layer, hidden.detach(), _positions(alive, compact))  # (H, t, t)
+                rows = [alive.index(q) for q in query_rows]
+                scores = weights.mean(0)[rows].mean(0)  # (t,)
+            if layer_idx == drop_layer:
+                image_slots = [i for i, original in enumerate(alive) if is_image[original]]
+                best = sorted(image_slots, key=lambda i: -scores[i].item())[:keep_count]
+                keep = [i for i, original in enumerate(alive) if not is_image[original] or i in best]
+                for i, original in enumerate(alive):
+                    if i not in keep:
+                        outputs[original] = hidden[i]
+                kept.append(sorted(image_order.index(alive[i]) for i in best))
+                hidden = hidden[keep]
+                alive = [alive[i] for i in keep]
         hidden = _run_layer(lm, layer, hidden, _positions(alive, compact))
     for i, original in enumerate(alive):
         outputs[original] = hidden[i]

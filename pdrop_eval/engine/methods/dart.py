@@ -81,6 +81,8 @@ class Dart(MethodSpec):
         return [Boundary(score_layer=params.dart_k - 1, drop_layer=params.dart_k)]
 
     def kept_counts(self, params: DartParams, num_image_tokens: int) -> list[int]:
+        if not num_image_tokens:  # a text-only sample of a batch: nothing to keep
+            return [0]
         return [params.dart_pivot_image + params.pivots * picks_per_pivot(params, num_image_tokens)]
 
     def scorer(self, params: DartParams):
