@@ -14,6 +14,7 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from pdrop_eval import DropConfig, apply_drop
+from pdrop_eval.cli import main as cli_main
 from pdrop_eval.models import MROPE_3D, family_named, family_of_checkpoint, family_of_model, family_of_processor
 from pdrop_eval.token_map import image_token_regions
 
@@ -227,6 +228,17 @@ def test_dart_pivots_are_the_image_keys_rotated_at_their_3d_ids(models, processo
     with apply_drop(model, config) as handle, torch.no_grad():
         model(**inputs)
     assert handle.last_stats[0].kept == (tuple(sorted(image_l1.topk(4).indices.tolist())),)
+
+
+def test_schedule_solves_with_the_checkpoints_dims_and_original_positions(tiny_qwen2_5_vl, models, capsys):
+    """`pdrop-eval schedule` on the checkpoint: the decoder's widths, N up to the pixel limit, and a
+    PyramidDrop schedule the engine runs on this family (original positions)."""
+    assert cli_main(["schedule", "--model", str(tiny_qwen2_5_vl), "--tokens", "25%", "--image-tokens", "28"]) == 0
+    out = capsys.readouterr().out
+    assert "d=64 m=172 L=32 N=28;" in out
+    (model_args,) = [line.split("|")[3].strip() for line in out.splitlines() if "| PDrop" in line]
+    assert model_args.endswith("position_mode=original")
+    apply_drop(models["sdpa"], DropConfig.from_args(model_args)).remove()
 
 
 def test_compact_positions_and_methods_without_a_rule_are_refused(models):

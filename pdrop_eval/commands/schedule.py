@@ -82,7 +82,10 @@ def run(args) -> int:
     image_tokens = args.image_tokens or [None]
     dims = budgets.model_dims(args.model, image_tokens[0])
     layer_list = parse_layer_list(args.layer_list) if args.layer_list else budgets.BUDGET_LAYER_LIST
-    given_shapes = {"pyramid": {"layer_list": layer_list, "search_layers": args.search_layers}, "fastv": {"fastv_k": args.fastv_k}}
+    given_shapes = {
+        "pyramid": {"layer_list": layer_list, "search_layers": args.search_layers, **_position_shape(args.model)},
+        "fastv": {"fastv_k": args.fastv_k},
+    }
     shapes = {method: given_shapes.get(method, {}) for method in args.methods}
 
     requests = [(budget.describe(), budget) for budget in budget_list]
@@ -128,6 +131,18 @@ CONVENTION_NOTE = (
     "convention, Σ_l 4·n_l·d² + 2·n_l²·d + 3·n_l·d·m over image tokens only. Counts are exact: PyramidDrop "
     "keeps int(N·λ^s) after boundary s, FastV N − int(N·R), the other methods the count they are given."
 )
+
+
+def _position_shape(model: str) -> dict:
+    """position_mode=original for a checkpoint of a family with 3-D positions (Qwen2.5-VL's M-RoPE), which
+    refuses PyramidDrop's default compact renumbering; nothing for the others."""
+    from pathlib import Path
+
+    from pdrop_eval.models import ROPE_1D, family_of_config, read_config_json
+
+    config = read_config_json(model) if Path(model).exists() else {}
+    three_d = "vision_config" in config and family_of_config(config, source=model).position_scheme != ROPE_1D
+    return {"position_mode": "original"} if three_d else {}
 
 
 def _row(budget: str, method: str, schedule, target: float | None = None) -> list:
