@@ -32,6 +32,7 @@ FRAMEWORK_NAMES: dict[str, FrameworkNames] = {
         FrameworkNames("visionzip", "llava_visionzip", "LlavaVisionZip", "LLaVAVisionZip", "llava-1.5-7b"),  # LLaVA-NeXT: per crop
         FrameworkNames("pool", "llava_pool", "LlavaPool", "LLaVAPool", "llava-1.5-7b"),  # LLaVA-NeXT: base tile and grid
         FrameworkNames("dart", "llava_dart", "LlavaDart", "LLaVADart", "llava-1.5-7b"),  # DART's presets are LLaVA-1.5's
+        FrameworkNames("sparsevlm", "llava_sparsevlm", "LlavaSparseVLM", "LLaVASparseVLM", "llava-1.5-7b"),  # LLaVA-1.5 only
     )
 }
 METHOD_OF_MODEL = {names.model: method for method, names in FRAMEWORK_NAMES.items()}  # pdrop-eval's framework models

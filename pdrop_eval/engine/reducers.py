@@ -3,7 +3,9 @@
 `SelectTop` keeps each sample's best-scored image tokens as they are (PyramidDrop, FastV, the random
 control). A merging reducer also rewrites the kept slots' states, e.g. folding the dropped tokens into
 them (VisionZip's contextual tokens, pooling); the staged prefill treats both alike: the selected
-slots go on, with the states the reducer returns, in their original order.
+slots go on, with the states the reducer returns, in their original order. A reducer may also add
+image tokens that were no slot before (SparseVLM's recycled tokens, `InsertedTokens`): they go right
+after the sample's image tokens, numbered on from them (compact positions only).
 """
 
 from __future__ import annotations
@@ -16,9 +18,19 @@ from pdrop_eval.engine.scoring import PromptView, select_top_images
 
 
 @dataclass(frozen=True)
+class InsertedTokens:
+    """New image tokens of each sample, in order, placed right after its last image slot (so after its
+    last kept image token), with the positions that follow that token's; later tokens move up by them."""
+
+    hidden: torch.Tensor  # (B, E, d)
+    valid: torch.Tensor  # (B, E) bool: sample b adds the tokens where valid[b] (a prefix; E: the most any adds)
+
+
+@dataclass(frozen=True)
 class Reduction:
     selected: torch.Tensor  # (B, T_s) bool: the image slots that go on to the next stage
     hidden: torch.Tensor  # (B, T_s, d): every slot's state after the reduction (read for the kept slots)
+    inserted: InsertedTokens | None = None  # image tokens added after the kept ones (counted in kept_counts)
 
 
 class Reducer:

@@ -21,7 +21,7 @@ from transformers.masking_utils import create_causal_mask
 from pdrop_eval.engine.cache import PrefillLayout, StageLayout
 from pdrop_eval.engine.config import Boundary, DropConfig
 from pdrop_eval.engine.hf_binding import cache_parameter
-from pdrop_eval.engine.reducers import Reducer
+from pdrop_eval.engine.reducers import InsertedTokens, Reducer
 from pdrop_eval.engine.scoring import PromptView, Scorer, StageView
 from pdrop_eval.engine.stats import SampleDropStats, sample_stats
 
@@ -35,7 +35,7 @@ class Slots:
     origin: torch.Tensor  # (B, T_s) long: the token's index in the original sequence
     positions: torch.Tensor  # (B, T_s) long RoPE positions, or (B, T_s, 3) (t, h, w) M-RoPE ids
     is_image: torch.Tensor  # (B, T_s) bool
-    image_rank: torch.Tensor  # (B, T_s) long: index into the sample's image-token block (image slots)
+    image_rank: torch.Tensor  # (B, T_s) long: index into the sample's image-token block (image slots; -1: an inserted token)
 
     @classmethod
     def from_prompt(cls, *, hidden: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, is_image: torch.Tensor) -> Slots:
@@ -49,11 +49,13 @@ class Slots:
             image_rank=is_image.long().cumsum(1) - 1,
         )
 
-    def keep_only(self, keep: torch.Tensor, new_len: int) -> Slots:
+    def keep_only(self, keep: torch.Tensor, new_len: int, *, sequence_order: torch.Tensor | None = None) -> Slots:
         """The slots marked in `keep` (B, T_s), in their order, left-padded to `new_len`: the longest
-        sample's kept count, which the caller knows without reading `keep` back from the device."""
+        sample's kept count, which the caller knows without reading `keep` back from the device.
+        sequence_order (B, T_s) long: where each slot goes in the sequence, if not where it is."""
         # A stable sort puts dropped and filler slots first, kept ones last in their original order.
-        order = torch.sort(keep.long(), dim=1, stable=True).indices[:, keep.shape[1] - new_len :]
+        key = keep.long() if sequence_order is None else torch.where(keep, sequence_order, -1)
+        order = torch.sort(key, dim=1, stable=True).indices[:, keep.shape[1] - new_len :]
         valid = keep.gather(1, order)
         hidden = _gather_slots(self.hidden, order)
         # Filler slots would hold copies of dropped tokens. The mask hides them from every real token,
@@ -185,21 +187,24 @@ def _kept_counts(config: DropConfig, slots: Slots, *, ranked: torch.Tensor, num_
 
 
 def _store_outputs(outputs: torch.Tensor, slots: Slots) -> torch.Tensor:
-    """Write each real slot's hidden state at its original index; filler slots go to the last (sink) row."""
-    index = torch.where(slots.valid, slots.origin, outputs.shape[1] - 1)
+    """Write each real slot's hidden state at its original index; filler slots and inserted tokens (no
+    original index) go to the last (sink) row."""
+    own = slots.valid & ~(slots.is_image & (slots.image_rank < 0))
+    index = torch.where(own, slots.origin, outputs.shape[1] - 1)
     return outputs.scatter(1, index.unsqueeze(-1).expand_as(slots.hidden), slots.hidden)
 
 
 def _kept_image_mask(slots: Slots, selected: torch.Tensor, seq_len: int) -> torch.Tensor:
     """(B, seq_len) bool: the selected image tokens by their index in the sample's image block."""
-    index = torch.where(selected, slots.image_rank, seq_len)
+    index = torch.where(selected & (slots.image_rank >= 0), slots.image_rank, seq_len)  # inserted tokens are none of them
     kept = torch.zeros(selected.shape[0], seq_len + 1, dtype=torch.bool, device=selected.device)
     return kept.scatter(1, index, True)[:, :seq_len]
 
 
-def _drop(slots: Slots, *, selected: torch.Tensor, position_mode: str, new_len: int) -> tuple[Slots, torch.Tensor]:
-    """Keep the text and the `selected` image slots (`new_len`: the most any sample keeps). Returns the
-    next stage's slots and (B,) the number dropped."""
+def _drop(slots: Slots, *, selected: torch.Tensor, inserted: InsertedTokens | None, position_mode: str, new_len: int) -> tuple[Slots, torch.Tensor]:
+    """Keep the text and the `selected` image slots, and add the `inserted` tokens after them (`new_len`:
+    the most tokens any sample has then). Returns the next stage's slots and (B,) the number of tokens
+    it holds fewer (dropped less inserted)."""
     keep = slots.valid & (~slots.is_image | selected)
     dropped = slots.valid & ~keep
     positions = slots.positions
@@ -207,7 +212,39 @@ def _drop(slots: Slots, *, selected: torch.Tensor, position_mode: str, new_len: 
         # Each kept token moves up by the tokens dropped before it: the kept sequence is numbered
         # contiguously, as if the dropped tokens had never been there (the PyramidDrop reference).
         positions = positions - dropped.long().cumsum(1)
-    return replace(slots, positions=positions).keep_only(keep, new_len), dropped.sum(1)
+    slots, removed, sequence_order = replace(slots, positions=positions), dropped.sum(1), None
+    if inserted is not None:
+        if position_mode != "compact":
+            raise ValueError(f"inserted tokens are numbered on from the kept image tokens, which needs compact positions, not {position_mode!r}")
+        slots, keep, sequence_order = _insert_after_images(slots, keep, inserted)
+        removed = removed - inserted.valid.sum(1)
+    return slots.keep_only(keep, new_len, sequence_order=sequence_order), removed
+
+
+def _insert_after_images(slots: Slots, keep: torch.Tensor, inserted: InsertedTokens) -> tuple[Slots, torch.Tensor, torch.Tensor]:
+    """`slots` followed by the `inserted` tokens, with their `keep` and where each goes in the sequence:
+    right after the sample's last image slot, numbered on from its (compact) position; the slots after
+    it move up by the sample's inserted count. An inserted token takes that slot's origin (what causal
+    masks compare) and image rank -1 (it is none of the original image tokens)."""
+    batch, seq_len = keep.shape
+    rows, slot_index = torch.arange(batch, device=keep.device), torch.arange(seq_len, device=keep.device)
+    anchor = torch.where(slots.is_image, slot_index, 0).amax(1)  # (B,) the sample's last image slot
+    number = inserted.valid.long().cumsum(1)  # (B, E): the j-th inserted token is numbered anchor + j + 1
+    moved = (slot_index > anchor.unsqueeze(1)).long() * inserted.valid.sum(1, keepdim=True)  # (B, T)
+
+    def per_slot(offset: torch.Tensor) -> torch.Tensor:  # an offset for every position id of a slot (RoPE axes)
+        return offset.view(*offset.shape, *[1] * (slots.positions.ndim - 2))
+
+    joined = Slots(
+        hidden=torch.cat([slots.hidden, inserted.hidden.to(slots.hidden.dtype)], 1),
+        valid=torch.cat([slots.valid, inserted.valid], 1),
+        origin=torch.cat([slots.origin, slots.origin[rows, anchor].unsqueeze(1).expand_as(number)], 1),
+        positions=torch.cat([slots.positions + per_slot(moved), slots.positions[rows, anchor].unsqueeze(1) + per_slot(number)], 1),
+        is_image=torch.cat([slots.is_image, torch.ones_like(inserted.valid)], 1),
+        image_rank=torch.cat([slots.image_rank, torch.full_like(number, -1)], 1),
+    )
+    sequence_order = torch.cat([2 * slot_index.expand(batch, -1), (2 * anchor + 1).unsqueeze(1).expand_as(number)], 1)
+    return joined, torch.cat([keep, inserted.valid], 1), sequence_order
 
 
 def staged_prefill(
@@ -262,7 +299,7 @@ def staged_prefill(
         # again later. No text position reads it: only image tokens are dropped.
         outputs = _store_outputs(outputs, slots)
         tokens = stage_tokens[stage_index]
-        slots, dropped = _drop(slots, selected=selected, position_mode=config.position_mode, new_len=max(tokens))
+        slots, dropped = _drop(slots, selected=selected, inserted=reduction.inserted, position_mode=config.position_mode, new_len=max(tokens))
 
         stages.append(_stage_layout(slots, first_layer=boundary.drop_layer, shift=stages[-1].shift + dropped))
         inputs = _stage_inputs(

@@ -19,7 +19,7 @@ from pdrop_eval.report.runs import Run, short_names
 from pdrop_eval.report.table import method_kind
 
 SPECS_BY_KIND = {spec.kind: spec for spec in METHODS.values()}  # series name per method kind
-MARKERS = {"vanilla": "*", "fastv": "s", "pdrop": "o", "random": "X", "visionzip": "v", "pool": "P", "dart": "^"}  # per method kind; a new kind gets "D"
+MARKERS = {"vanilla": "*", "fastv": "s", "pdrop": "o", "random": "X", "visionzip": "v", "pool": "P", "dart": "^", "sparsevlm": "p"}  # per method kind; a new kind gets "D"
 CHECKPOINT_STYLES = (("-", "full"), ("--", "none"), (":", "left"), ("-.", "bottom"))  # line style, marker fill
 REPEATED_EDGE, REPEATED_LABEL = "black", "repeated runs of one setting (not joined)"
 X_AXES = {"tflops": "TFLOPs (paper convention)", "tokens": "avg image tokens per layer, (1/L)·Σ_l n_l"}

@@ -9,6 +9,7 @@ from pdrop_eval.engine.methods.fastv import FASTV, FastVParams
 from pdrop_eval.engine.methods.pool import POOL, POOL_OPTIONS
 from pdrop_eval.engine.methods.pyramid import PYRAMID, PyramidParams
 from pdrop_eval.engine.methods.random_drop import RANDOM, RandomParams
+from pdrop_eval.engine.methods.sparsevlm import SPARSEVLM, SPARSEVLM_OPTIONS
 from pdrop_eval.engine.methods.vanilla import VANILLA
 from pdrop_eval.engine.methods.visionzip import VISIONZIP, VISIONZIP_OPTIONS
 
@@ -37,7 +38,7 @@ def register_method(spec: MethodSpec, options: dict | None = None) -> MethodSpec
 # The paper's order (vanilla, FastV, PDrop), the comparison methods, then the control, which takes
 # any of their counts (its options include theirs, so it registers after them).
 for _spec, _options in ((VANILLA, None), (FASTV, None), (PYRAMID, None), (DART, DART_OPTIONS), (VISIONZIP, VISIONZIP_OPTIONS),
-                        (POOL, POOL_OPTIONS), (RANDOM, None)):
+                        (POOL, POOL_OPTIONS), (SPARSEVLM, SPARSEVLM_OPTIONS), (RANDOM, None)):
     register_method(_spec, options=_options)
 
 
