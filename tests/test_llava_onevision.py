@@ -81,6 +81,15 @@ def test_n_layout_and_newline_tokens_are_the_processors_and_models(onevision, ti
     assert FAMILY.image_tokens_per_image(released_config, (950, 1158)) == FAMILY.max_image_tokens(released_config)[0] == 8765
 
 
+def test_parts_and_token_ids(onevision):
+    model, processor = onevision
+    assert FAMILY.language_model(model) is model.model.language_model and FAMILY.input_ids_module(model) is model.model
+    assert FAMILY.freezable_part(model, "vision_tower") is FAMILY.vision_tower(model) is model.model.vision_tower
+    assert FAMILY.freezable_part(model, "projector") is model.model.multi_modal_projector
+    assert FAMILY.image_token_ids(model.config) == (model.config.image_token_id, model.config.video_token_id)
+    assert processor.tokenizer.convert_ids_to_tokens(model.config.video_token_id) == "<video>"  # its own token, not <unk>
+
+
 def test_bad_configs_are_refused_by_name(tiny_llava_onevision):
     config = json.loads((tiny_llava_onevision / "config.json").read_text())
     with pytest.raises(ValueError, match="SigLIP tower has no \\[CLS\\] token, so vision_feature_select_strategy must be 'full'"):

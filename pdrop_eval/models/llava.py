@@ -103,15 +103,7 @@ class LlavaFamily(ModelFamily):
     def build_tiny_model(self, spec, text_config, tokenizer, chat_template: str) -> tuple:
         from transformers import CLIPVisionConfig
 
-        vision_config = CLIPVisionConfig(
-            hidden_size=spec.vision_hidden_size,
-            intermediate_size=2 * spec.vision_hidden_size,
-            num_hidden_layers=spec.vision_layers,
-            num_attention_heads=2,
-            image_size=spec.image_size,
-            patch_size=spec.patch_size,
-            projection_dim=spec.vision_hidden_size,
-        )
+        vision_config = CLIPVisionConfig(**self._tiny_vision_settings(spec), projection_dim=spec.vision_hidden_size)
         config = transformers_class(self.config_class_name)(
             vision_config=vision_config,
             text_config=text_config,
@@ -138,6 +130,18 @@ class LlavaFamily(ModelFamily):
             chat_template=chat_template,
         )
         return model, processor
+
+    @staticmethod
+    def _tiny_vision_settings(spec) -> dict:
+        """The vision tower config's widths and geometry for a tiny checkpoint of `spec` (CLIP's and SigLIP's alike)."""
+        return {
+            "hidden_size": spec.vision_hidden_size,
+            "intermediate_size": 2 * spec.vision_hidden_size,
+            "num_hidden_layers": spec.vision_layers,
+            "num_attention_heads": 2,
+            "image_size": spec.image_size,
+            "patch_size": spec.patch_size,
+        }
 
     def _anyres_settings(self, spec) -> dict:
         """Settings of the tiny checkpoint's config and image processor beyond LLaVA-1.5's: none."""

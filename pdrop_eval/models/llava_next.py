@@ -22,11 +22,11 @@ class LlavaNextFamily(LlavaFamily):
 
     # ----- image tokens ---------------------------------------------------------------------------
     def image_tokens_per_image(self, config, image_size: tuple[int, int]) -> int:
-        from transformers.image_processing_utils import select_best_resolution
-
         from pdrop_eval.compat import ensure_torchvision_importable
 
         ensure_torchvision_importable()  # before transformers' image code imports torchvision
+        from transformers.image_processing_utils import select_best_resolution
+
         width, height = image_size
         best_height, best_width = select_best_resolution((height, width), self._grid_resolutions(config))
         rows, columns = self.resolution_grid(config, best_height, best_width)

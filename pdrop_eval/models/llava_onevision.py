@@ -143,15 +143,7 @@ class LlavaOnevisionFamily(LlavaNextFamily):
         side = spec.image_size // spec.patch_size
         pinpoints = [list(resolution) for resolution in spec.grid_pinpoints]
         config = transformers_class(self.config_class_name)(
-            vision_config=SiglipVisionConfig(
-                hidden_size=spec.vision_hidden_size,
-                intermediate_size=2 * spec.vision_hidden_size,
-                num_hidden_layers=spec.vision_layers,
-                num_attention_heads=2,
-                image_size=spec.image_size,
-                patch_size=spec.patch_size,
-                vision_use_head=False,
-            ),
+            vision_config=SiglipVisionConfig(**self._tiny_vision_settings(spec), vision_use_head=False),
             text_config=text_config,
             image_token_index=tokenizer.convert_tokens_to_ids(tokenizer.image_token),
             video_token_index=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
