@@ -27,6 +27,10 @@ BUDGET_METHODS = tuple(name for name, spec in METHODS.items() if spec.budget_met
 # lmms-eval's LLaVA adapters generate up to this many tokens when a task sets none; VLMEvalKit's
 # allow more, but benchmark answers need far less, so it is the default cap there too.
 DEFAULT_MAX_NEW_TOKENS = 1024
+# Options of one model family, each taken only where a framework's convention for the family has it
+# (the adapters pass their defaults): Qwen2.5-VL's pixel range per image and system prompt.
+FAMILY_KEYS = ("min_pixels", "max_pixels", "system_prompt")
+PROCESSOR_KEYS = ("min_pixels", "max_pixels")  # set on the processor as it loads (a convention's defaults give both)
 PLACEMENT_FIELDS = ("device", "device_map")  # where the model runs, not what it predicts
 RECORDING_FIELDS = ("save_kept",)  # what the statistics file stores, not what the model predicts
 
@@ -34,7 +38,7 @@ RECORDING_FIELDS = ("save_kept",)  # what the statistics file stores, not what t
 @dataclass(frozen=True)
 class ModelOptions:
     pretrained: str  # checkpoint folder or HF Hub id
-    architecture: str  # "llava" | "llava_next", from the checkpoint's config
+    architecture: str  # the model family's name ("llava", "llava_next", ...), from the checkpoint's config
     drop: DropConfig
     dtype: str = "auto"
     device: str = "cpu"
@@ -43,17 +47,30 @@ class ModelOptions:
     max_new_tokens: int | None = None  # cap on generated tokens; None: the task's own
     pad_to_square: bool = False  # LLaVA-1.5 pictures padded to a square first (see resolve_pad_to_square)
     save_kept: bool = False  # store each document's kept image-token indices in the statistics file (large)
+    min_pixels: int | None = None  # FAMILY_KEYS: None where the model's family and framework take none
+    max_pixels: int | None = None
+    system_prompt: str | None = None
 
     def prediction_settings(self) -> dict:
         """Every option that decides the predictions, as JSON values: all but where the model runs
-        (PLACEMENT_FIELDS) and what is recorded (RECORDING_FIELDS). A work folder's predictions are
+        (PLACEMENT_FIELDS), what is recorded (RECORDING_FIELDS) and family options the model has not
+        (so the settings of a LLaVA model read as before they existed). A work folder's predictions are
         reusable only under equal settings."""
         return {
             field.name: value.to_dict() if isinstance(value, DropConfig) else value
             for field in fields(self)
             if field.name not in PLACEMENT_FIELDS + RECORDING_FIELDS
             for value in [getattr(self, field.name)]
+            if not (field.name in FAMILY_KEYS and value is None)
         }
+
+    def processor_options(self) -> dict:
+        """The processor's from_pretrained options: the pixel range as Qwen2.5-VL's image processor
+        takes it (`size` edges; its min_pixels / max_pixels keywords are deprecated). The range comes
+        whole, from the framework's defaults where an end is not given."""
+        if self.min_pixels is None:
+            return {}
+        return {"size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}}
 
 
 def resolve_model_options(
@@ -63,17 +80,23 @@ def resolve_model_options(
     owner: str,
     default_model_preset: str | None = None,
     default_max_new_tokens: int | None = None,
+    family_defaults: dict | None = None,
+    check_family=None,
 ) -> ModelOptions:
     """`options` of a model of drop method `method`; `owner` names the model in error messages.
 
-    Keys: MODEL_KEYS, the method's drop options (`METHODS[method].keys`) and, for the methods that
-    drop, BUDGET_KEYS (`budget_drop`). Explicit keys override the model preset's and the drop preset's.
+    Keys: MODEL_KEYS, the method's drop options (`METHODS[method].keys`), for the methods that drop
+    BUDGET_KEYS (`budget_drop`), and the FAMILY_KEYS in `family_defaults` (key -> the framework's
+    default). Explicit keys override the model preset's and the drop preset's. `check_family(name)`
+    refuses (ValueError) a checkpoint of a model family the model does not take, before a budget reads it.
     """
     spec = METHODS[method]
     budget_keys = BUDGET_KEYS if method in BUDGET_METHODS else ()
-    unknown = sorted(set(options) - set(MODEL_KEYS) - set(OPTION_KEYS) - set(budget_keys))
+    family_defaults = family_defaults or {}
+    unknown = sorted(set(options) - set(MODEL_KEYS) - set(OPTION_KEYS) - set(budget_keys) - set(family_defaults))
     if unknown:
-        raise ValueError(f"{owner}: unknown option(s) {unknown}; accepted: {sorted({*MODEL_KEYS, *spec.keys, *budget_keys})}")
+        raise ValueError(f"{owner}: unknown option(s) {unknown}; accepted: {sorted({*MODEL_KEYS, *spec.keys, *budget_keys, *family_defaults})}")
+    family_options = resolve_family_options({**family_defaults, **{key: options[key] for key in family_defaults if key in options}}, owner)
     if "budget" in options:
         check_budget_options(method, options, owner=owner)
     else:
@@ -99,6 +122,8 @@ def resolve_model_options(
     if pad_to_square is not None:
         pad_to_square = boolean(f"{owner}: pad_to_square", pad_to_square)
     architecture = checkpoint_architecture(str(pretrained))  # the last checks: they read the checkpoint
+    if check_family is not None:
+        check_family(architecture)  # its message names the model
     try:
         pad_to_square = resolve_pad_to_square(architecture, pad_to_square)
     except ValueError as error:
@@ -116,7 +141,20 @@ def resolve_model_options(
         max_new_tokens=max_new_tokens,
         pad_to_square=pad_to_square,
         save_kept=boolean(f"{owner}: save_kept", options.get("save_kept", False)),
+        **family_options,
     )
+
+
+def resolve_family_options(values: dict, owner: str) -> dict:
+    """FAMILY_KEYS `values` checked: pixel counts are positive integers, the smaller first; a system
+    prompt is text."""
+    resolved = {key: positive_int(f"{owner}: {key}", value) for key, value in values.items() if key in PROCESSOR_KEYS and value is not None}
+    low, high = resolved.get("min_pixels"), resolved.get("max_pixels")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"{owner}: min_pixels={low} exceeds max_pixels={high}")
+    if values.get("system_prompt") is not None:
+        resolved["system_prompt"] = str(values["system_prompt"])
+    return resolved
 
 
 def resolve_drop(method: str | None, options: dict, *, owner: str) -> DropConfig:

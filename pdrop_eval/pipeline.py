@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pdrop_eval.framework_names import FRAMEWORK_NAMES
+from pdrop_eval.framework_names import names_for
 from pdrop_eval.engine.config import SWEPT_METHODS, DropConfig, MethodSpec
 from pdrop_eval.package_data import TASKS_DIR
 from pdrop_eval.report import build_report
@@ -128,8 +128,11 @@ def check_settings_fit(pretrained: str, settings: list[Setting]) -> None:
 def lmms_eval_command(pretrained: str, setting: Setting, tasks: list[str], output_path: Path, options: dict) -> list[str]:
     """The lmms-eval command line of one setting; `options` are extra flags (limit, batch_size,
     device; True for a flag without value, e.g. force_simple)."""
+    from pdrop_eval.options import checkpoint_architecture
+
     model_args = ",".join(filter(None, [f"pretrained={pretrained}", setting.drop.to_args()]))
-    command = [sys.executable, "-c", LMMS_EVAL_MAIN, "--model", FRAMEWORK_NAMES[setting.drop.method].model, "--model_args", model_args]
+    model = names_for(setting.drop.method, checkpoint_architecture(pretrained)).model  # the model of the checkpoint's family
+    command = [sys.executable, "-c", LMMS_EVAL_MAIN, "--model", model, "--model_args", model_args]
     command += ["--tasks", ",".join(tasks), "--include_path", str(TASKS_DIR), "--output_path", str(output_path), "--log_samples"]
     for flag, value in options.items():
         command += [f"--{flag}"] if value is True else [f"--{flag}", str(value)]

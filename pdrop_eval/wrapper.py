@@ -3,9 +3,9 @@
 It knows no evaluation framework; adapters translate their requests into `Query` objects::
 
     from pdrop_eval import DropConfig
-    from pdrop_eval.wrapper import LlavaRunner, Query
+    from pdrop_eval.wrapper import ModelRunner, Query
 
-    runner = LlavaRunner.load("llava-hf/llava-v1.6-vicuna-7b-hf", drop=DropConfig.pyramid(), dtype="float16", device="cuda")
+    runner = ModelRunner.load("llava-hf/llava-v1.6-vicuna-7b-hf", drop=DropConfig.pyramid(), dtype="float16", device="cuda")
     queries = [Query.from_parts([image, "What is written on the sign?"])]
     for answer in runner.generate(queries, max_new_tokens=16, batch_size=8, stop=["ASSISTANT:"]):
         print(answer.text, answer.stats.image_tokens_per_layer, answer.stats.tflops_actual)
@@ -14,8 +14,11 @@ It knows no evaluation framework; adapters translate their requests into `Query`
 `generate` / `loglikelihood` sort and batch for you; `generate_batch` / `loglikelihood_batch` run one
 batch as given, for adapters that load inputs lazily and batch with `plan_batches` themselves.
 
-* The architecture (LLaVA-1.5 ``llava`` or LLaVA-NeXT ``llava_next``) comes from the checkpoint's config.
-* Prompts are rendered with the checkpoint's chat template, or the Vicuna v1 template when it has none.
+* The model family (`pdrop_eval.models`: LLaVA-1.5, LLaVA-NeXT, ...) comes from the checkpoint's config.
+* Prompts are rendered with the checkpoint's chat template, or the Vicuna v1 template when it has none,
+  unless a `PromptFormat` says otherwise (a framework's own convention for the family).
+* Every tensor the processor returns goes to the model (pixel values, and image_sizes or
+  image_grid_thw where the family has them); a family with 3-D positions computes its own.
 * Batches are formed after sorting the queries by length (longest first, so memory errors show up at
   once); results always come back in the order of the queries. Padding is on the left.
 * The drop config is applied once at load through the engine, the no-drop baseline included, so every
@@ -26,7 +29,7 @@ batch as given, for adapters that load inputs lazily and batch with `plan_batche
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,7 +37,7 @@ from PIL import Image, ImageFile
 
 from pdrop_eval.engine import DropConfig, apply_drop
 from pdrop_eval.engine.stats import SampleDropStats
-from pdrop_eval.models import ModelFamily, family_named
+from pdrop_eval.models import ROPE_1D, ModelFamily, family_named
 from pdrop_eval.options import ModelOptions, checkpoint_architecture, resolve_pad_to_square
 from pdrop_eval.stats import SampleStats
 
@@ -122,6 +125,32 @@ def load_image(image: Image.Image | Path, label: str = "query") -> Image.Image:
 
 
 @dataclass(frozen=True)
+class PromptFormat:
+    """How a runner writes a query as prompt text; the default is the checkpoint's own chat template.
+    Framework adapters set one to follow that framework's convention for a model family."""
+
+    chat_template: str | None = None  # rendered with this instead of the checkpoint's template
+    system_prompt: str | None = None  # a system message put first in a query that has none
+    # each message becomes one text item, its images written into it as this text where they stand
+    # (what VLMEvalKit's LLaVA_OneVision_HF sends its processor's chat template)
+    inline_image_text: str | None = None
+
+    def messages(self, query: Query) -> list[dict]:
+        """The conversation of `query` as the chat template receives it."""
+        messages = list(query.messages)
+        if self.system_prompt is not None and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
+        if self.inline_image_text is None:
+            return messages
+        return [
+            {**message, "content": [{"type": "text", "text": "".join(
+                self.inline_image_text if item["type"] == "image" else item["text"] for item in message["content"]
+            )}]}
+            for message in messages
+        ]
+
+
+@dataclass(frozen=True)
 class Generation:
     text: str
     stats: SampleStats
@@ -134,23 +163,28 @@ class Score:
     stats: SampleStats
 
 
-class LlavaRunner:
-    """A loaded LLaVA-1.5 / LLaVA-NeXT model with a drop config applied. Build it with `load`.
+class ModelRunner:
+    """A loaded model of a supported family (`pdrop_eval.models`) with a drop config applied. Build it
+    with `load`.
 
-    Attributes: pretrained, architecture ("llava" | "llava_next"), drop (DropConfig), model_dims
-    (hidden_size, intermediate_size, num_layers of the language model), model, processor, and
-    pad_to_square (LLaVA-1.5 images padded to a square with the mean colour, as the original LLaVA
-    evaluated them; see `resolve_pad_to_square`).
+    Attributes: pretrained, architecture (the family's name: "llava", "llava_next", ...), drop
+    (DropConfig), model_dims (hidden_size, intermediate_size, num_layers of the language model), model,
+    processor, prompt_format (`PromptFormat`), and pad_to_square (LLaVA-1.5 images padded to a square
+    with the mean colour, as the original LLaVA evaluated them; see `resolve_pad_to_square`).
     """
 
-    def __init__(self, pretrained: str, architecture: str, drop: DropConfig, model, processor, pad_to_square: bool | None = None, scorer=None):
+    def __init__(self, pretrained: str, architecture: str, drop: DropConfig, model, processor, pad_to_square: bool | None = None, scorer=None,
+                 prompt_format: PromptFormat | None = None):
         self.pretrained = pretrained
         self.architecture = architecture
         self.drop = drop
         self.pad_to_square = resolve_pad_to_square(architecture, pad_to_square)
         self.model = model
         self.processor = processor
-        self.chat_template = chat_template_of(processor)
+        self.prompt_format = prompt_format or PromptFormat()
+        self.chat_template = self.prompt_format.chat_template or chat_template_of(processor)
+        # 1-D rotary positions are counted here past left padding; a 3-D scheme's model computes its own
+        self._counts_positions = family_named(architecture).position_scheme == ROPE_1D
         text_config = model.config.get_text_config()
         self.model_dims = {
             "hidden_size": text_config.hidden_size,
@@ -170,11 +204,14 @@ class LlavaRunner:
         attn_implementation: str | None = None,
         pad_to_square: bool | None = None,
         scorer=None,
-    ) -> LlavaRunner:
+        processor_options: dict | None = None,
+        prompt_format: PromptFormat | None = None,
+    ) -> ModelRunner:
         """Load a HF checkpoint (folder or Hub id) and apply `drop` (default: no drop).
 
         `device_map` (e.g. "auto") hands placement to accelerate; otherwise the model moves to `device`.
         `scorer`: ranks the image tokens instead of the method's own (see `apply_drop`).
+        `processor_options`: set on the processor as it loads (e.g. Qwen2.5-VL's min_pixels, max_pixels).
         """
         from transformers import AutoProcessor
 
@@ -186,15 +223,18 @@ class LlavaRunner:
         if not device_map:
             model.to(device)
         model.eval()
-        processor = AutoProcessor.from_pretrained(pretrained)
+        processor = AutoProcessor.from_pretrained(pretrained, **(processor_options or {}))
         processor.tokenizer.padding_side = "left"  # batched generation appends on the right
         if processor.tokenizer.pad_token is None:
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
-        return cls(str(pretrained), family.name, drop or DropConfig.none(), model, processor, pad_to_square, scorer)
+        return cls(str(pretrained), family.name, drop or DropConfig.none(), model, processor, pad_to_square, scorer, prompt_format)
 
     @classmethod
-    def from_options(cls, options: ModelOptions, device=None) -> LlavaRunner:
-        """Load the model that resolved framework options describe (`device` overrides theirs)."""
+    def from_options(cls, options: ModelOptions, device=None, prompt_format: PromptFormat | None = None) -> ModelRunner:
+        """Load the model that resolved framework options describe (`device` overrides theirs), its
+        prompts written in `prompt_format` (with the options' system prompt, where they set one)."""
+        if options.system_prompt is not None:
+            prompt_format = replace(prompt_format or PromptFormat(), system_prompt=options.system_prompt)
         return cls.load(
             options.pretrained,
             drop=options.drop,
@@ -203,12 +243,14 @@ class LlavaRunner:
             device_map=options.device_map,
             attn_implementation=options.attn_implementation,
             pad_to_square=options.pad_to_square,
+            processor_options=options.processor_options(),
+            prompt_format=prompt_format,
         )
 
     # ----- prompts ---------------------------------------------------------------------------------
     def render(self, query: Query, add_generation_prompt: bool = True) -> str:
         """The prompt text of `query`, image placeholders not yet expanded."""
-        return render_messages(self.processor, query.messages, add_generation_prompt, self.chat_template)
+        return render_messages(self.processor, self.prompt_format.messages(query), add_generation_prompt, self.chat_template)
 
     @property
     def tokenizer(self):
@@ -282,10 +324,11 @@ class LlavaRunner:
                 raise ValueError(f"continuation {continuation!r} adds no tokens to its prompt")
         total = inputs["input_ids"].shape[1]
         query_positions = torch.tensor([total - length - 1 for length in lengths], device=self.device)
-        # Left padding: positions count real tokens only, as generate() does.
-        position_ids = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        positions = {}
+        if self._counts_positions:  # left padding: positions count real tokens only, as generate() does
+            positions["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         with self._handle.query_positions(query_positions):
-            logits = self.model(**inputs, position_ids=position_ids, use_cache=False).logits.float()
+            logits = self.model(**inputs, **positions, use_cache=False).logits.float()
         scores = []
         for row, (length, stats) in enumerate(zip(lengths, self._last_stats())):
             targets = inputs["input_ids"][row, total - length :]
@@ -318,6 +361,9 @@ class LlavaRunner:
 
     def _last_stats(self) -> list[SampleStats]:
         return [sample_stats(sample, self.model_dims) for sample in self._handle.last_stats]
+
+
+LlavaRunner = ModelRunner  # its first name, from when it ran LLaVA models only
 
 
 def sample_stats(engine_sample: SampleDropStats, model_dims: dict) -> SampleStats:
@@ -368,7 +414,7 @@ def chat_template_of(processor) -> str:
 
 def render_messages(processor, messages: Sequence[dict], add_generation_prompt: bool = True, chat_template: str | None = None) -> str:
     """Conversation text in the chat template (default: `chat_template_of(processor)`), image
-    placeholders not yet expanded. Evaluation (`LlavaRunner.render`) and training
+    placeholders not yet expanded. Evaluation (`ModelRunner.render`) and training
     (`pdrop_eval.train`) both render prompts here, so a model is trained on the prompts it is scored on."""
     return processor.apply_chat_template(
         list(messages),

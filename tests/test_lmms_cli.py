@@ -104,16 +104,17 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def expected_image_tokens(checkpoint) -> dict:
-    """N per (task, doc_id), counted by the checkpoint's own processor on the task images."""
+def expected_image_tokens(checkpoint, limit: int | None = None, **processor_options) -> dict:
+    """N per (task, doc_id) of each task's first `limit` documents (None: all), counted by the
+    checkpoint's own processor (loaded with `processor_options`) on the task images."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    image_token_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    processor = AutoProcessor.from_pretrained(checkpoint, **processor_options)
+    image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     counts = {}
     for task, data in {**GENERATION_TASKS, "pdrop_local_mcq_ll": "mcq"}.items():
-        for row in pd.read_parquet(LOCAL_TASK_DIR / "data" / f"{data}.parquet").itertuples():
-            encoded = processor(images=[Image.open(io.BytesIO(row.image))], text=["<image>"], return_tensors="pt")
+        for row in pd.read_parquet(LOCAL_TASK_DIR / "data" / f"{data}.parquet").head(limit).itertuples():
+            encoded = processor(images=[Image.open(io.BytesIO(row.image))], text=[processor.image_token], return_tensors="pt")
             counts[task, row.id] = int((encoded.input_ids == image_token_id).sum())
     return counts
 
@@ -365,3 +366,40 @@ def test_tflops_budget_holds_in_a_real_run(lmms_env, tiny_llava, tmp_path):
     assert f"| {average:.1f} " in report.markdown and "(1/L)·Σ_l n_l" in report.markdown
     (series,) = plot_points(report.runs, x="tokens")["pdrop_local_vqa"].values()
     assert [x for x, _score in series] == [pytest.approx(average)]
+
+
+# ----- Qwen2.5-VL and LLaVA-OneVision: their own models, one run each ------------------------------------
+QWEN_ARGS = "min_pixels=256,max_pixels=16384,position_mode=original"  # the tiny model's pixel range; 3-D ids kept
+
+
+def check_family_run(run: Run, model: str, architecture: str, method: str, expected_n: dict) -> None:
+    """The run's statistics: its model, family and method, one sample per document with the processor's N
+    (`expected_n`) and the hand-computed schedule."""
+    results = run.results()
+    assert results["config"]["model"] == model, run.log[-3000:]
+    run_stats = run.stats()
+    assert (run_stats["model"], run_stats["architecture"], run_stats["drop"]["method"]) == (model, architecture, method)
+    assert run_stats["model_args"] == results["config"]["model_args"]
+    assert {(s["task"], s["doc_id"]): s["num_image_tokens"] for s in run_stats["samples"]} == expected_n
+    assert len(set(expected_n.values())) > 1  # N follows each picture's shape
+    for sample in run_stats["samples"]:
+        assert sample["image_tokens_per_layer"] == list(hand_image_tokens_per_layer(method, sample["num_image_tokens"]))
+
+
+def test_qwen2_5_vl_pdrop_generates_and_scores_likelihoods_with_statistics(lmms_env, tiny_qwen2_5_vl, tmp_path):
+    """Simple path (--force_simple): generation and log-likelihood multiple choice, 3-D positions."""
+    run = Run(lmms_env, tmp_path, "qwen2_5_vl_pdrop", f"pretrained={tiny_qwen2_5_vl},dtype=float32,max_new_tokens=2,{QWEN_ARGS},{PDROP_ARGS}",
+              "pdrop_local_vqa,pdrop_local_mcq_ll", extra=("--force_simple", "--limit", "2"))
+    expected_n = expected_image_tokens(tiny_qwen2_5_vl, 2, size={"shortest_edge": 256, "longest_edge": 16384})
+    tasks = ("pdrop_local_vqa", "pdrop_local_mcq_ll")
+    check_family_run(run, "qwen2_5_vl_pdrop", "qwen2_5_vl", "pyramid", {key: n for key, n in expected_n.items() if key[0] in tasks})
+    assert "acc,none" in run.results()["results"]["pdrop_local_mcq_ll"]
+    assert all(len(doc["filtered_resps"]) == 4 for doc in run.samples("pdrop_local_mcq_ll").values())  # one score per option
+
+
+def test_llava_onevision_fastv_answers_through_the_chat_path_with_statistics(lmms_env, tiny_llava_onevision, tmp_path):
+    run = Run(lmms_env, tmp_path, "llava_onevision_fastv", f"pretrained={tiny_llava_onevision},dtype=float32,max_new_tokens=2,{FASTV_ARGS}",
+              "pdrop_local_yesno", extra=("--limit", "3"))
+    assert run.results()["config"]["model_backend"].endswith("(chat)")
+    expected_n = expected_image_tokens(tiny_llava_onevision, 3)
+    check_family_run(run, "llava_onevision_fastv", "llava_onevision", "fastv", {key: n for key, n in expected_n.items() if key[0] == "pdrop_local_yesno"})

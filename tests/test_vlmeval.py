@@ -11,6 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
+from conftest import hand_image_tokens_per_layer
 from pdrop_eval import DropConfig, synth
 from pdrop_eval.budget import for_budget
 from pdrop_eval.adapters.vlmeval_data import TOY_MCQ, TOY_YN, make_toy_datasets, toy_mcq_rows, toy_yn_rows, write_tsv
@@ -131,6 +132,51 @@ def test_two_processes_give_the_same_predictions(one_process_run, tiny_llava_nex
     two_stats, one_stats = _stats(tmp_path / "out", "llava_next_pdrop"), _stats(one_process_run, "llava_next_pdrop")
     assert two_stats["world_size"] == 2
     assert two_stats["samples"] == one_stats["samples"]
+
+
+# ----- Qwen2.5-VL and LLaVA-OneVision: one run of both families' models, VLMEvalKit's names -------------
+FAMILY_MODELS = {"Qwen2.5-VL-PDrop": ("qwen2_5_vl", "pyramid"), "llava_onevision_fastv": ("llava_onevision", "fastv")}
+
+
+@pytest.fixture(scope="module")
+def family_run(tiny_qwen2_5_vl, tiny_llava_onevision, lmu_data, tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("vlmeval_families")
+    config = {
+        "model": {
+            "Qwen2.5-VL-PDrop": {"pretrained": str(tiny_qwen2_5_vl), "max_new_tokens": MAX_NEW_TOKENS, "min_pixels": 256,
+                                 "max_pixels": 16384, "position_mode": "original"},  # the tiny model's own pixel range
+            "llava_onevision_fastv": {"pretrained": str(tiny_llava_onevision), "max_new_tokens": MAX_NEW_TOKENS},
+        },
+        "data": {TOY_MCQ: {"class": "ImageMCQDataset", "dataset": TOY_MCQ}},
+    }
+    (work_dir / "config.json").write_text(json.dumps(config))
+    result = _run([_launcher(), "--config", "config.json", "--judge", "exact_matching", "--work-dir", str(work_dir)], lmu_data, cwd=work_dir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return work_dir
+
+
+@pytest.mark.parametrize("model", FAMILY_MODELS)
+def test_each_family_runs_under_its_vlmeval_name_with_statistics(family_run, model):
+    from transformers import AutoProcessor
+
+    family, method = FAMILY_MODELS[model]
+    predictions = _predictions(family_run, model, TOY_MCQ)
+    rows = toy_mcq_rows()
+    assert list(predictions["index"]) == [row["index"] for row in rows]
+    assert "Overall" in pd.read_csv(family_run / model / f"{model}_{TOY_MCQ}_acc.csv").columns
+    stats = _stats(family_run, model)
+    assert (stats["model"], stats["architecture"], stats["drop"]["method"]) == (model, family, method)
+    assert stats["model_args"] == json.loads((family_run / model / f"{model}_pdrop_setting.json").read_text())["settings"]
+    # N of each row as the checkpoint's processor makes it from the picture VLMEvalKit dumped, and the schedule
+    checkpoint = stats["pretrained"]
+    processor = AutoProcessor.from_pretrained(checkpoint, **({"size": {"shortest_edge": 256, "longest_edge": 16384}} if family == "qwen2_5_vl" else {}))
+    image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    for sample, row in zip(stats["samples"], rows):
+        encoded = processor(images=[row["image"]], text=[processor.image_token], return_tensors="pt")
+        n = int((encoded.input_ids == image_token_id).sum())
+        assert (sample["doc_id"], sample["num_image_tokens"]) == (row["index"], n)
+        assert sample["image_tokens_per_layer"] == list(hand_image_tokens_per_layer(method, n))
+    assert len({sample["num_image_tokens"] for sample in stats["samples"]}) > 1
 
 
 @pytest.mark.parametrize(

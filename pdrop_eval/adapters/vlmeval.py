@@ -1,15 +1,17 @@
-"""VLMEvalKit models: HF LLaVA-1.5 / LLaVA-NeXT with each drop method of the registry
-(`pdrop_eval.engine.methods.METHODS`, named as `pdrop_eval.framework_names` says): PyramidDrop, FastV, no drop and the random control.
+"""VLMEvalKit models: one per drop method and line of model families (LLaVA-1.5 / LLaVA-NeXT, Qwen2.5-VL,
+LLaVA-OneVision), named as `pdrop_eval.framework_names` says; a model refuses a checkpoint of another
+line before VLMEvalKit starts, naming the model that takes it.
 
-Thin translations from VLMEvalKit's model interface to the shared `pdrop_eval.wrapper.LlavaRunner`:
+Thin translations from VLMEvalKit's model interface to the shared `pdrop_eval.wrapper.ModelRunner`:
 a VLMEvalKit message (a list of ``{'type': 'text'|'image', 'value': ...}``) becomes a `Query`, the
 runner generates, and each answer's drop statistics are kept per (dataset, index) until the
 launcher (`pdrop_eval.adapters.vlmeval_run`) collects them with `take_statistics(model_name)`.
 
 VLMEvalKit's local inference loop hands a model one message at a time, so each query is a batch of
-one. Multiple-choice datasets get VLMEvalKit's LLaVA prompt (hint, question, lettered options,
-"Answer with the option's letter from the given choices directly."); other datasets keep their own
-prompt. Import this module (or run `pdrop-vlmeval`) to register the models: `register_models()`.
+one. Prompts follow VLMEvalKit's own model of the line (`pdrop_eval.adapters.conventions`): for
+LLaVA, multiple-choice datasets get VLMEvalKit's LLaVA prompt (hint, question, lettered options,
+"Answer with the option's letter from the given choices directly.") and other datasets keep their own
+prompt; Qwen2.5-VL and LLaVA-OneVision take every dataset's own prompt. Import this module (or run `pdrop-vlmeval`) to register the models: `register_models()`.
 """
 
 from __future__ import annotations
@@ -28,15 +30,16 @@ import pandas as pd
 from vlmeval.smp import cn_string
 from vlmeval.vlm.base import BaseModel
 
-from pdrop_eval.framework_names import FRAMEWORK_NAMES
-from pdrop_eval.engine.config import METHODS, MethodSpec
+from pdrop_eval.adapters.conventions import VLMEVAL_CONVENTIONS, Convention
+from pdrop_eval.engine.config import METHODS
+from pdrop_eval.framework_names import ALL_NAMES, VLMEVAL, FrameworkNames, check_family
 from pdrop_eval.options import (
     DEFAULT_MAX_NEW_TOKENS,
     ModelOptions,
     resolve_model_options,
 )
 from pdrop_eval.stats import RunStats, SampleRecord
-from pdrop_eval.wrapper import LlavaRunner, Query
+from pdrop_eval.wrapper import ModelRunner, Query
 
 FRAMEWORK = "vlmeval"
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -46,26 +49,29 @@ OPEN_INSTRUCTION_CN = "请直接回答问题。"
 
 
 class DropVLM(BaseModel):
-    """A LLaVA-1.5 / LLaVA-NeXT checkpoint (architecture read from it) with one drop method.
+    """A checkpoint of one line of model families (family read from it) with one drop method.
 
     Options (keyword arguments: `supported_VLM` partials, `--model-args`, a `--config` entry), as in
     the lmms-eval adapter and resolved by `pdrop_eval.options`: pretrained (folder or Hub id) or
-    model_preset (default: the registry entry's default_model_preset), dtype, device (default cuda
+    model_preset (default: the names' default_model_preset), dtype, device (default cuda
     when available), device_map, attn_implementation, max_new_tokens (default 1024), drop_preset,
-    and this method's drop options (registry `keys`).
+    this method's drop options (registry `keys`), and the family options VLMEvalKit's own model of
+    the line takes (Qwen2.5-VL: min_pixels, max_pixels, system_prompt).
     """
 
     INSTALL_REQ = False
     INTERLEAVE = True
     allowed_types = ["text", "image"]
     DROP_METHOD: str  # a key of METHODS
+    NAMES: FrameworkNames
+    CONVENTION: Convention  # VLMEvalKit's prompt convention for the line
 
     def __init__(self, **options):
         super().__init__()
         settings = self.check_options(**options)
         self.max_new_tokens = settings.max_new_tokens
         self.save_kept = settings.save_kept
-        self.runner = LlavaRunner.from_options(settings)
+        self.runner = ModelRunner.from_options(settings, prompt_format=self.CONVENTION.prompt_format)
         self.dataset = None  # the VLMEvalKit dataset being inferred (see set_dump_image)
         self.pending_index = None  # index of the row build_prompt prepared for the next generate
         self.samples: list[SampleRecord] = []
@@ -74,12 +80,15 @@ class DropVLM(BaseModel):
     @classmethod
     def check_options(cls, **options) -> ModelOptions:
         """Resolve and validate options without loading weights (ValueError / FileNotFoundError)."""
+        cls.CONVENTION.refuse_foreign_options(options, cls.__name__)
         return resolve_model_options(
             cls.DROP_METHOD,
             options,
             owner=cls.__name__,
-            default_model_preset=FRAMEWORK_NAMES[cls.DROP_METHOD].default_model_preset,
+            default_model_preset=cls.NAMES.default_model_preset,
             default_max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+            family_defaults=cls.CONVENTION.family_defaults,
+            check_family=lambda family: check_family(cls.NAMES, family, VLMEVAL),
         )
 
     # ----- prompts -------------------------------------------------------------------------------
@@ -97,7 +106,7 @@ class DropVLM(BaseModel):
         self.pending_index = line["index"].item() if hasattr(line["index"], "item") else line["index"]
         # The dataset object's TYPE, not DATASET_TYPE(name): a --config dataset of a known class under
         # a new name is typed by its class, but VLMEvalKit's name lookup would call it MCQ.
-        if self.dataset.TYPE != "MCQ":
+        if self.dataset.TYPE != "MCQ" or not self.CONVENTION.llava_multiple_choice:
             return self.dataset.build_prompt(line)
         images = self.dump_image(line, dataset)
         return [*({"type": "image", "value": path} for path in images), {"type": "text", "value": multiple_choice_prompt(line)}]
@@ -111,7 +120,7 @@ class DropVLM(BaseModel):
                 "(force_use_dataset_prompt) are not supported"
             )
         label = f"{dataset} index {self.pending_index}"
-        query = Query.from_parts(_message_parts(message), label=label)
+        query = Query.from_parts(_message_parts(message, self.CONVENTION.text_joiner), label=label)
         started = time.perf_counter()
         (answer,) = self.runner.generate([query], max_new_tokens=self.max_new_tokens)
         self.generate_seconds += time.perf_counter() - started
@@ -137,16 +146,16 @@ class DropVLM(BaseModel):
         )
 
 
-def _model_class(spec: MethodSpec) -> type:
-    """The class of the registry entry `spec` (e.g. LLaVAPyramidDrop), as --config "class" names it."""
-    names = FRAMEWORK_NAMES[spec.name]
+def _model_class(names: FrameworkNames) -> type:
+    """The class of the model `names` (e.g. LLaVAPyramidDrop), as --config "class" names it."""
     return type(names.vlmeval_class, (DropVLM,), {
-        "__module__": __name__, "__doc__": f"VLMEvalKit model {names.model}: {spec.title}.", "DROP_METHOD": spec.name,
+        "__module__": __name__, "__doc__": f"VLMEvalKit model {names.framework_model(VLMEVAL)}: {METHODS[names.method].title} on {names.line.title}.",
+        "DROP_METHOD": names.method, "NAMES": names, "CONVENTION": VLMEVAL_CONVENTIONS[names.line],
     })
 
 
-# By the names lmms-eval knows them by too; the classes are module attributes (pickling, --config).
-MODELS = {FRAMEWORK_NAMES[spec.name].model: _model_class(spec) for spec in METHODS.values()}
+# By their VLMEvalKit names (the LLaVA ones are lmms-eval's too); the classes are module attributes (pickling, --config).
+MODELS = {names.framework_model(VLMEVAL): _model_class(names) for names in ALL_NAMES}
 globals().update({model_class.__name__: model_class for model_class in MODELS.values()})
 
 
@@ -175,14 +184,15 @@ def multiple_choice_prompt(line) -> str:
     return prompt + "\n" + (OPEN_INSTRUCTION_CN if chinese else OPEN_INSTRUCTION)
 
 
-def _message_parts(message: list[dict]) -> list:
-    """Query parts in message order; adjacent texts joined by a newline, as VLMEvalKit joins them."""
+def _message_parts(message: list[dict], joiner: str | None = "\n") -> list:
+    """Query parts in message order; adjacent texts joined by `joiner` as VLMEvalKit's LLaVA models join
+    them (None: kept apart, as its Qwen2VLChat sends them)."""
     parts = []
     for item in message:
         if item["type"] == "image":
             parts.append(Path(item["value"]))
-        elif parts and isinstance(parts[-1], str):
-            parts[-1] += "\n" + item["value"]
+        elif joiner is not None and parts and isinstance(parts[-1], str):
+            parts[-1] += joiner + item["value"]
         else:
             parts.append(item["value"])
     return parts

@@ -1,5 +1,5 @@
-"""lmms-eval registration of the models in `pdrop_eval.adapters.lmms.models`: one per drop method
-of the registry (`pdrop_eval.engine.methods.METHODS`), named as `pdrop_eval.framework_names` says.
+"""lmms-eval registration of the models in `pdrop_eval.adapters.lmms.models`: one per drop method and
+line of model families, named as `pdrop_eval.framework_names` says.
 
 `manifests` is the target of the `lmms_eval.models` entry point (pyproject.toml). lmms-eval calls it
 while `lmms_eval.models` initialises, for every run whatever the model, so this module imports
@@ -11,7 +11,7 @@ lmms-eval resolves one of these models.
 def manifests() -> list:
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    from pdrop_eval.framework_names import FRAMEWORK_NAMES
+    from pdrop_eval.framework_names import ALL_NAMES
 
     return [
         ModelManifest(
@@ -19,5 +19,5 @@ def manifests() -> list:
             simple_class_path=f"{__name__}.models.{names.lmms_class}",
             chat_class_path=f"{__name__}.models.{names.lmms_chat_class}",
         )
-        for names in FRAMEWORK_NAMES.values()
+        for names in ALL_NAMES
     ]

@@ -1,7 +1,10 @@
-"""lmms-eval models, one per drop method of the registry (`pdrop_eval.engine.methods.METHODS`):
-`llava_next_pdrop` (PyramidDrop), `llava_fastv` (FastV), `llava_next_vanilla` (no drop) and
-`llava_random_drop` (the random control), thin adapters over `pdrop_eval.wrapper.LlavaRunner`
-(registration: `pdrop_eval.adapters.lmms`).
+"""lmms-eval models, one per drop method and line of model families (`pdrop_eval.framework_names`):
+e.g. `llava_next_pdrop` (PyramidDrop), `llava_fastv` (FastV), `llava_next_vanilla` (no drop) and
+`llava_random_drop` (the random control) for LLaVA-1.5 / LLaVA-NeXT, `qwen2_5_vl_pdrop`,
+`llava_onevision_pdrop`, ... for the others, thin adapters over `pdrop_eval.wrapper.ModelRunner`
+(registration: `pdrop_eval.adapters.lmms`). A model refuses a checkpoint of another line at start-up,
+naming the model that takes it, and builds prompts as lmms-eval's own model of its families does
+(`pdrop_eval.adapters.conventions`).
 
 Each model has a simple class (``--force_simple``; needed by multiple_choice / loglikelihood tasks)
 and a chat class (lmms-eval's default when both exist), both built from the registry entry. Both
@@ -37,15 +40,16 @@ from loguru import logger
 from tqdm import tqdm
 
 from pdrop_eval import stats
-from pdrop_eval.framework_names import FRAMEWORK_NAMES
-from pdrop_eval.engine.config import METHODS, MethodSpec
+from pdrop_eval.adapters.conventions import LMMS_CONVENTIONS, Convention
+from pdrop_eval.engine.config import METHODS
+from pdrop_eval.framework_names import ALL_NAMES, LMMS_EVAL, FrameworkNames, check_family
 from pdrop_eval.keyvalue import parse_key_values
 from pdrop_eval.options import (
     DEFAULT_MAX_NEW_TOKENS,
     positive_int,
     resolve_model_options,
 )
-from pdrop_eval.wrapper import LlavaRunner, Query, load_image, plan_batches
+from pdrop_eval.wrapper import IMAGE_PLACEHOLDER, ModelRunner, Query, load_image, plan_batches
 
 FRAMEWORK = "lmms-eval"
 # generation_kwargs of lmms-eval tasks. image_aspect_ratio steers the original LLaVA repo's
@@ -53,11 +57,14 @@ FRAMEWORK = "lmms-eval"
 GENERATION_KEYS = ("until", "max_new_tokens", "temperature", "top_p", "num_beams", "do_sample", "image_aspect_ratio")
 
 
-class LlavaDropModel(lmms):
-    """Simple request path. Subclasses set `model_id` (the lmms-eval name) and `method`."""
+class DropModel(lmms):
+    """Simple request path. Subclasses set `model_id` (the lmms-eval name), `method`, `names` (its
+    `FrameworkNames`) and `convention` (lmms-eval's prompt convention for its families)."""
 
     model_id: str
     method: str
+    names: FrameworkNames
+    convention: Convention
 
     def __init__(
         self,
@@ -68,7 +75,11 @@ class LlavaDropModel(lmms):
     ) -> None:
         super().__init__()
         self._batch_size = positive_int("batch_size (lmms-eval --batch_size)", batch_size)
-        resolved = resolve_model_options(self.method, {**options, "device": device}, owner=self.model_id)
+        self.convention.refuse_foreign_options(options, self.model_id)
+        resolved = resolve_model_options(
+            self.method, {**options, "device": device}, owner=self.model_id, family_defaults=self.convention.family_defaults,
+            check_family=lambda family: check_family(self.names, family, LMMS_EVAL),
+        )
         self._drop = resolved.drop
         self._max_new_tokens = resolved.max_new_tokens
         self._save_kept = resolved.save_kept
@@ -77,7 +88,7 @@ class LlavaDropModel(lmms):
         self._rank = self.accelerator.process_index
         self._world_size = self.accelerator.num_processes
         self._device = torch.device(_process_device(resolved.device, self.accelerator.local_process_index))
-        self._runner = LlavaRunner.from_options(resolved, device=self._device)
+        self._runner = ModelRunner.from_options(resolved, device=self._device, prompt_format=self.convention.prompt_format)
         self._samples: list[stats.SampleRecord] = []
         self._seconds = 0.0  # wall-clock time spent answering requests in this process
         self._model_args: str | None = None  # as lmms-eval passed them (create_from_arg_string)
@@ -172,8 +183,10 @@ class LlavaDropModel(lmms):
 
     def _query_from_context(self, context: str, doc_to_visual, doc_id: int, task: str, split: str) -> Query:
         label = f"task {task!r} doc {doc_id}"
-        visuals = self._call_on_doc(doc_to_visual, task, split, doc_id, label) or []
-        return Query.from_text(context, [as_image(visual, label) for visual in visuals], label)
+        images = [as_image(visual, label) for visual in self._call_on_doc(doc_to_visual, task, split, doc_id, label) or []]
+        if self.convention.images_first:
+            return Query.from_parts([*images, context.replace(IMAGE_PLACEHOLDER, "")], label)
+        return Query.from_text(context, images, label)
 
     def _call_on_doc(self, function, task: str, split: str, doc_id: int, label: str):
         try:
@@ -188,13 +201,13 @@ class LlavaDropModel(lmms):
         return self._call_on_doc(target, task, split, doc_id, f"task {task!r} doc {doc_id}")
 
     def _generation_settings(self, request) -> tuple:
-        """`LlavaRunner.generate_batch` keywords for a request, as a hashable, sorted tuple."""
+        """`ModelRunner.generate_batch` keywords for a request, as a hashable, sorted tuple."""
         gen_kwargs = dict(self._generation_kwargs(request) or {})
         unknown = sorted(set(gen_kwargs) - set(GENERATION_KEYS))
         if unknown:
             raise ValueError(f"{self.model_id}: task {request.task_name!r} sets generation_kwargs {unknown}, which this model does not support")
         until = gen_kwargs.get("until", ())
-        until = (until,) if isinstance(until, str) else tuple(until)
+        until = tuple(stop for stop in ((until,) if isinstance(until, str) else until) if stop not in self.convention.ignored_stop_strings)
         max_new_tokens = int(gen_kwargs.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         if self._max_new_tokens is not None:
             max_new_tokens = min(max_new_tokens, self._max_new_tokens)
@@ -247,20 +260,19 @@ class ChatRequests:
         return request.args[2]
 
 
-def _model_classes(spec: MethodSpec) -> tuple[type, type]:
-    """The simple and chat classes of the registry entry `spec`, named as its manifest names them."""
-    names = FRAMEWORK_NAMES[spec.name]
-    simple = type(names.lmms_class, (LlavaDropModel,), {
-        "__module__": __name__, "__doc__": f"lmms-eval model {names.model}: {spec.title}.",
-        "model_id": names.model, "method": spec.name,
+def _model_classes(names: FrameworkNames) -> tuple[type, type]:
+    """The simple and chat classes of the model `names`, named as its manifest names them."""
+    simple = type(names.lmms_class, (DropModel,), {
+        "__module__": __name__, "__doc__": f"lmms-eval model {names.model}: {METHODS[names.method].title} on {names.line.title}.",
+        "model_id": names.model, "method": names.method, "names": names, "convention": LMMS_CONVENTIONS[names.line],
     })
     chat = type(names.lmms_chat_class, (ChatRequests, simple), {"__module__": __name__, "__doc__": simple.__doc__})
     return simple, chat
 
 
-# One simple and one chat class per method (e.g. LlavaNextPDrop, LlavaNextPDropChat), module attributes
-# so that lmms-eval's manifests (class paths) and pickling find them.
-MODEL_CLASSES = {spec.name: _model_classes(spec) for spec in METHODS.values()}
+# One simple and one chat class per model name (e.g. LlavaNextPDrop, LlavaNextPDropChat), module
+# attributes so that lmms-eval's manifests (class paths) and pickling find them.
+MODEL_CLASSES = {names.model: _model_classes(names) for names in ALL_NAMES}
 globals().update({model_class.__name__: model_class for pair in MODEL_CLASSES.values() for model_class in pair})
 
 
