@@ -12,7 +12,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaOnevis
 from pdrop_eval import DropConfig, apply_drop
 from pdrop_eval.models import family_named
 
-pytestmark = pytest.mark.newest_transformers  # also run on the newest transformers release (.ci/run)
+NEWEST = pytest.mark.newest_transformers  # the fast ones also run on the newest transformers release (.ci/run)
 
 FAMILY = family_named("llava_onevision")
 # (width, height): a 2x2-tile grid downsampled (128x128), a 1x2 grid kept whole, a small and a sliver picture
@@ -56,6 +56,7 @@ def onevision(tiny_llava_onevision):
 # ----- the family against the processor and the model -------------------------------------------------
 
 
+@NEWEST
 def test_n_layout_and_newline_tokens_are_the_processors_and_models(onevision, tiny_llava_onevision):
     model, processor = onevision
     config = json.loads((tiny_llava_onevision / "config.json").read_text())
@@ -81,6 +82,7 @@ def test_n_layout_and_newline_tokens_are_the_processors_and_models(onevision, ti
     assert FAMILY.image_tokens_per_image(released_config, (950, 1158)) == FAMILY.max_image_tokens(released_config)[0] == 8765
 
 
+@NEWEST
 def test_parts_and_token_ids(onevision):
     model, processor = onevision
     assert FAMILY.language_model(model) is model.model.language_model and FAMILY.input_ids_module(model) is model.model
@@ -90,6 +92,7 @@ def test_parts_and_token_ids(onevision):
     assert processor.tokenizer.convert_ids_to_tokens(model.config.video_token_id) == "<video>"  # its own token, not <unk>
 
 
+@NEWEST
 def test_bad_configs_are_refused_by_name(tiny_llava_onevision):
     config = json.loads((tiny_llava_onevision / "config.json").read_text())
     with pytest.raises(ValueError, match="SigLIP tower has no \\[CLS\\] token, so vision_feature_select_strategy must be 'full'"):
@@ -103,8 +106,10 @@ def test_bad_configs_are_refused_by_name(tiny_llava_onevision):
 
 @pytest.mark.parametrize(
     "attn,config",
-    [("eager", DropConfig.pyramid(ratio=1.0)), ("sdpa", DropConfig.fastv(k=2, r=0.0))],  # compact and original positions
-    ids=["eager-pyramid", "sdpa-fastv"],
+    [  # compact and original positions
+        pytest.param("eager", DropConfig.pyramid(ratio=1.0), id="eager-pyramid"),
+        pytest.param("sdpa", DropConfig.fastv(k=2, r=0.0), id="sdpa-fastv", marks=NEWEST),
+    ],
 )
 def test_keep_everything_is_the_stock_model(tiny_llava_onevision, attn, config):
     """Prefill logits, cached-decode logits and greedy tokens of a keep-everything setting equal the stock
@@ -126,12 +131,11 @@ def test_keep_everything_is_the_stock_model(tiny_llava_onevision, attn, config):
 @pytest.mark.parametrize(
     "config",
     [
-        DropConfig.pyramid(ratio=0.5),
-        DropConfig.fastv(k=2, r=0.5),
-        DropConfig.from_args("method=dart,dart_tokens=64"),
-        DropConfig.from_args("method=random,lambda=0.5"),
+        pytest.param(DropConfig.pyramid(ratio=0.5), id="pyramid", marks=NEWEST),
+        pytest.param(DropConfig.fastv(k=2, r=0.5), id="fastv"),
+        pytest.param(DropConfig.from_args("method=dart,dart_tokens=64"), id="dart"),
+        pytest.param(DropConfig.from_args("method=random,lambda=0.5"), id="random"),
     ],
-    ids=["pyramid", "fastv", "dart", "random"],
 )
 def test_padded_batch_gives_each_sample_what_it_gives_alone(onevision, config):
     """Pictures of different N (downsampled or not), two pictures in one prompt and a text-only prompt in
@@ -157,6 +161,7 @@ def test_padded_batch_gives_each_sample_what_it_gives_alone(onevision, config):
         assert stats.image_tokens_per_layer[-1] == (config.kept_counts(n)[-1] if n else 0)
 
 
+@NEWEST
 @pytest.mark.parametrize("method", ["pyramid", "fastv"])
 def test_kept_sets_and_positions_equal_a_plain_reimplementation(tiny_llava_onevision, method):
     """At every boundary the kept image tokens (newline tokens included, as image tokens) are those a plain
@@ -184,6 +189,7 @@ def test_kept_sets_and_positions_equal_a_plain_reimplementation(tiny_llava_onevi
     torch.testing.assert_close(engine, expected, rtol=1e-4, atol=1e-4)
 
 
+@NEWEST
 def test_methods_without_a_onevision_rule_are_refused_by_name(onevision):
     model, _ = onevision
     with pytest.raises(ValueError, match=r"VisionZip supports .* models only, got a LLaVA-OneVision \('llava_onevision'\) model"):
