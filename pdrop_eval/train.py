@@ -1,4 +1,5 @@
-"""Fine-tune a LLaVA-1.5 / LLaVA-NeXT checkpoint on a local visual QA dataset, with or without a drop config.
+"""Fine-tune a vision-language checkpoint of a supported family (LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL, ...) on a
+local visual QA dataset, with or without a drop config.
 
 transformers' `Trainer` does the training (optimizer, schedule, accumulation, checkpoints, logging,
 progress bar, multi-GPU); this module supplies what it cannot know:
@@ -9,7 +10,9 @@ progress bar, multi-GPU); this module supplies what it cannot know:
   evaluation renders prompts (`pdrop_eval.wrapper.render_messages`), tokenized by the checkpoint's
   processor (image placeholders expanded), with labels on the assistant turns only: the answer tokens
   and the end-of-turn token the template adds; instructions, image tokens and padding are -100;
-* `collate`: right-padded batches;
+* `collate`: right-padded batches, the images batched by the checkpoint's image processor as the
+  processor batches them at evaluation (LLaVA-NeXT's tiles padded with zero tiles, Qwen2.5-VL's patch
+  rows concatenated over images with a grid per image), so no model family needs its own collator;
 * `train`: loads the model, applies the drop config in training mode (`apply_drop`), trains, removes
   the drop hooks and saves the stock model and processor with `save_pretrained`.
 """
@@ -29,7 +32,7 @@ from pdrop_eval.bench_settings import check_attn_implementation
 from pdrop_eval.engine import DropConfig, apply_drop
 from pdrop_eval.options import resolve_pad_to_square
 from pdrop_eval.train_settings import TrainSettings
-from pdrop_eval.wrapper import DTYPES, checkpoint_family, load_image, processor_inputs, render_messages
+from pdrop_eval.wrapper import DTYPES, checkpoint_family, load_image, prepared_images, processor_inputs, render_messages
 
 IGNORE_INDEX = -100  # HF's label value for "no loss here"
 DATA_SUFFIXES = (".parquet", ".json", ".jsonl")
@@ -95,8 +98,10 @@ def _as_texts(value, column: str, label: str) -> list[str]:
 
 
 class ConversationDataset(torch.utils.data.Dataset):
-    """Conversations encoded for a LLaVA model: ``input_ids``, ``attention_mask``, ``labels`` and the
-    processor's image tensors (``pixel_values``, and ``image_sizes`` for LLaVA-NeXT), one row at a time.
+    """Conversations encoded for the checkpoint's model, one row at a time: ``input_ids``, ``labels``
+    and the processor's other per-token tensors (``attention_mask``; Qwen2.5-VL's ``mm_token_type_ids``),
+    and ``image``, the picture as prepared for the processor; `collate` turns the batch's images into
+    the model's image tensors.
 
     Images are prepared as evaluation prepares them (`pad_to_square`: LLaVA-1.5's padding to a square).
     Rows longer than `max_length` tokens (image tokens included) are refused, never truncated: cutting
@@ -112,6 +117,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.max_length = max_length
         self.pad_to_square = pad_to_square
         self.image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+        self.image_input_names = set(processor.image_processor.model_input_names)  # batched by `collate`
 
     def __len__(self) -> int:
         return len(self.conversations)
@@ -126,11 +132,12 @@ class ConversationDataset(torch.utils.data.Dataset):
     def encode(self, conversation: Conversation) -> dict:
         label = conversation.label
         image = load_image(io.BytesIO(conversation.image) if isinstance(conversation.image, bytes) else conversation.image, label)
+        [image] = prepared_images(self.processor, [image], self.pad_to_square)
         text, answer_spans = self._render(conversation)
         tokenizer = self.processor.tokenizer
         plain = tokenizer(text, return_offsets_mapping=True)
         supervised = [_in_spans(start, end, answer_spans, label) for start, end in plain["offset_mapping"]]
-        inputs = processor_inputs(self.processor, [image], [text], self.pad_to_square)
+        inputs = processor_inputs(self.processor, [image], [text], pad_to_square=False)  # prepared above
         input_ids = inputs["input_ids"][0]
         is_image = input_ids == self.image_token_id
         text_ids = [i for i in plain["input_ids"] if i != self.image_token_id]
@@ -146,9 +153,11 @@ class ConversationDataset(torch.utils.data.Dataset):
                 f"{label}: {len(input_ids)} tokens ({int(is_image.sum())} image tokens) exceed --max-length {self.max_length}; "
                 "truncating would cut the answer"
             )
-        encoded = {key: value[0] for key, value in inputs.items()}
-        encoded["labels"] = labels
-        return encoded
+        encoded = {key: value[0] for key, value in inputs.items() if key not in self.image_input_names}
+        for key, value in encoded.items():
+            if value.shape != input_ids.shape:
+                raise ValueError(f"{label}: the processor's {key!r} is not one value per token {tuple(value.shape)}, so it cannot be padded")
+        return {**encoded, "labels": labels, "image": image}
 
     def _render(self, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
         """The whole conversation's text and the character spans of the assistant turns (answer plus
@@ -180,27 +189,19 @@ def _in_spans(start: int, end: int, spans: list[tuple[int, int]], label: str) ->
     return False
 
 
-def collate(rows: list[dict], pad_token_id: int) -> dict:
-    """Right-padded batch (the usual layout in training). LLaVA-NeXT images with fewer anyres tiles get
-    zero tiles appended, which the model skips by `image_sizes`."""
+def collate(rows: list[dict], processor) -> dict:
+    """Right-padded batch (the usual layout in training) of `ConversationDataset` rows: per-token
+    tensors padded with the pad token (``input_ids``), -100 (``labels``) or 0 (the attention mask, and
+    any other per-token tensor: Qwen2.5-VL's ``mm_token_type_ids``, 0 for text), and the rows' images
+    in row order through `processor`'s image processor, which batches them as the processor does."""
     longest = max(len(row["input_ids"]) for row in rows)
-    batch = {
-        "input_ids": torch.full((len(rows), longest), pad_token_id, dtype=torch.long),
-        "attention_mask": torch.zeros(len(rows), longest, dtype=torch.long),
-        "labels": torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long),
-    }
-    for index, row in enumerate(rows):
-        length = len(row["input_ids"])
-        batch["input_ids"][index, :length] = row["input_ids"]
-        batch["attention_mask"][index, :length] = 1
-        batch["labels"][index, :length] = row["labels"]
-    pixels = [row["pixel_values"] for row in rows]
-    if pixels[0].dim() == 4:  # LLaVA-NeXT: (tiles, C, H, W) per image
-        tiles = max(p.shape[0] for p in pixels)
-        pixels = [torch.cat([p, p.new_zeros(tiles - p.shape[0], *p.shape[1:])]) for p in pixels]
-        batch["image_sizes"] = torch.stack([row["image_sizes"] for row in rows])
-    batch["pixel_values"] = torch.stack(pixels)
-    return batch
+    pad_values = {"input_ids": processor.tokenizer.pad_token_id, "labels": IGNORE_INDEX}
+    batch = {}
+    for key in (key for key in rows[0] if key != "image"):
+        batch[key] = torch.full((len(rows), longest), pad_values.get(key, 0), dtype=rows[0][key].dtype)
+        for index, row in enumerate(rows):
+            batch[key][index, : len(row[key])] = row[key]
+    return {**batch, **processor.image_processor(images=[row["image"] for row in rows], return_tensors="pt")}
 
 
 def train(settings: TrainSettings) -> dict:
@@ -235,7 +236,7 @@ def train(settings: TrainSettings) -> dict:
         model=model,
         args=arguments,
         train_dataset=dataset,
-        data_collator=lambda rows: collate(rows, processor.tokenizer.pad_token_id),
+        data_collator=lambda rows: collate(rows, processor),
         processing_class=processor,  # saved with every checkpoint
     )
     started = time.perf_counter()

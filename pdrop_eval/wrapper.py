@@ -381,10 +381,17 @@ def sample_stats(engine_sample: SampleDropStats, model_dims: dict) -> SampleStat
 def processor_inputs(processor, images: Sequence[Image.Image], texts: Sequence[str], pad_to_square: bool):
     """The processor's tensors for rendered `texts` and their `images` (in placeholder order), the
     images prepared as evaluation prepares them; training (`pdrop_eval.train`) encodes rows here too."""
-    if pad_to_square:
-        background = tuple(round(channel * 255) for channel in processor.image_processor.image_mean)
-        images = [expand_to_square(image, background) for image in images]
-    return processor(images=list(images) or None, text=list(texts), return_tensors="pt", padding=True)
+    images = prepared_images(processor, images, pad_to_square)
+    return processor(images=images or None, text=list(texts), return_tensors="pt", padding=True)
+
+
+def prepared_images(processor, images: Sequence[Image.Image], pad_to_square: bool) -> list[Image.Image]:
+    """`images` as evaluation hands them to the processor: with `pad_to_square` (LLaVA-1.5), each
+    centered on a square of the image processor's mean colour."""
+    if not pad_to_square:
+        return list(images)
+    background = tuple(round(channel * 255) for channel in processor.image_processor.image_mean)
+    return [expand_to_square(image, background) for image in images]
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:

@@ -53,9 +53,10 @@ def test_only_answer_tokens_and_end_of_turn_are_supervised(synth_rows, next_proc
         assert torch.equal(encoded["labels"][keep], encoded["input_ids"][keep])
 
 
-def test_training_prompt_is_the_evaluation_prompt(synth_rows, tiny_llava_next, tmp_path):
-    """Up to the first answer, the training tokens are exactly what LlavaRunner feeds at evaluation."""
-    runner = LlavaRunner.load(str(tiny_llava_next), dtype="float32")
+@pytest.mark.parametrize("checkpoint", ["tiny_llava_next", "tiny_qwen2_5_vl"])
+def test_training_prompt_is_the_evaluation_prompt(checkpoint, synth_rows, request, tmp_path):
+    """Up to the first answer, the training tokens and pixels are exactly what LlavaRunner feeds at evaluation."""
+    runner = LlavaRunner.load(str(request.getfixturevalue(checkpoint)), dtype="float32")
     conversations = read_conversations(write_rows(tmp_path / "rows.parquet", synth_rows))
     dataset = ConversationDataset(conversations, runner.processor)
     for row, conversation in zip(synth_rows, conversations):
@@ -65,21 +66,21 @@ def test_training_prompt_is_the_evaluation_prompt(synth_rows, tiny_llava_next, t
         evaluation = runner._encode([query], [runner.render(query)])
         first_answer = int((encoded["labels"] != IGNORE_INDEX).nonzero()[0])
         assert torch.equal(encoded["input_ids"][:first_answer], evaluation["input_ids"][0])
-        assert torch.equal(encoded["pixel_values"], evaluation["pixel_values"][0])
+        assert torch.equal(collate([encoded], runner.processor)["pixel_values"], evaluation["pixel_values"])
 
 
 def test_collate_pads_right_and_never_supervises_padding(synth_rows, next_processor, tmp_path):
     dataset = ConversationDataset(read_conversations(write_rows(tmp_path / "rows.parquet", synth_rows)), next_processor)
     rows = [dataset[i] for i in range(4)]
-    batch = collate(rows, pad_token_id=next_processor.tokenizer.pad_token_id)
+    batch = collate(rows, next_processor)
     lengths = [len(row["input_ids"]) for row in rows]
     assert len(set(lengths)) > 1  # different image sizes: different lengths
     for index, (row, length) in enumerate(zip(rows, lengths)):
         assert batch["attention_mask"][index].tolist() == [1] * length + [0] * (max(lengths) - length)
         assert torch.equal(batch["input_ids"][index, :length], row["input_ids"])
         assert (batch["labels"][index, length:] == IGNORE_INDEX).all()
-        tiles = row["pixel_values"].shape[0]
-        assert torch.equal(batch["pixel_values"][index, :tiles], row["pixel_values"])
+        alone = collate([row], next_processor)["pixel_values"][0]  # (tiles, C, H, W): fewer tiles get zero tiles after them
+        assert torch.equal(batch["pixel_values"][index, : len(alone)], alone) and not batch["pixel_values"][index, len(alone) :].any()
     assert batch["image_sizes"].shape == (4, 2)
 
 
@@ -126,12 +127,12 @@ def test_a_checkpoint_that_is_not_llava_is_refused(synth_rows, tmp_path):
 
 
 def mean_loss(checkpoint, rows_path) -> float:
-    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(checkpoint)
-    model = LlavaNextForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
     dataset = ConversationDataset(read_conversations(rows_path), processor)
-    batch = collate([dataset[i] for i in range(len(dataset))], processor.tokenizer.pad_token_id)
+    batch = collate([dataset[i] for i in range(len(dataset))], processor)
     with torch.no_grad():
         return model(**batch).loss.item()
 
@@ -221,3 +222,52 @@ def test_settings_that_would_train_otherwise_than_asked_are_refused(argv, messag
     error = capsys.readouterr().err
     assert error.startswith("pdrop-eval train: error: ") and message in error, error
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def qwen_processor(tiny_qwen2_5_vl):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_qwen2_5_vl)
+
+
+def test_qwen_rows_supervise_answers_only_and_batch_as_each_row_alone(synth_rows, tiny_qwen2_5_vl, qwen_processor, tmp_path):
+    """Qwen2.5-VL through the same dataset and collator: Qwen's template ends each answer with
+    "<|im_end|>\\n", which is what is supervised; no vision token is; the batch's patch rows are its images'
+    rows in order with one grid per image, and the right-padded batch gives each row its logits alone."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    dataset = ConversationDataset(read_conversations(write_rows(tmp_path / "rows.parquet", synth_rows[:3])), qwen_processor)
+    rows = [dataset[i] for i in range(3)]
+    vision_ids = torch.tensor(qwen_processor.tokenizer.convert_tokens_to_ids(["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"]))
+    for row, source in zip(rows, synth_rows):
+        assert "".join(supervised_text(qwen_processor, row)) == "".join(f"{answer}<|im_end|>\n" for answer in source["answer"])
+        is_vision = torch.isin(row["input_ids"], vision_ids)
+        assert is_vision.sum() > 10 and (row["labels"][is_vision] == IGNORE_INDEX).all()
+    batch = collate(rows, qwen_processor)
+    assert len({len(row["input_ids"]) for row in rows}) > 1  # padding happens
+    alone = [collate([row], qwen_processor) for row in rows]
+    assert torch.equal(batch["pixel_values"], torch.cat([single["pixel_values"] for single in alone]))
+    assert torch.equal(batch["image_grid_thw"], torch.cat([single["image_grid_thw"] for single in alone]))
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_qwen2_5_vl, dtype=torch.float32).eval()
+    with torch.no_grad():
+        batched = model(**batch).logits
+        for index, single in enumerate(alone):
+            expected = model(**single).logits[0]
+            torch.testing.assert_close(batched[index, : len(expected)], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_qwen_training_with_and_without_pyramid_drop_lowers_the_loss_and_saves_the_stock_model(synth_rows, tiny_qwen2_5_vl, tmp_path):
+    """Qwen2.5-VL through `train`, vanilla and with PyramidDrop (kept tokens keep their 3-D M-RoPE ids:
+    position_mode=original); the two runs differ, and each saves a stock Qwen2.5-VL that fits the rows better."""
+    data = write_rows(tmp_path / "rows.parquet", synth_rows[:2])
+    common = dict(pretrained=str(tiny_qwen2_5_vl), data=data, max_steps=2, batch_size=2, lr=3e-3, warmup=0, scheduler="constant", logging_steps=1)
+    pyramid = DropConfig.pyramid(position_mode="original").to_args()
+    vanilla = train(TrainSettings(output_dir=str(tmp_path / "vanilla"), **common))
+    pdrop = train(TrainSettings(output_dir=str(tmp_path / "pdrop"), drop=pyramid, **common))
+    assert pdrop["drop"] == DropConfig.from_args(pyramid).to_dict() and pdrop["steps"] == vanilla["steps"] == 2
+    assert pdrop["train_loss"] != pytest.approx(vanilla["train_loss"], abs=1e-6)
+    untrained = mean_loss(tiny_qwen2_5_vl, data)
+    for run in ("vanilla", "pdrop"):
+        assert json.loads((tmp_path / run / "config.json").read_text())["architectures"] == ["Qwen2_5_VLForConditionalGeneration"]
+        assert mean_loss(tmp_path / run, data) < untrained - 0.05

@@ -1,4 +1,5 @@
-"""`pdrop-eval train`: fine-tune a LLaVA / LLaVA-NeXT checkpoint on a local dataset, optionally with a drop config."""
+"""`pdrop-eval train`: fine-tune a checkpoint of a supported family (LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL, ...) on a local dataset,
+optionally with a drop config."""
 
 from dataclasses import fields, replace
 
@@ -9,11 +10,11 @@ def add_parser(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "train",
-        help="fine-tune a LLaVA checkpoint on a local VQA dataset (transformers' Trainer), optionally with PyramidDrop / FastV",
+        help="fine-tune a vision-language checkpoint on a local VQA dataset (transformers' Trainer), optionally with PyramidDrop / FastV",
         description="Columns of --data (.parquet/.json/.jsonl): image (bytes or a path relative to the file), question, "
         "answer (strings, or equal-length lists for multi-turn conversations). Only the answers are supervised.",
     )
-    parser.add_argument("--pretrained", required=True, help="LLaVA-1.5 / LLaVA-NeXT checkpoint folder or Hub id")
+    parser.add_argument("--pretrained", required=True, help="checkpoint folder or Hub id of a supported family (LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL, ...)")
     parser.add_argument("--data", required=True, help="training rows (.parquet, .json or .jsonl)")
     parser.add_argument("--output-dir", required=True, help="where the trained model, processor and train_summary.json go")
     parser.add_argument(
@@ -50,7 +51,7 @@ def add_parser(subparsers) -> None:
             parser.add_argument(flag, type=kind, default=default, help=helps.get(field.name))
     parser.add_argument(
         "--freeze", type=lambda text: tuple(part.strip() for part in text.split(",") if part.strip()), default=(),
-        help="comma-separated parts to keep as loaded: vision_tower, projector (LLaVA's fine-tuning freezes the vision tower)",
+        help="comma-separated parts to keep as loaded: vision_tower, projector (LLaVA's fine-tuning freezes the vision tower; Qwen2.5-VL's projector is its merger, inside its vision tower)",
     )
     parser.add_argument(
         "--pad-to-square", type=lambda text: boolean("--pad-to-square", text), default=None,
