@@ -28,7 +28,7 @@ from pdrop_eval.bench_settings import BenchSettings
 from pdrop_eval.engine.apply import apply_drop
 from pdrop_eval.engine.config import DropConfig
 from pdrop_eval.engine.scoring import Scorer
-from pdrop_eval.flops import tflops, tokens_per_layer
+from pdrop_eval.flops import kv_size_of, tflops, tokens_per_layer
 
 
 def build_model(settings: BenchSettings):
@@ -198,7 +198,7 @@ def run_bench(settings: BenchSettings) -> dict:
 
     def actual_tflops(config: DropConfig) -> float:
         counts = tokens_per_layer(settings.image_tokens, config, settings.num_layers, settings.text_tokens)
-        return tflops(settings.hidden_size, settings.intermediate_size, settings.num_layers, counts)
+        return tflops(settings.hidden_size, settings.intermediate_size, settings.num_layers, counts, kv_size_of(model.config.get_text_config()))
 
     vanilla_tflops = actual_tflops(DropConfig.none())
     settings_dict = asdict(settings)

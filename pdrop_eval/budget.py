@@ -38,7 +38,6 @@ from pdrop_eval.flops import (
     layer_flops,
     paper_tflops,
     resolve_dims,
-    tflops,
 )
 
 CONVENTIONS = ("avg_layer", "after_drop", "tflops")
@@ -132,7 +131,7 @@ class Schedule:
 
     @property
     def tflops(self) -> float:
-        return tflops(self.dims.hidden_size, self.dims.intermediate_size, self.dims.num_layers, self.image_tokens_per_layer)
+        return self.dims.tflops(self.image_tokens_per_layer)
 
     def value(self, convention: str) -> float:
         if convention == "tflops":
@@ -441,7 +440,7 @@ def _shortest_parameter(step: tuple[float, float], keeps_counts: Callable[[float
 def _one_token_one_layer(convention: str, dims: ModelDims) -> float:
     """How much one image token in one layer moves a convention's value: the rounding unit of a solve."""
     if convention == "tflops":
-        return layer_flops(1, dims.hidden_size, dims.intermediate_size) / 1e12
+        return layer_flops(1, dims.hidden_size, dims.intermediate_size, dims.kv_size) / 1e12
     return 1.0 / dims.num_layers if convention == "avg_layer" else 1.0
 
 

@@ -21,7 +21,7 @@ Schema ``pdrop-eval/stats/v2``::
       "pretrained": "llava-hf/llava-v1.6-vicuna-7b-hf",
       "architecture": "llava" | "llava_next",
       "drop": {...},                           # DropConfig.to_dict()
-      "model_dims": {"hidden_size": 4096, "intermediate_size": 11008, "num_layers": 32},
+      "model_dims": {"hidden_size": 4096, "intermediate_size": 11008, "num_layers": 32},  # + "kv_size" under GQA
       "world_size": 1,                         # processes the documents were split across
       "wall_time_s": 12.3,                     # seconds spent answering requests (slowest process)
       "num_samples": 10,                       # these four are summaries for readers; the
@@ -37,7 +37,7 @@ Schema ``pdrop-eval/stats/v2``::
 
 Per sample: ``image_tokens_per_layer`` and ``tokens_per_layer`` have one entry per decoder layer (the
 image tokens left, and all valid tokens text included, during prefill); ``tflops_paper`` is
-``flops.tflops(d, m, L, image_tokens_per_layer)`` and ``tflops_actual`` the same over
+``flops.tflops(d, m, L, image_tokens_per_layer, kv_size)`` and ``tflops_actual`` the same over
 ``tokens_per_layer``. Samples are sorted by task then doc_id; a document the framework asks about more
 than once (one request per answer option) appears once. Means are null when there are no samples.
 Schema v1 files (no ``results_file``) are refused: nothing tied them to their run.
@@ -61,6 +61,7 @@ LMMS_RESULTS_SUFFIX = "_results.json"
 VLMEVAL_RESULTS_FILE = "status.json"
 FRAMEWORKS = ("lmms-eval", "vlmeval")
 MODEL_DIMS_KEYS = ("hidden_size", "intermediate_size", "num_layers")
+KV_SIZE_KEY = "kv_size"  # only under grouped-query attention (flops.kv_size_of); files before it have full attention
 
 
 class StatsFileError(ValueError):
@@ -93,13 +94,13 @@ class SampleStats:
         kept: Sequence[Sequence[int]] | None = None,
     ) -> SampleStats:
         """The record of one sample from the engine's token counts and the language model's sizes."""
-        size = tuple(model_dims[key] for key in MODEL_DIMS_KEYS)
+        dims = flops.ModelDims(*(model_dims[key] for key in MODEL_DIMS_KEYS), int(num_image_tokens), model_dims.get(KV_SIZE_KEY))
         return cls(
             num_image_tokens=int(num_image_tokens),
             image_tokens_per_layer=tuple(image_tokens_per_layer),
             tokens_per_layer=tuple(tokens_per_layer),
-            tflops_paper=flops.tflops(*size, list(image_tokens_per_layer)),
-            tflops_actual=flops.tflops(*size, list(tokens_per_layer)),
+            tflops_paper=dims.tflops(list(image_tokens_per_layer)),
+            tflops_actual=dims.tflops(list(tokens_per_layer)),
             kept=None if kept is None else tuple(tuple(stage) for stage in kept),
         )
 
@@ -185,13 +186,14 @@ class RunStats:
             raise StatsFileError(f"{path}: model_dims should be an object")
         if not isinstance(data["samples"], list):
             raise StatsFileError(f"{path}: samples should be a list")
+        optional_dims = (KV_SIZE_KEY,) if KV_SIZE_KEY in dims else ()
         run = cls(
             framework=data["framework"],
             model=check.text(data["model"], "model"),
             pretrained=check.text(data["pretrained"], "pretrained"),
             architecture=check.text(data["architecture"], "architecture"),
             drop=drop,
-            model_dims={key: check.integer(dims.get(key), f"model_dims.{key}") for key in MODEL_DIMS_KEYS},
+            model_dims={key: check.integer(dims.get(key), f"model_dims.{key}") for key in MODEL_DIMS_KEYS + optional_dims},
             wall_time_s=check.number(data["wall_time_s"], "wall_time_s"),
             samples=tuple(_sample_from_json(sample, f"samples[{index}]", check) for index, sample in enumerate(data["samples"])),
             world_size=check.integer(data["world_size"], "world_size"),

@@ -37,9 +37,10 @@ from PIL import Image, ImageFile
 
 from pdrop_eval.engine import DropConfig, apply_drop
 from pdrop_eval.engine.stats import SampleDropStats
+from pdrop_eval.flops import kv_size_of
 from pdrop_eval.models import ROPE_1D, ModelFamily, family_named
 from pdrop_eval.options import ModelOptions, checkpoint_architecture, resolve_pad_to_square
-from pdrop_eval.stats import SampleStats
+from pdrop_eval.stats import KV_SIZE_KEY, SampleStats
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 IMAGE_PLACEHOLDER = "<image>"
@@ -191,6 +192,8 @@ class ModelRunner:
             "intermediate_size": text_config.intermediate_size,
             "num_layers": text_config.num_hidden_layers,
         }
+        if (kv_size := kv_size_of(text_config)) is not None:
+            self.model_dims[KV_SIZE_KEY] = kv_size
         self._handle = apply_drop(model, drop, scorer=scorer)
 
     @classmethod

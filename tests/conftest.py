@@ -57,11 +57,18 @@ def demo_run(tmp_path_factory):
     return out_dir, completed.stdout
 
 
-def hand_tflops(tokens_per_layer, hidden_size: int, intermediate_size: int) -> float:
-    """The paper's per-layer count 4·n·d² + 2·n²·d + 3·n·d·m summed over layers, written out here on
-    purpose: expected statistics must not come from the helper the code uses (pdrop_eval.flops)."""
+def hand_tflops(tokens_per_layer, hidden_size: int, intermediate_size: int, kv_size: int | None = None) -> float:
+    """The paper's per-layer count 4·n·d² + 2·n²·d + 3·n·d·m summed over layers, its key and value
+    projections narrowed to `kv_size` columns under grouped-query attention (2·n·d² + 2·n·d·kv), written
+    out here on purpose: expected statistics must not come from the helper the code uses (pdrop_eval.flops)."""
     d, m = hidden_size, intermediate_size
-    return sum(4 * n * d * d + 2 * n * n * d + 3 * n * d * m for n in tokens_per_layer) / 1e12
+    kv = d if kv_size is None else kv_size
+    return sum(2 * n * d * d + 2 * n * d * kv + 2 * n * n * d + 3 * n * d * m for n in tokens_per_layer) / 1e12
+
+
+def hand_kv_size(text_config) -> int:
+    """Key/value projection width of a decoder config, by hand: key-value heads times head width."""
+    return text_config.num_key_value_heads * (text_config.hidden_size // text_config.num_attention_heads)
 
 
 def hand_image_tokens_per_layer(method: str, n: int) -> tuple[int, ...]:

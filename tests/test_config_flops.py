@@ -4,7 +4,7 @@ import pytest
 
 from pdrop_eval import DropConfig
 from pdrop_eval.cli import main as cli_main
-from pdrop_eval.flops import PRESETS, paper_tflops, tflops, tokens_per_layer
+from pdrop_eval.flops import PRESETS, dims_from_config_dict, paper_tflops, tflops, tokens_per_layer
 
 
 @pytest.mark.parametrize(
@@ -185,6 +185,19 @@ def test_image_tokens_per_layer_and_flops_helpers():
     assert tflops(2, 3, 1, [5]) == (4 * 5 * 4 + 2 * 25 * 2 + 3 * 5 * 2 * 3) / 1e12
     with pytest.raises(ValueError, match="3 entries for 2 layers"):
         tflops(2, 3, 2, [1, 2, 3])
+    # grouped-query attention: keys and values 1 wide instead of 2 save 2·n·d·(d - kv) = 20
+    assert tflops(2, 3, 1, [5], kv_size=1) == (4 * 5 * 4 - 2 * 5 * 2 * 1 + 2 * 25 * 2 + 3 * 5 * 2 * 3) / 1e12
+
+
+def test_grouped_query_attention_dims_come_from_the_config():
+    # Qwen2.5-7B's decoder: 28 query heads of 128 columns, 4 key-value heads
+    qwen = {"text_config": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                            "num_attention_heads": 28, "num_key_value_heads": 4}}
+    assert dims_from_config_dict(qwen, image_tokens=256).kv_size == 4 * 128
+    vicuna = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32}
+    assert dims_from_config_dict(vicuna).kv_size is None
+    explicit_head_dim = {**vicuna, "num_key_value_heads": 8, "head_dim": 64}
+    assert dims_from_config_dict(explicit_head_dim).kv_size == 8 * 64
 
 
 # The paper's "Infer Flops (T)" column: Tables 1, 4 and 5, printed to 3 significant digits.

@@ -134,7 +134,7 @@ def check_stats_follow_config(run: Run, checkpoint, method: str, tasks) -> dict:
         per_layer = hand_image_tokens_per_layer(method, n)
         assert sample["num_image_tokens"] == n
         assert sample["image_tokens_per_layer"] == list(per_layer)
-        assert sample["tflops_paper"] == pytest.approx(hand_tflops(per_layer, dims["hidden_size"], dims["intermediate_size"]))
+        assert sample["tflops_paper"] == pytest.approx(hand_tflops(per_layer, dims["hidden_size"], dims["intermediate_size"], dims["kv_size"]))
         assert sample["tflops_actual"] > sample["tflops_paper"]  # text tokens count too
     assert run_stats["num_samples"] == len(expected_n)
     assert run_stats["mean_image_tokens"] == pytest.approx(sum(expected_n.values()) / len(expected_n))

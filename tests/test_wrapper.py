@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from conftest import hand_image_tokens_per_layer, hand_tflops
+from conftest import hand_image_tokens_per_layer, hand_kv_size, hand_tflops
 from pdrop_eval import flops, local_tasks, presets, stats
 from pdrop_eval.engine.config import DropConfig
 from pdrop_eval.engine.hf_binding import cache_argument, output_cache
@@ -54,7 +54,9 @@ def test_batch_size_does_not_change_answers_or_scores(runner_name, request):
 def test_statistics_follow_the_drop_config(pdrop_next):
     queries = local_queries("mcq")[:3]  # three aspect ratios: three different N on LLaVA-NeXT
     answers = pdrop_next.generate(queries, max_new_tokens=2, batch_size=3)
-    d, m = pdrop_next.model.config.text_config.hidden_size, pdrop_next.model.config.text_config.intermediate_size
+    text_config = pdrop_next.model.config.text_config
+    d, m, kv = text_config.hidden_size, text_config.intermediate_size, hand_kv_size(text_config)
+    assert kv < d  # the tiny decoder uses grouped-query attention
     image_token_id = pdrop_next.model.config.image_token_id
     seen_counts = set()
     for query, answer in zip(queries, answers):
@@ -66,8 +68,8 @@ def test_statistics_follow_the_drop_config(pdrop_next):
         assert answer.stats.num_image_tokens == n
         assert answer.stats.image_tokens_per_layer == per_layer
         assert answer.stats.tokens_per_layer == tuple(k + text_tokens for k in per_layer)
-        assert answer.stats.tflops_paper == pytest.approx(hand_tflops(per_layer, d, m))
-        assert answer.stats.tflops_actual == pytest.approx(hand_tflops([k + text_tokens for k in per_layer], d, m))
+        assert answer.stats.tflops_paper == pytest.approx(hand_tflops(per_layer, d, m, kv))
+        assert answer.stats.tflops_actual == pytest.approx(hand_tflops([k + text_tokens for k in per_layer], d, m, kv))
     assert len(seen_counts) == 3
 
 
@@ -177,6 +179,9 @@ def test_sample_tflops_are_the_papers_count():
     assert cost.tflops_paper == pytest.approx(720e-12)
     # 5 then 3 tokens: (320 + 200 + 480) + (192 + 72 + 288) = 1000 + 552
     assert cost.tflops_actual == pytest.approx(1552e-12)
+    # grouped-query attention, keys and values 2 wide: the projections cost 2·n·16 + 2·n·4·2 = 48·n, not 64·n
+    grouped = stats.SampleStats.measure(3, [3, 1], [5, 3], {**DIMS, "kv_size": 2})
+    assert grouped.tflops_paper == pytest.approx((720 - 16 * 3 - 16 * 1) * 1e-12)
 
 
 def _run(samples, **fields) -> stats.RunStats:
