@@ -74,6 +74,9 @@ def test_n_layout_and_newline_tokens_are_the_processors_and_models(onevision, ti
         assert [bool(row) for row in (features == newline).all(-1)] == [region.kind == "newline" for region in regions], size
         assert [region.kind for region in regions[:64]] == ["base"] * 64
     assert counts[0] == 64 + 11 * 12, "the 16 x 16 grid of a 128x128 picture is downsampled to 11 x 11, plus 11 newlines"
+    # a downsampled cell shows the 8-pixel cells it averages: 16/11 of them per side
+    grid = [region.box for region in FAMILY.image_token_regions(processor, [(128, 128)], False) if region.kind == "grid"]
+    assert len(grid) == 121 and grid[0] == (0, 0, 16, 16) and grid[12] == (8, 8, 24, 24) and grid[-1] == (112, 112, 128, 128)
     # N from the config is the most any picture gets (an exhaustive scan of picture sizes), and it varies
     largest = max(FAMILY.image_tokens_per_image(config, (width, height)) for width in range(1, 260, 3) for height in range(1, 260, 2))
     assert FAMILY.max_image_tokens(config) == (largest, True)
