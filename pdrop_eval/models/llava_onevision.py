@@ -12,7 +12,9 @@ picture's size, and the newline tokens are part of it.
 
 The newline tokens carry the image token id (the processor writes N ids, the model scatters the packed
 features, newlines included, into them), so to the drop engine they are image tokens, as on LLaVA-NeXT:
-PyramidDrop, FastV, DART and the random control rank and drop them with the patch tokens.
+PyramidDrop, FastV, DART and the random control rank and drop them with the patch tokens. VisionZip
+(it ranks by the [CLS] token's attention, which SigLIP has not) and the pooling control (its rule covers
+LLaVA-1.5's and LLaVA-NeXT's grids) refuse this family by name when applied.
 
 Several images in one prompt: each is laid out as above when the processor gets them as a flat list
 (what `pdrop_eval.wrapper` passes); given as one nested list (``images=[[a, b]]``) the processor and model
