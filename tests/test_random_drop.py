@@ -102,10 +102,12 @@ def test_each_image_token_is_kept_equally_often():
     assert (frequency - 0.5).abs().max() < 5 * (0.25 / draws) ** 0.5
 
 
-@pytest.mark.parametrize("schedule", ["dart_tokens=16", "dominant=12,contextual=4"], ids=["dart", "visionzip"])
+@pytest.mark.parametrize(
+    "schedule", ["dart_tokens=16", "sparsevlm_counts=20;10;4", "dominant=12,contextual=4"], ids=["dart", "sparsevlm", "visionzip"]
+)
 def test_control_takes_a_comparison_methods_counts_and_boundaries(tiny_llava, schedule):
-    """Random control over DART's schedule (a drop before layer 2) and VisionZip's (before the language
-    model): the schedule's per-layer counts on the tiny LLaVA (N=64), a random subset kept in order, the
+    """Random control over DART's schedule (a drop before layer 2), SparseVLM's (three drops, counts with
+    its recycled tokens) and VisionZip's (before the language model): the schedule's per-layer counts on the tiny LLaVA (N=64), a random subset kept in order, the
     same draw as PyramidDrop's control at the same seed would rank first (one order per sample)."""
     model = AutoModelForImageTextToText.from_pretrained(tiny_llava, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(tiny_llava)
@@ -116,8 +118,9 @@ def test_control_takes_a_comparison_methods_counts_and_boundaries(tiny_llava, sc
     (stats,) = handle.last_stats
     assert stats.num_image_tokens == 64
     assert list(stats.image_tokens_per_layer) == control.image_tokens_per_layer(64, 32)
-    (kept,) = stats.kept
-    assert len(kept) == control.kept_counts(64)[0] and list(kept) == sorted(kept)
+    assert [len(stage) for stage in stats.kept] == control.kept_counts(64)
+    kept = stats.kept[0]
+    assert list(kept) == sorted(kept)
     with apply_drop(model, DropConfig.random(DropConfig.fastv(k=2, r=1 - len(kept) / 64), seed=3)) as handle, torch.no_grad():
         model(**inputs)
     assert handle.last_stats[0].kept[0] == kept  # the sample's one random order, whatever the schedule

@@ -13,6 +13,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig
 from pdrop_eval import DropConfig, apply_drop
 from pdrop_eval.budget import for_budget
 from pdrop_eval.engine.methods.sparsevlm_parts import merge_clusters
+from pdrop_eval.engine.methods.sparsevlm import budget_schedule
 from pdrop_eval.presets import drop_preset
 
 pytestmark = pytest.mark.newest_transformers  # also run on the newest transformers release (.ci/run)
@@ -137,8 +138,15 @@ def test_presets_budgets_and_labels(checkpoint):
     assert [drop_preset(f"sparsevlm-{tokens}").kept_counts(576) for tokens in (64, 128, 192)] == [[66 + 16, 30 + 2, 17 + 1], [303 + 9, 110 + 7, 36 + 3], [300 + 9, 200 + 4, 110 + 3]]
     assert drop_preset("sparsevlm-192") == DropConfig.from_args("method=sparsevlm")
     assert drop_preset("sparsevlm-192").image_tokens_per_layer(576, 32) == [576] * 3 + [309] * 4 + [204] * 9 + [113] * 16
-    for budget, tokens in (("128", 128), ("192", 192), ("25%", 128)):
-        assert for_budget(budget, "sparsevlm") == drop_preset(f"sparsevlm-{tokens}")
+    # budgets average their tokens per layer (the presets' official schedules average more: 82.25 for 64);
+    # between official sizes the schedules are interpolated, below 64 the 64 schedule is scaled down
+    for budget, target, counts in (("64", 64, [19, 8, 5]), ("96", 96, [118, 48, 21]), ("25%", 144, [296, 108, 35])):
+        solved = for_budget(budget, "sparsevlm")
+        assert solved == DropConfig.from_args(f"method=sparsevlm,sparsevlm_counts={';'.join(map(str, counts))}")
+        assert abs(sum(solved.image_tokens_per_layer(576, 32)) / 32 - target) < 1
+    assert [budget_schedule(tokens) for tokens in (32, 64, 96, 160, 384)] == [
+        (33, 15, 8), (66, 30, 17), (184, 70, 26), (302, 155, 73), (600, 400, 220)
+    ]
     config = DropConfig.from_args("method=sparsevlm,sparsevlm_counts=20;10;4,sparsevlm_layers=1;3;5")
     assert config.label() == "SparseVLM 20/10/4 @1,3,5" and config.kept_counts(64) == [22, 11, 5]
     assert DropConfig.from_args(config.to_args()) == config and DropConfig.from_dict(config.to_dict()) == config
@@ -153,8 +161,8 @@ def test_bad_settings_are_refused_naming_them(checkpoint, tiny_llava_next):
         DropConfig.from_args("method=sparsevlm,sparsevlm_tokens=100")
     with pytest.raises(ValueError, match=r"schedule \[20, 10\] has 2 counts for 3 sparsevlm_layers"):
         DropConfig.from_args("method=sparsevlm,sparsevlm_counts=20;10")
-    with pytest.raises(ValueError, match=r"budget 64 avg image tokens/layer at N=576 is below what SparseVLM can reach.*reachable: 82\.25 tokens to 206\.5 tokens"):
-        for_budget("64", "sparsevlm")
+    with pytest.raises(ValueError, match=r"budget 5 avg image tokens/layer at N=576 is below what SparseVLM can reach.*reachable: 57\.9375 tokens to 576 tokens"):
+        for_budget("5", "sparsevlm")
 
     checkpoint_dir, processor, _ = checkpoint
     model = load(checkpoint_dir, "sdpa")

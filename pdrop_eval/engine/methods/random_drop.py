@@ -1,5 +1,5 @@
 """The random control: the boundaries and per-stage counts of another method's schedule (PyramidDrop,
-FastV, DART, VisionZip, pooling), with the kept image tokens drawn uniformly at random
+FastV, DART, SparseVLM, VisionZip, pooling), with the kept image tokens drawn uniformly at random
 (`pdrop_eval.engine.scoring.RandomScorer`) and kept as they are. It shows whether ranking (and
 merging) matters at all."""
 
@@ -12,9 +12,10 @@ from pdrop_eval.engine.methods.dart import DART
 from pdrop_eval.engine.methods.fastv import FASTV
 from pdrop_eval.engine.methods.pool import POOL
 from pdrop_eval.engine.methods.pyramid import PYRAMID, RATIO_FORMS
+from pdrop_eval.engine.methods.sparsevlm import SPARSEVLM
 from pdrop_eval.engine.methods.visionzip import VISIONZIP
 
-SCHEDULES = (PYRAMID, FASTV, DART, VISIONZIP, POOL)  # whose counts it takes; the first when the options name none
+SCHEDULES = (PYRAMID, FASTV, DART, SPARSEVLM, VISIONZIP, POOL)  # whose counts it takes; the first when the options name none
 
 
 @dataclass(frozen=True)

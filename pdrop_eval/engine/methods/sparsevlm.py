@@ -86,6 +86,24 @@ def kept_and_recycled(schedule: tuple[int, ...], num_image_tokens: int) -> list[
     return stages
 
 
+def budget_schedule(tokens: int) -> tuple[int, ...]:
+    """The schedule a budget solved to `tokens` runs: the official one where it exists; between two
+    official sizes, their schedules interpolated linearly; below 64 or above 192, the nearest official
+    schedule scaled by tokens / its size; each count at least 1. The official code defines three sizes
+    only, and a budget needs every size in between and beyond (`budget=64` averages 64 image tokens per
+    layer only below the official 64 schedule, which averages 82.25 at N=576)."""
+    sizes = sorted(OFFICIAL_SCHEDULES)
+    below = [size for size in sizes if size <= tokens]
+    above = [size for size in sizes if size >= tokens]
+    if below and above:
+        low, high = below[-1], above[0]
+        share = 0.0 if high == low else (tokens - low) / (high - low)
+        pairs = zip(OFFICIAL_SCHEDULES[low], OFFICIAL_SCHEDULES[high])
+        return tuple(max(1, round(a + share * (b - a))) for a, b in pairs)
+    reference = above[0] if above else below[-1]
+    return tuple(max(1, round(count * tokens / reference)) for count in OFFICIAL_SCHEDULES[reference])
+
+
 class SparseVLM(MethodSpec):
     def check(self, params: SparseVLMParams) -> None:
         layers = tuple(check_int("sparsevlm_layers entry", layer) for layer in params.sparsevlm_layers)
@@ -122,11 +140,14 @@ class SparseVLM(MethodSpec):
         return sparsevlm_parts(params)
 
     def budget_fields(self, count: int) -> dict:
-        return {"sparsevlm_tokens": count}
+        if count in OFFICIAL_SCHEDULES:
+            return {"sparsevlm_tokens": count}
+        return {"sparsevlm_counts": budget_schedule(count)}
 
-    def budget_counts(self, num_image_tokens: int, shape: dict) -> list[int]:
-        """The official schedules only: the code defines no others."""
-        return sorted(OFFICIAL_SCHEDULES)
+    def budget_counts(self, num_image_tokens: int, shape: dict) -> range:
+        """Sizes of `budget_schedule`, up to one whose every count keeps all image tokens but one."""
+        largest = max(OFFICIAL_SCHEDULES)
+        return range(1, max(largest, -(-num_image_tokens * largest // min(OFFICIAL_SCHEDULES[largest]))) + 1)
 
     def label(self, params: SparseVLMParams, position_mode: str) -> str:
         shape = f"{params.sparsevlm_tokens}" if params.sparsevlm_counts is None else "/".join(map(str, params.sparsevlm_counts))
