@@ -25,7 +25,8 @@ COMMAND_MODULES = (
 
 
 DESCRIPTION = (
-    "Visual-token dropping (PyramidDrop, FastV, a random control) in LLaVA-1.5 / LLaVA-NeXT: evaluate it through "
+    "Visual-token reduction (PyramidDrop, FastV, DART, SparseVLM, VisionZip, pooling and random controls) in "
+    "LLaVA-1.5 / LLaVA-NeXT / LLaVA-OneVision / Qwen2.5-VL: evaluate it through "
     "lmms-eval (sweep, study, demo), report scores beside TFLOPs, solve token budgets, time it, train with it and "
     "draw what it keeps."
 )

@@ -1,11 +1,11 @@
-"""`pdrop-eval make-tiny-model DIR`: a tiny LLaVA checkpoint with fresh weights, for offline tests,
+"""`pdrop-eval make-tiny-model DIR`: a tiny checkpoint of a supported model family with fresh weights, for offline tests,
 demos, and (preset ``synth``) training on the pdrop_synth benchmark."""
 
 from pdrop_eval.tiny import ARCHS, PRESETS, TEXT_ARCHS
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("make-tiny-model", help="write a tiny random LLaVA / LLaVA-NeXT checkpoint")
+    parser = subparsers.add_parser("make-tiny-model", help="write a tiny random checkpoint of a supported model family (--arch)")
     parser.add_argument("out_dir", metavar="DIR")
     parser.add_argument("--arch", choices=ARCHS, default=None, help="default: llava, or llava_next for --preset synth")
     parser.add_argument(

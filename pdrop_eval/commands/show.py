@@ -14,7 +14,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="picture files, in prompt order")
     parser.add_argument("--question", help="the question; <image> marks where each picture goes (default: pictures first)")
-    parser.add_argument("--pretrained", help="LLaVA-1.5 / LLaVA-NeXT checkpoint (folder or HF Hub id)")
+    parser.add_argument("--pretrained", help="checkpoint of a supported model family (folder or HF Hub id)")
     parser.add_argument("--run", metavar="OUT_DIR", help="an lmms-eval output folder or VLMEvalKit work dir (searched recursively)")
     parser.add_argument("--doc", metavar="ID", help="with --run: the document's doc_id (lmms-eval) or index (VLMEvalKit)")
     parser.add_argument("--task", help="with --run: the task (lmms-eval) or dataset (VLMEvalKit), when several have that document")
