@@ -210,10 +210,13 @@ def evaluate_and_report(
     report_name: str,
     force: bool = False,
     plot_x: str = "tflops",
+    leave_out_failed: bool = False,
 ) -> str:
     """Run every setting of each (checkpoint, settings) pair of `plan`, then write `<report_name>.md`
     and `.png` (x axis `plot_x`: TFLOPs or tokens) into `out_dir`; returns the markdown. Runs go to
-    runs/<setting>/, or runs/<checkpoint>/<setting>/ when the plan holds several checkpoints."""
+    runs/<setting>/, or runs/<checkpoint>/<setting>/ when the plan holds several checkpoints.
+    `leave_out_failed`: a setting whose run fails is left out of the report, its error printed, instead
+    of stopping the pipeline."""
     out_dir = Path(out_dir)
     names = checkpoint_folders([pretrained for pretrained, _ in plan])
     for pretrained, settings in plan:
@@ -225,7 +228,12 @@ def evaluate_and_report(
         for setting in settings:
             label = f"{name}/{setting.name}" if len(plan) > 1 else setting.name
             output_path = runs_dir / label
-            run_lmms_eval(lmms_eval_command(pretrained, setting, tasks, output_path, options), output_path, label)
+            try:
+                run_lmms_eval(lmms_eval_command(pretrained, setting, tasks, output_path, options), output_path, label)
+            except PipelineError as error:
+                if not leave_out_failed:
+                    raise
+                print(f"  {label}: left out of the report: {error}", flush=True)
     report = build_report([runs_dir])
     write_text(markdown_path, report.markdown, force=False)
     write_plot(report.runs, plot_path, x=plot_x)
