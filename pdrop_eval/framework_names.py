@@ -28,6 +28,7 @@ class ModelLine:
     vlmeval_format: str  # VLMEvalKit model name, "{method}" (snake case) or "{Method}" (title case)
     class_prefix: str  # of the adapter classes: prefix + the method's class suffix
     methods: tuple[str, ...]  # the methods with a rule for these families (DropConfig.method)
+    drop_defaults: tuple[tuple[str, str], ...] = ()  # drop options its models set unless given (key, value)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ LLAVA = ModelLine("LLaVA-1.5 / LLaVA-NeXT", ("llava", "llava_next"), "", "", "",
 QWEN2_5_VL = ModelLine(
     "Qwen2.5-VL", ("qwen2_5_vl",), "qwen2_5_vl_{method}", "Qwen2.5-VL-{Method}", "Qwen2_5_VL",
     ("none", "fastv", "pyramid", "dart", "random"),  # VisionZip and the pooling control have no rule for M-RoPE grids
+    drop_defaults=(("position_mode", "original"),),  # 3-D ids have no compact renumbering (the engine refuses it): kept tokens keep theirs
 )
 LLAVA_ONEVISION = ModelLine(
     "LLaVA-OneVision", ("llava_onevision",), "llava_onevision_{method}", "llava_onevision_{method}", "LlavaOnevision",
@@ -98,8 +100,18 @@ FRAMEWORK_NAMES: dict[str, FrameworkNames] = {
     )
 }
 ALL_NAMES: tuple[FrameworkNames, ...] = (*FRAMEWORK_NAMES.values(), *(names for line in MODEL_LINES[1:] for names in _made_names(line)))
-# every pdrop-eval framework model, by its name in either framework -> its method
-METHOD_OF_MODEL = {name: names.method for names in ALL_NAMES for name in {names.model, names.framework_model(VLMEVAL)}}
+# every pdrop-eval framework model, by its name in either framework
+NAMES_OF_MODEL = {name: names for names in ALL_NAMES for name in {names.model, names.framework_model(VLMEVAL)}}
+METHOD_OF_MODEL = {name: names.method for name, names in NAMES_OF_MODEL.items()}
+
+
+def model_drop_defaults(model: str) -> dict:
+    """The drop options the framework model named `model` sets unless they are given: its line's
+    defaults for the options its method takes (the adapters apply them, the report reads them back)."""
+    from pdrop_eval.engine.config import METHODS
+
+    names = NAMES_OF_MODEL[model]
+    return {key: value for key, value in names.line.drop_defaults if key in METHODS[names.method].keys}
 
 
 def line_of_family(family: str) -> ModelLine:

@@ -369,7 +369,7 @@ def test_tflops_budget_holds_in_a_real_run(lmms_env, tiny_llava, tmp_path):
 
 
 # ----- Qwen2.5-VL and LLaVA-OneVision: their own models, one run each ------------------------------------
-QWEN_ARGS = "min_pixels=256,max_pixels=16384,position_mode=original"  # the tiny model's pixel range; 3-D ids kept
+QWEN_ARGS = "min_pixels=256,max_pixels=16384"  # the tiny model's own pixel range
 
 
 def check_family_run(run: Run, model: str, architecture: str, method: str, expected_n: dict) -> None:
@@ -394,6 +394,10 @@ def test_qwen2_5_vl_pdrop_generates_and_scores_likelihoods_with_statistics(lmms_
     tasks = ("pdrop_local_vqa", "pdrop_local_mcq_ll")
     check_family_run(run, "qwen2_5_vl_pdrop", "qwen2_5_vl", "pyramid", {key: n for key, n in expected_n.items() if key[0] in tasks})
     assert "acc,none" in run.results()["results"]["pdrop_local_mcq_ll"]
+    # the model keeps the original 3-D ids unless told otherwise, and the report reads that setting back
+    assert run.stats()["drop"] == DropConfig.from_args(f"{PDROP_ARGS},position_mode=original", method="pyramid").to_dict()
+    (row, *_) = build_report([tmp_path]).rows
+    assert row.drop == DropConfig.from_dict(run.stats()["drop"])
     assert all(len(doc["filtered_resps"]) == 4 for doc in run.samples("pdrop_local_mcq_ll").values())  # one score per option
 
 

@@ -144,7 +144,7 @@ def family_run(tiny_qwen2_5_vl, tiny_llava_onevision, lmu_data, tmp_path_factory
     config = {
         "model": {
             "Qwen2.5-VL-PDrop": {"pretrained": str(tiny_qwen2_5_vl), "max_new_tokens": MAX_NEW_TOKENS, "min_pixels": 256,
-                                 "max_pixels": 16384, "position_mode": "original"},  # the tiny model's own pixel range
+                                 "max_pixels": 16384},  # the tiny model's own pixel range
             "llava_onevision_fastv": {"pretrained": str(tiny_llava_onevision), "max_new_tokens": MAX_NEW_TOKENS},
         },
         "data": {TOY_MCQ: {"class": "ImageMCQDataset", "dataset": TOY_MCQ}},
@@ -166,6 +166,7 @@ def test_each_family_runs_under_its_vlmeval_name_with_statistics(family_run, mod
     assert "Overall" in pd.read_csv(family_run / model / f"{model}_{TOY_MCQ}_acc.csv").columns
     stats = _stats(family_run, model)
     assert (stats["model"], stats["architecture"], stats["drop"]["method"]) == (model, family, method)
+    assert stats["drop"]["position_mode"] == "original"  # Qwen2.5-VL-PDrop's default: 3-D ids are kept
     assert stats["model_args"] == json.loads((family_run / model / f"{model}_pdrop_setting.json").read_text())["settings"]
     # N of each row as the checkpoint's processor makes it from the picture VLMEvalKit dumped, and the schedule
     checkpoint = stats["pretrained"]

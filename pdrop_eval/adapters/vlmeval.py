@@ -32,7 +32,7 @@ from vlmeval.vlm.base import BaseModel
 
 from pdrop_eval.adapters.conventions import VLMEVAL_CONVENTIONS, Convention
 from pdrop_eval.engine.config import METHODS
-from pdrop_eval.framework_names import ALL_NAMES, VLMEVAL, FrameworkNames, check_family
+from pdrop_eval.framework_names import ALL_NAMES, VLMEVAL, FrameworkNames, check_family, model_drop_defaults
 from pdrop_eval.options import (
     DEFAULT_MAX_NEW_TOKENS,
     ModelOptions,
@@ -83,7 +83,7 @@ class DropVLM(BaseModel):
         cls.CONVENTION.refuse_foreign_options(options, cls.__name__)
         return resolve_model_options(
             cls.DROP_METHOD,
-            options,
+            {**model_drop_defaults(cls.NAMES.framework_model(VLMEVAL)), **options},
             owner=cls.__name__,
             default_model_preset=cls.NAMES.default_model_preset,
             default_max_new_tokens=DEFAULT_MAX_NEW_TOKENS,

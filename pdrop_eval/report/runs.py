@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdrop_eval import presets, stats
-from pdrop_eval.framework_names import METHOD_OF_MODEL
+from pdrop_eval.framework_names import METHOD_OF_MODEL, model_drop_defaults
 from pdrop_eval.budget import average_image_tokens
 from pdrop_eval.engine.config import METHODS, OPTION_KEYS, DropConfig
 from pdrop_eval.keyvalue import parse_key_values
@@ -192,7 +192,8 @@ def lmms_setting(model: str, model_args: dict[str, str]) -> tuple[str, DropConfi
     checkpoint = presets.resolve_model_args(model_args.get("model_preset"), {"pretrained": model_args.get("pretrained")})
     if "budget" in model_args:  # solved for the checkpoint when the model loaded: the statistics file has it
         return checkpoint.get("pretrained", ""), None
-    return checkpoint.get("pretrained", ""), resolve_drop(LMMS_METHODS[model], model_args, owner=model)
+    drop_args = {**model_drop_defaults(model), **model_args}  # as the model resolved them
+    return checkpoint.get("pretrained", ""), resolve_drop(LMMS_METHODS[model], drop_args, owner=model)
 
 
 def lmms_drop_options(model_args: dict[str, str]) -> str:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from pdrop_eval import stats
 from pdrop_eval.adapters.conventions import LMMS_CONVENTIONS, Convention
 from pdrop_eval.engine.config import METHODS
-from pdrop_eval.framework_names import ALL_NAMES, LMMS_EVAL, FrameworkNames, check_family
+from pdrop_eval.framework_names import ALL_NAMES, LMMS_EVAL, FrameworkNames, check_family, model_drop_defaults
 from pdrop_eval.keyvalue import parse_key_values
 from pdrop_eval.options import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -77,7 +77,7 @@ class DropModel(lmms):
         self._batch_size = positive_int("batch_size (lmms-eval --batch_size)", batch_size)
         self.convention.refuse_foreign_options(options, self.model_id)
         resolved = resolve_model_options(
-            self.method, {**options, "device": device}, owner=self.model_id, family_defaults=self.convention.family_defaults,
+            self.method, {**model_drop_defaults(self.model_id), **options, "device": device}, owner=self.model_id, family_defaults=self.convention.family_defaults,
             check_family=lambda family: check_family(self.names, family, LMMS_EVAL),
         )
         self._drop = resolved.drop
