@@ -68,7 +68,7 @@ def test_lmms_eval_runs_land_in_the_right_cells(demo_run):
         paper_flops[folder] = paper
     # Independent check of the paper convention: the tiny LLaVA has 64 image tokens per image, 32 layers.
     dims = stats["model_dims"]
-    assert paper_flops["vanilla"] == pytest.approx(hand_tflops([64] * 32, dims["hidden_size"], dims["intermediate_size"]))
+    assert paper_flops["vanilla"] == pytest.approx(hand_tflops([64] * 32, dims["hidden_size"], dims["intermediate_size"], dims["kv_size"]))
     assert paper_flops["pdrop-lambda0.5"] < paper_flops["fastv"] < paper_flops["vanilla"]
 
 
