@@ -10,6 +10,8 @@ import torch
 from vision_side_reference import load, models_and_batch, with_image_replaced
 
 from pdrop_eval import DropConfig, apply_drop
+from pdrop_eval.engine.methods.pool import pool_rows
+from pdrop_eval.engine.vision_side import pool_part
 
 pytestmark = pytest.mark.newest_transformers  # also run on the newest transformers release (.ci/run)
 
@@ -102,10 +104,23 @@ def test_bad_settings_and_models_are_refused_by_name(llava, tiny_llava_next):
     model = models["sdpa"]
     with pytest.raises(ValueError, match=r"Average pooling does not take \['dominant'\]"):
         DropConfig.from_args("method=pool,dominant=2")
-    too_many = pytest.raises(ValueError, match="pool_tokens=100 pools to a 10 x 10 grid, which the 8 x 8 grid of 64 image tokens cannot")
-    with torch.no_grad(), apply_drop(model, DropConfig.from_args("method=pool,pool_tokens=100")), too_many:
-        model(**inputs)
-    with pytest.raises(ValueError, match="pool_tokens=11 pools to a 1 x 11 grid"):
-        DropConfig.from_args("method=pool,pool_tokens=11").kept_counts(64)
-    with pytest.raises(ValueError, match="pool_tokens=1 cannot pool a LLaVA-NeXT image of 65 tokens"):
+    with pytest.raises(ValueError, match="pool_tokens=1 cannot pool a LLaVA-NeXT image: it needs at least 1 token for the base tile"):
         DropConfig.from_args("method=pool,pool_tokens=1").kept_counts(65)
+
+
+def test_counts_without_a_fitting_grid_and_images_smaller_than_the_budget(llava):
+    """pool_tokens >= N keeps the image as it is (the stock model); a prime count wider than the grid
+    pools to about square rows of unequal width, each row band averaged to its own cells."""
+    models, inputs = llava
+    model = models["sdpa"]
+    with torch.no_grad():
+        stock = model(**inputs).logits
+        with apply_drop(model, DropConfig.from_args("method=pool,pool_tokens=100")) as handle:
+            torch.testing.assert_close(model(**inputs).logits, stock)
+        assert handle.last_stats[0].image_tokens_per_layer[0] == 64
+    assert DropConfig.from_args("method=pool,pool_tokens=11").kept_counts(64) == [11]
+    assert pool_rows(11, (8, 8)) == [4, 4, 3] and pool_rows(12, (8, 8)) == [4, 4, 4] and pool_rows(6, (4, 2)) == [2, 2, 2]
+    part = torch.arange(12.0).view(3, 4, 1)  # rows 0..2, columns 0..3
+    # two row bands of 3 rows (rows 0-1 and 1-2, adaptive pooling's overlap), the first in 2 cells, the second in 1
+    expected = torch.tensor([[part[0:2, 0:2].mean()], [part[0:2, 2:4].mean()], [part[1:3].mean()]])
+    torch.testing.assert_close(pool_part(part, [2, 1]), expected)

@@ -15,7 +15,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from pdrop_eval.engine.methods.pool import image_grid_side, pool_grid, pool_split
+from pdrop_eval.engine.methods.pool import image_grid_side, next_pool_split, pool_rows
 from pdrop_eval.engine.methods.visionzip import kept_tokens
 from pdrop_eval.engine.reducers import Reducer, Reduction
 from pdrop_eval.engine.scoring import Scorer, StageView, select_top_images
@@ -48,17 +48,18 @@ class ReplacingReducer(Reducer):
     method = ""  # for messages
 
     def new_tokens(self, *, hidden: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
-        """(images, K, d): the new tokens of each sample that holds an image, in sample order."""
+        """The new tokens of each sample that holds an image, in sample order: (images, K, d), or
+        (tokens, d) when the images keep different numbers."""
         raise NotImplementedError
 
     def reduce(self, *, hidden, scores, is_image, image_rank, keep) -> Reduction:
         selected = select_top_images(scores, is_image, keep)
         if not is_image.any():
             return Reduction(selected=selected, hidden=hidden)
-        tokens = self.new_tokens(hidden=hidden, is_image=is_image)
+        tokens = self.new_tokens(hidden=hidden, is_image=is_image).reshape(-1, hidden.shape[-1])
         slots = int(selected.sum())
-        if slots != tokens.shape[0] * tokens.shape[1]:
-            raise ValueError(f"{self.method} built {tokens.shape[0]} x {tokens.shape[1]} tokens for {slots} kept image slots")
+        if slots != len(tokens):
+            raise ValueError(f"{self.method} built {len(tokens)} tokens for {slots} kept image slots")
         return Reduction(selected=selected, hidden=hidden.masked_scatter(selected.unsqueeze(-1), tokens.to(hidden.dtype)))
 
 
@@ -77,8 +78,8 @@ class GridPoolReducer(ReplacingReducer):
 
     method = "Average pooling"
 
-    def __init__(self, grid: tuple[int, int]):
-        self.grid = grid
+    def __init__(self, pool_tokens: int):
+        self.pool_tokens = pool_tokens
         self._next_layout = None  # LLaVA-NeXT: (base tile side, image_newline vector)
 
     def attach(self, model) -> list:
@@ -89,16 +90,20 @@ class GridPoolReducer(ReplacingReducer):
 
     def new_tokens(self, *, hidden, is_image):
         if self._next_layout is not None:
-            return torch.stack([self._pool_next_image(hidden[sample][is_image[sample]]) for sample in range(len(hidden)) if is_image[sample].any()])
+            return torch.cat([self._pool_next_image(hidden[sample][is_image[sample]]) for sample in range(len(hidden)) if is_image[sample].any()])
         blocks = image_blocks(hidden, is_image, self.method)  # (I, N, d)
+        if blocks.shape[1] <= self.pool_tokens:
+            return blocks  # nothing to pool: pool_tokens >= N
         side = image_grid_side(blocks.shape[1])
-        grid = blocks.float().view(blocks.shape[0], side, side, -1).permute(0, 3, 1, 2)  # (I, d, side, side)
-        pooled = F.adaptive_avg_pool2d(grid, self.grid)  # (I, d, h, w)
-        return pooled.flatten(2).transpose(1, 2)  # (I, h·w, d), row by row
+        widths = pool_rows(self.pool_tokens, (side, side))
+        return torch.stack([pool_part(block.float().view(side, side, -1), widths) for block in blocks])  # (I, K, d)
 
     def _pool_next_image(self, block: torch.Tensor) -> torch.Tensor:
-        """(pool_tokens, d) of one LLaVA-NeXT image block (N, d): base tile then grid, newlines dropped."""
+        """(pool_tokens, d) of one LLaVA-NeXT image block (N, d): base tile then grid, newlines dropped
+        (the block itself when it holds at most pool_tokens)."""
         side, newline = self._next_layout
+        if len(block) <= self.pool_tokens:
+            return block  # nothing to pool: pool_tokens >= N, newlines included
         base, grid = block[: side * side], block[side * side :]
         is_newline = (grid == newline.to(grid.dtype)).all(-1)
         rows = int(is_newline.sum())
@@ -108,19 +113,26 @@ class GridPoolReducer(ReplacingReducer):
                 f"image_newline token; the {len(block)} tokens read hold {rows} newline tokens not closing equal rows (several images in one prompt?)"
             )
         columns = len(grid) // rows - 1
-        base_count, grid_count = pool_split(self.grid[0] * self.grid[1], side * side, rows * columns)
-        base_cells, grid_cells = pool_grid(base_count), pool_grid(grid_count)
-        if rows > columns:
-            grid_cells = grid_cells[::-1]  # upright, like the grid
-        for part, cells, shape in (("base tile", base_cells, (side, side)), ("anyres grid", grid_cells, (rows, columns))):
-            if cells[0] > shape[0] or cells[1] > shape[1]:
-                raise ValueError(
-                    f"{self.method}: pool_tokens={self.grid[0] * self.grid[1]} gives the {part} of a {len(block)}-token LLaVA-NeXT image "
-                    f"a {cells[0]} x {cells[1]} grid, which its {shape[0]} x {shape[1]} patches cannot be averaged down to"
-                )
-        patches = [base.float().view(side, side, -1), grid[~is_newline].float().view(rows, columns, -1)]
-        pooled = [F.adaptive_avg_pool2d(part.permute(2, 0, 1), cells).flatten(1).T for part, cells in zip(patches, (base_cells, grid_cells))]
+        pool_tokens = self.pool_tokens
+        if pool_tokens >= side * side + rows * columns:  # no more patches than pool_tokens: nothing to pool
+            keep = torch.ones(len(block), dtype=torch.bool, device=block.device)
+            keep[side * side + is_newline.nonzero().flatten()[: len(block) - pool_tokens]] = False
+            return block[keep]  # the image as it is, less its first newline tokens
+        base_count, grid_count = next_pool_split(pool_tokens, side * side, rows * columns)
+        parts = ((base.float().view(side, side, -1), base_count), (grid[~is_newline].float().view(rows, columns, -1), grid_count))
+        pooled = [pool_part(part, pool_rows(count, part.shape[:2])) for part, count in parts]
         return torch.cat(pooled)  # base then grid, each row by row
+
+
+def pool_part(part: torch.Tensor, widths: list[int]) -> torch.Tensor:
+    """(sum(widths), d): `part` (rows, columns, d) averaged to len(widths) row bands, band i to widths[i]
+    cells, row by row, with adaptive average pooling's bands (equal widths: `adaptive_avg_pool2d`)."""
+    rows, height = part.shape[0], len(widths)
+    cells = []
+    for band, width in enumerate(widths):
+        band_mean = part[band * rows // height : -(-(band + 1) * rows // height)].mean(0)  # (columns, d)
+        cells.append(F.adaptive_avg_pool1d(band_mean.T.unsqueeze(0), width)[0].T)  # (width, d)
+    return torch.cat(cells)
 
 
 class VisionZipReducer(ReplacingReducer):
