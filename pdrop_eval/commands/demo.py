@@ -114,7 +114,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--only", help="run only these settings, comma-separated names (default: all of "
                         "vanilla, pdrop-lambda0.3 ... pdrop-lambda0.6, fastv, random)")
     parser.add_argument("--methods", help="'all' or comma-separated method names: each method that takes a token budget "
-                        f"at {' and '.join(METHOD_BUDGETS)} of the image tokens, beside the random control with its counts "
+                        f"at {' and '.join(share.replace('%', '%%') for share in METHOD_BUDGETS)} of the image tokens, beside the random control with its counts "
                         "(default checkpoint: the shipped vanilla-trained one)")
     parser.add_argument("--force-simple", action="store_true", help="lmms-eval --force_simple (loglikelihood tasks)")
     parser.add_argument("--out-dir", help="output folder (default: a new folder under the system's temp dir)")
