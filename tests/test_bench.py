@@ -8,9 +8,10 @@ import pytest
 from pdrop_eval.cli import main as cli_main
 
 
-def spec_layer_flops(n: int, d: int = 64, m: int = 172) -> int:
-    """SPEC section 3, written out here so the test does not share the code's helper."""
-    return 4 * n * d * d + 2 * n * n * d + 3 * n * d * m
+def spec_layer_flops(n: int, d: int = 64, m: int = 172, kv: int = 32) -> int:
+    """SPEC section 3 with grouped-query attention's narrower key/value projections (4 heads, 2 of them
+    key-value: kv = d / 2), written out here so the test does not share the code's helper."""
+    return 2 * n * d * d + 2 * n * d * kv + 2 * n * n * d + 3 * n * d * m
 
 
 def test_bench_json_reports_times_flops_ratios_and_overhead(capsys):
