@@ -96,7 +96,7 @@ FRAMEWORK_NAMES: dict[str, FrameworkNames] = {
         FrameworkNames("visionzip", "llava_visionzip", "LlavaVisionZip", "LLaVAVisionZip", "llava-1.5-7b", line=LLAVA),  # LLaVA-NeXT: per crop
         FrameworkNames("pool", "llava_pool", "LlavaPool", "LLaVAPool", "llava-1.5-7b", line=LLAVA),  # LLaVA-NeXT: base tile and grid
         FrameworkNames("dart", "llava_dart", "LlavaDart", "LLaVADart", "llava-1.5-7b", line=LLAVA),  # DART's presets are LLaVA-1.5's
-        FrameworkNames("sparsevlm", "llava_sparsevlm", "LlavaSparseVLM", "LLaVASparseVLM", "llava-1.5-7b", line=LLAVA),  # LLaVA-1.5 only
+        FrameworkNames("sparsevlm", "llava_sparsevlm", "LlavaSparseVLM", "LLaVASparseVLM", "llava-1.5-7b", line=LLAVA),  # its schedules are LLaVA-1.5's
     )
 }
 ALL_NAMES: tuple[FrameworkNames, ...] = (*FRAMEWORK_NAMES.values(), *(names for line in MODEL_LINES[1:] for names in _made_names(line)))

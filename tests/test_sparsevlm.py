@@ -152,7 +152,7 @@ def test_presets_budgets_and_labels(checkpoint):
     assert DropConfig.from_args(config.to_args()) == config and DropConfig.from_dict(config.to_dict()) == config
 
 
-def test_bad_settings_are_refused_naming_them(checkpoint, tiny_llava_next):
+def test_bad_settings_are_refused_naming_them(checkpoint, tiny_qwen2_5_vl):
     with pytest.raises(ValueError, match=r"SparseVLM does not take \['fastv_r'\]"):
         DropConfig.from_args("method=sparsevlm,fastv_r=0.5")
     with pytest.raises(ValueError, match=r"SparseVLM does not take \['position_mode'\]"):
@@ -171,11 +171,35 @@ def test_bad_settings_are_refused_naming_them(checkpoint, tiny_llava_next):
     text_only = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2))
     with pytest.raises(TypeError, match="LlamaForCausalLM is not a model of a supported family"):
         apply_drop(text_only, DropConfig.from_args("method=sparsevlm,sparsevlm_layers=0;1;2,sparsevlm_counts=4;2;1"))
-    with pytest.raises(ValueError, match=r"SparseVLM supports LLaVA-1.5 \('llava'\) models only, got a LLaVA-NeXT"):
-        apply_drop(load(tiny_llava_next, "sdpa"), DropConfig.from_args("method=sparsevlm"))
+    with pytest.raises(ValueError, match=r"SparseVLM supports LLaVA-1.5 and LLaVA-NeXT \('llava' and 'llava_next'\) models only, got a Qwen2.5-VL"):
+        apply_drop(load(tiny_qwen2_5_vl, "sdpa"), DropConfig.from_args("method=sparsevlm"))
     generator = torch.Generator().manual_seed(3)
     pictures = [torch.randint(0, 256, (48, 64, 3), generator=generator, dtype=torch.uint8).numpy() for _ in range(2)]
     two_blocks = processor(images=[pictures], text=["USER: <image> and <image>\nSame? ASSISTANT:"], return_tensors="pt")
     with torch.no_grad(), apply_drop(model, DropConfig.from_args("method=sparsevlm")):
         with pytest.raises(ValueError, match=r"one contiguous block of image tokens per sample .* samples \[0\] have several"):
             model(**two_blocks)
+
+
+def test_llava_next_padded_batch_gives_each_sample_what_it_gets_alone(tiny_llava_next):
+    """LLaVA-NeXT's image block (base tile, grid and newline tokens) ranked whole: a padded batch of two
+    aspect ratios (two N) keeps per layer the counts the config gives each N, and each sample's logits
+    are those it gets alone."""
+    processor = AutoProcessor.from_pretrained(tiny_llava_next)
+    processor.tokenizer.padding_side = "left"
+    generator = torch.Generator().manual_seed(7)
+    pictures = [torch.randint(0, 256, (*shape, 3), generator=generator, dtype=torch.uint8).numpy() for shape in [(32, 64), (64, 40)]]
+    batch = processor(images=pictures, text=PROMPTS, return_tensors="pt", padding=True)
+    model = load(tiny_llava_next, "sdpa")
+    config = DropConfig.from_args("method=sparsevlm,sparsevlm_counts=40;20;8")
+    with torch.no_grad(), apply_drop(model, config) as handle:
+        together = model(**batch).logits[:, -1]
+        stats = handle.last_stats
+        for sample in range(2):
+            real = batch["attention_mask"][sample].bool()
+            single = {"input_ids": batch["input_ids"][sample][real].unsqueeze(0), "pixel_values": batch["pixel_values"][sample : sample + 1],
+                      "image_sizes": batch["image_sizes"][sample : sample + 1]}
+            torch.testing.assert_close(model(**single).logits[0, -1], together[sample], atol=2e-4, rtol=0)
+    counts = [entry.num_image_tokens for entry in stats]
+    assert counts[0] != counts[1]
+    assert [list(entry.image_tokens_per_layer) for entry in stats] == [config.image_tokens_per_layer(n, 32) for n in counts]

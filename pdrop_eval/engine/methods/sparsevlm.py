@@ -33,7 +33,8 @@ l's output, and the recycled tokens are inserted by the staged prefill (`Inserte
 tokens after a boundary (`kept_counts`) are the kept plus the recycled ones. Deviations (README,
 "Comparison methods"): batched; scores and clustering in float32; the official clustering adds
 uniform noise (1e-6) to the densities to break ties, here a tie goes to the earlier token; ties in the
-ranking go to the earlier token; LLaVA-1.5 only, one image per prompt, as the official code.
+ranking go to the earlier token; one image per prompt, as the official code; LLaVA-NeXT's image block
+(base tile, grid, newline tokens) is ranked whole (our extension).
 
 Plain Python (no torch): the parts load when a model runs.
 """

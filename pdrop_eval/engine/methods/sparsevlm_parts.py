@@ -15,7 +15,7 @@ import torch
 from pdrop_eval.engine.methods.sparsevlm import SparseVLMParams, stage_split
 from pdrop_eval.engine.reducers import InsertedTokens, Reducer, Reduction
 from pdrop_eval.engine.scoring import PromptView, Scorer, StageView, query_attention, select_top_images
-from pdrop_eval.engine.vision_side import check_family
+from pdrop_eval.engine.vision_side import NEXT_FAMILY, SUPPORTED_FAMILY, check_family
 
 METHOD = "SparseVLM"
 
@@ -55,7 +55,8 @@ class RaterScorer(Scorer):
         self.prefill = prefill
 
     def attach(self, model) -> list:
-        language_model = check_family(model, METHOD).language_model(model)
+        # LLaVA-NeXT: its one block per image (base tile, grid, newline tokens) is ranked whole, as every method here ranks it
+        language_model = check_family(model, METHOD, supported=(SUPPORTED_FAMILY, NEXT_FAMILY)).language_model(model)
 
         def keep_input(module, args):
             self.prefill.layer0_input = args[0]
