@@ -5,6 +5,8 @@ PyPI only ships CUDA builds of torchvision. With a CPU torch its C extension fai
 schemas the extension would have defined. transformers (image processors), lmms-eval and VLMEvalKit
 all import torchvision, so we define those two schemas ourselves before the import. None of the
 detection ops are used by this project; calling one still fails loudly inside torchvision.
+
+`import_vlmeval` also undoes what importing VLMEvalKit does to autograd.
 """
 
 import torch
@@ -26,3 +28,14 @@ def ensure_torchvision_importable() -> None:
     _shim_library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     _shim_library.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
     import torchvision  # noqa: F401,F811
+
+
+def import_vlmeval() -> None:
+    """Import the VLMEvalKit package (torchvision made importable first) without its side effect:
+    importing it turns autograd off process-wide, which would silently break training and gradient
+    code that runs later in the same process. Import vlmeval's modules after calling this."""
+    ensure_torchvision_importable()
+    grad_enabled = torch.is_grad_enabled()
+    import vlmeval  # noqa: F401
+
+    torch.set_grad_enabled(grad_enabled)

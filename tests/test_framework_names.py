@@ -3,6 +3,8 @@ frameworks, a checkpoint of another line stopped at start-up naming the right mo
 prompts built as the framework's own model of the family builds them (in-process, real lmms-eval task
 objects and VLMEvalKit datasets)."""
 
+import subprocess
+import sys
 import re
 from pathlib import Path
 
@@ -181,3 +183,12 @@ def test_vlmeval_prompts_follow_vlmevals_own_models(model_name, fixture, expecte
     (text,) = [item["value"] for item in message if item["type"] == "text"]
     query = Query.from_parts(vlmeval._message_parts(message, model.CONVENTION.text_joiner))
     assert model.runner.render(query) == expected.format(text=text)
+
+
+def test_importing_the_vlmeval_adapter_leaves_autograd_on():
+    """Importing VLMEvalKit turns autograd off process-wide; training or gradient checks run later in the
+    same process (a test session) would silently compute no gradients. A fresh process, so the import is real."""
+    code = "import torch; from pdrop_eval.adapters import vlmeval; vlmeval.register_models(); print(torch.is_grad_enabled())"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip().splitlines()[-1] == "True"

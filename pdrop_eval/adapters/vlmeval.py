@@ -22,9 +22,9 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from pdrop_eval.compat import ensure_torchvision_importable
+from pdrop_eval.compat import import_vlmeval
 
-ensure_torchvision_importable()  # before VLMEvalKit imports torchvision
+import_vlmeval()  # torchvision made importable, autograd left as it was
 
 import pandas as pd
 from vlmeval.smp import cn_string

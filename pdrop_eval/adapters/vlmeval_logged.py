@@ -6,19 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pdrop_eval.compat import ensure_torchvision_importable
+from pdrop_eval.compat import import_vlmeval
 from pdrop_eval.show import EvaluatedDocument
 
 
 def vlmeval_document(model_dir: Path, model: str, dataset: str, index) -> EvaluatedDocument:
-    ensure_torchvision_importable()  # before VLMEvalKit imports torchvision
+    import_vlmeval()  # torchvision made importable, autograd left as it was
     import pandas as pd
-    import torch
-
-    grad_enabled = torch.is_grad_enabled()
     from vlmeval.dataset import build_dataset
-
-    torch.set_grad_enabled(grad_enabled)  # importing VLMEvalKit's models turns autograd off process-wide
 
     from pdrop_eval.wrapper import load_image
 

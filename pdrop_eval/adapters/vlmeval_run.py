@@ -29,9 +29,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from pdrop_eval.compat import ensure_torchvision_importable
+from pdrop_eval.compat import import_vlmeval
 
-ensure_torchvision_importable()  # must precede every vlmeval import
+import_vlmeval()  # must precede every other vlmeval import
 
 from pdrop_eval.stats import vlmeval_stats_path, write_json_atomically  # noqa: E402
 
